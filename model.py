@@ -5,7 +5,7 @@ One class covers both families the project loads (see load_weights.py):
   llama  (SmolLM2-135M):     RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, tied head.
 
 Shapes: B rows, T new positions, S = cached + new key positions, C = n_embd, H heads of size D.
-Prompts are left-padded; `attention_mask` (B, S) marks real tokens with 1 and padding with 0.
+Prompts are left-padded; `attention_mask` (B, past + T) marks real tokens with 1 and padding with 0.
 """
 import math
 from dataclasses import dataclass
@@ -63,37 +63,54 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Preallocated keys and values for every layer: (n_layer, B, n_kv_head, max_len, D).
+    """Preallocated keys and values, one (B, n_kv_head, max_len, D) buffer per layer.
 
-    `update` writes the new positions and returns all keys/values so far. Writes are autograd-aware,
-    so a cache filled with gradients on (the training forward with a shared prompt) backpropagates.
+    `update` writes the new positions and returns the layer's whole buffer: slots not written yet lie in the
+    future of every query, so the causal mask hides them, and a whole buffer multiplies faster than a slice.
+    Writes are autograd-aware, so a cache filled with gradients on (the training forward with a shared
+    prompt) backpropagates.
     """
 
     def __init__(self, cfg, batch_size, max_len, device, dtype):
-        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0          # number of positions filled (the same for every layer once a forward ends)
+        shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = 0          # positions filled (the same for every layer once a forward ends)
         self.max_len = max_len
 
     def update(self, layer, k, v):
         t = k.size(2)
         if self.pos + t > self.max_len:
             raise ValueError(f"KV cache full: {self.pos} + {t} positions > max_len {self.max_len}")
-        self.k[layer, :, :, self.pos:self.pos + t] = k
-        self.v[layer, :, :, self.pos:self.pos + t] = v
-        end = self.pos + t
-        if layer == self.k.size(0) - 1:
-            self.pos = end
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.pos:self.pos + t] = k
+        self.v[layer][:, :, self.pos:self.pos + t] = v
+        if layer == len(self.k) - 1:
+            self.pos += t
+        return self.k[layer], self.v[layer]
 
     def repeat_interleave(self, repeats):
         """A cache of B*repeats rows where row i*repeats+j is a copy of row i: one prefill serves G samples."""
         out = object.__new__(KVCache)
-        out.k = self.k.repeat_interleave(repeats, dim=1)
-        out.v = self.v.repeat_interleave(repeats, dim=1)
+        out.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]
+        out.v = [v.repeat_interleave(repeats, dim=0) for v in self.v]
         out.pos, out.max_len = self.pos, self.max_len
         return out
+
+
+def attend(q, k, v, mask):
+    """softmax(q k^T / sqrt(D) + mask) v with grouped-query attention: query head h reads kv head h // rep.
+
+    q (B, H, T, D); k, v (B, Hkv, S, D); mask (B, 1, T, S) bool. Decoding one token (T = 1) goes through
+    two small matmuls, which on a CPU is several times faster than the fused kernel with a mask.
+    """
+    B, H, T, D = q.shape
+    Hkv, S = k.size(1), k.size(2)
+    if T > 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != H)
+    rep = H // Hkv
+    scores = (q.reshape(B, Hkv, rep, D) @ k.transpose(-1, -2)) * D ** -0.5       # (B, Hkv, rep, S)
+    scores = scores.float().masked_fill(~mask.view(B, 1, 1, S), float("-inf"))
+    return (scores.softmax(-1).to(v.dtype) @ v).view(B, H, 1, D)
 
 
 class Attention(nn.Module):
@@ -116,7 +133,8 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)                      # (B, Hkv, S, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != H)
+            k, v = k.to(q.dtype), v.to(q.dtype)                   # a cache may be kept in another dtype
+        y = attend(q, k, v, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -170,22 +188,24 @@ class GPT(nn.Module):
     def forward(self, idx, attention_mask=None, cache=None, logits_to_keep=None, return_hidden=False):
         """Logits (B, T', V) for the last `logits_to_keep` positions (all T when None).
 
-        idx: (B, T) token ids of the new positions; attention_mask: (B, S) over cached + new positions
+        idx: (B, T) token ids of the new positions; attention_mask: (B, past + T) over cached + new positions
         (None = no padding); cache: a KVCache holding S - T earlier positions, or None.
         With return_hidden the final normalised hidden states (B, T', C) come back instead of logits.
         """
         B, T = idx.shape
         past = cache.pos if cache is not None else 0
-        S = past + T
-        if S > self.cfg.block_size:
-            raise ValueError(f"sequence of {S} tokens is longer than the model's context ({self.cfg.block_size})")
+        if past + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than the model's context "
+                             f"({self.cfg.block_size})")
         if attention_mask is None:
-            attention_mask = torch.ones(B, S, dtype=torch.long, device=idx.device)
+            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
         # a left-padded row's first real token gets position 0
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]     # (B, T)
-        # query t (absolute past+t) sees real keys s <= past+t; a padding query also sees itself so
-        # that no row of the softmax is empty (its output is never used)
-        q_abs = torch.arange(past, S, device=idx.device)[:, None]
+        S = cache.max_len if cache is not None else past + T                          # key slots
+        attention_mask = F.pad(attention_mask, (0, S - attention_mask.size(1)), value=1)
+        # query t (absolute past+t) sees real keys s <= past+t, never a future or unfilled slot; a padding
+        # query also sees itself so that no row of the softmax is empty (its output is never used)
+        q_abs = torch.arange(past, past + T, device=idx.device)[:, None]
         k_abs = torch.arange(S, device=idx.device)[None, :]
         mask = (k_abs <= q_abs)[None] & attention_mask.bool()[:, None, :]
         mask = (mask | (k_abs == q_abs)[None])[:, None]                                 # (B, 1, T, S)
@@ -309,3 +329,37 @@ def completion_mask(completion_ids, eos_id):
     is_eos = (completion_ids == eos_id).long()
     eos_before = is_eos.cumsum(-1) - is_eos       # EOS tokens strictly before position t
     return (eos_before == 0).long()
+
+
+# ----------------------------------------------------------------------------- precision
+
+def bf16_is_fast(device):
+    """Whether bf16 matmuls beat fp32 here: on GPUs with bf16 support, on CPUs with AMX, and on other CPUs
+    (some have AVX-512 BF16, some emulate bf16 slowly) by timing a model-sized matmul in both dtypes."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    if torch._C._cpu._init_amx():
+        return True
+    import time
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(256, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+        a @ b
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        seconds[dtype] = time.perf_counter() - t
+    return seconds[torch.bfloat16] < 0.8 * seconds[torch.float32]
+
+
+def pick_dtype(setting, device):
+    """'auto' | 'bf16' | 'fp32' -> the compute dtype (weights stay fp32; log-probs and losses are fp32)."""
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if setting == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    if setting not in names:
+        raise ValueError(f"unknown dtype {setting!r}; choose one of: auto, fp32, bf16")
+    return names[setting]

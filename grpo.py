@@ -1,0 +1,285 @@
+"""GRPO (Group Relative Policy Optimization, Shao et al. 2024, DeepSeekMath) from scratch.
+
+For each of B prompts q, sample G completions o_1..o_G from the current policy, score them with the task's
+reward r_i, and push up the log-probability of completions that beat their group's average:
+
+    A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps)                     group-relative advantage
+    ratio_it = pi(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)                 (= 1 in value when mu = 1)
+    L_it = -min(ratio_it * A_i, clip(ratio_it, 1 - eps_clip, 1 + eps_clip) * A_i) + beta * KL_it
+    loss = aggregate(L_it over the generated tokens)
+
+With mu = 1 pass per batch, pi_old = pi and the gradient of L_it is exactly -A_i * grad log pi(o_it): the
+assignment's `-A * log pi(y|x)`. KL_it is an estimate of KL(pi || pi_ref) per token against the frozen
+starting model pi_ref, added to the loss (as in the paper) or subtracted from the reward before normalising.
+
+Shapes: B prompts, G samples each, N = B*G rows (row i*G + j is sample j of prompt i); P prompt tokens
+(left-padded), T completion tokens. Everything here is a pure function of tensors except rollout(), which
+samples, and the forward passes, which call the model.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from model import generate, left_pad
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8            # G completions per prompt (>= 2: a group of one has no baseline)
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    beta: float = 0.04             # KL weight; 0 = no reference model at all
+    kl_estimator: str = "k3"       # "k1": log pi - log pi_ref; "k3": r - 1 - log r with r = pi_ref / pi
+    kl_mode: str = "loss"          # "loss": + beta * KL per token; "reward": r_i - beta * sum_t KL_it
+    clip_eps: float = 0.2          # PPO clip range for the ratio pi / pi_old
+    loss_agg: str = "seq_mean"     # see aggregate_loss
+    scale_rewards: bool = True     # divide advantages by the group std (False: Dr. GRPO)
+    drop_zero_std_groups: bool = False   # leave groups with equal rewards out of the loss and its normaliser
+    adv_eps: float = 1e-4
+    system_prompt: str | None = None     # None: no system turn (the default one costs ~20 tokens a prompt)
+
+    def validate(self):
+        choices = {"kl_estimator": ("k1", "k3"), "kl_mode": ("loss", "reward"),
+                   "loss_agg": ("seq_mean", "token_mean", "seq_sum", "constant")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size G must be >= 2 (got {self.group_size}): GRPO compares samples within a group")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.beta < 0 or self.clip_eps <= 0:
+            raise ValueError(f"need beta >= 0 and clip_eps > 0 (got beta={self.beta}, clip_eps={self.clip_eps})")
+        return self
+
+
+# ----------------------------------------------------------------------------- pure math
+
+def group_advantages(rewards, group_size, scale=True, eps=1e-4):
+    """A_i = (r_i - mean_group) / (std_group + eps), rewards (N,) -> advantages (N,).
+
+    std is the unbiased sample std (as TRL computes it). A group whose rewards are all equal gets A = 0,
+    never NaN: it has nothing to prefer. scale=False keeps only r_i - mean_group (Dr. GRPO).
+    """
+    r = rewards.view(-1, group_size)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def zero_std_groups(rewards, group_size):
+    """(N,) bool: True on every row of a group whose G rewards are all equal (no learning signal)."""
+    r = rewards.view(-1, group_size)
+    return (r.max(dim=1).values == r.min(dim=1).values).repeat_interleave(group_size)
+
+
+def token_logprobs(logits, token_ids):
+    """log pi(token) per position: logits (N, T, V), token_ids (N, T) -> (N, T) in fp32."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def _chunk_logprobs(hidden, weight, token_ids):
+    logits = hidden @ weight.t()
+    return token_logprobs(logits, token_ids)
+
+
+def logprobs_from_hidden(hidden, weight, token_ids, chunk_rows=8):
+    """token_logprobs(hidden @ weight^T, ids) without ever holding all (N, T, V) logits.
+
+    hidden (N, T, C), weight (V, C) -> (N, T). Each chunk of rows is recomputed in the backward pass
+    (activation checkpointing), so the peak is one chunk's logits instead of N*T*V floats.
+    """
+    out = []
+    for i in range(0, hidden.size(0), chunk_rows):
+        h, ids = hidden[i:i + chunk_rows], token_ids[i:i + chunk_rows]
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            out.append(checkpoint(_chunk_logprobs, h, weight, ids, use_reentrant=False))
+        else:
+            out.append(_chunk_logprobs(h, weight, ids))
+    return torch.cat(out)
+
+
+def kl_per_token(logprobs, ref_logprobs, estimator="k3"):
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi; (N, T) -> (N, T).
+
+    k1 = log pi - log pi_ref                  unbiased, can be negative per token
+    k3 = r - 1 - log r,  r = pi_ref / pi      unbiased and always >= 0 (Schulman 2020; GRPO paper eq. 4).
+    The assignment's k3 has an extra 1/2; it only rescales beta.
+    """
+    if estimator == "k1":
+        return logprobs - ref_logprobs
+    log_r = ref_logprobs - logprobs
+    return torch.exp(log_r) - 1 - log_r
+
+
+def ppo_clip_loss(logprobs, old_logprobs, advantages, clip_eps):
+    """L_t = -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A), ratio = exp(logp - old_logp).
+
+    logprobs, old_logprobs (N, T); advantages (N,). Returns (loss (N, T), clipped (N, T) bool): where the
+    clipped term is the smaller one the gradient is zero, which keeps pi close to pi_old over mu passes.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    A = advantages.unsqueeze(1)
+    unclipped = ratio * A
+    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * A
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def aggregate_loss(per_token, mask, mode="seq_mean", max_tokens=None):
+    """Reduce per-token losses (N, T) over the generated tokens (mask (N, T)) to a scalar.
+
+    seq_mean    mean over each sequence's tokens, then over sequences (GRPO paper: 1/G sum_i 1/|o_i| sum_t)
+    token_mean  sum over all tokens / number of tokens (long answers weigh more; DAPO)
+    seq_sum     sum over each sequence's tokens, then mean over sequences: log pi(y|x) = sum_t log pi(y_t|...)
+                as in the assignment's -A * log pi(y|x)
+    constant    sum over all tokens / (N * max_tokens) (Dr. GRPO: no length bias at all)
+    """
+    mask = mask.to(per_token.dtype)
+    total = per_token * mask
+    if mode == "seq_mean":
+        return (total.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if mode == "token_mean":
+        return total.sum() / mask.sum().clamp(min=1)
+    if mode == "seq_sum":
+        return total.sum(1).mean()
+    if mode == "constant":
+        return total.sum() / (mask.size(0) * (max_tokens or mask.size(1)))
+    raise ValueError(f"unknown loss_agg {mode!r}; choose one of: seq_mean, token_mean, seq_sum, constant")
+
+
+# ----------------------------------------------------------------------------- model passes
+
+def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, compute_dtype=None):
+    """log pi(o_it | q, o_i<t) for every completion token: (N, T) in fp32.
+
+    The B prompts are run once and their keys/values copied to their G completions (exact, and G times less
+    prompt work than B*G padded rows); the completions then attend to them. prompt_ids, prompt_mask (B, P);
+    completion_ids (N, T). Token t's logits come from position t-1: the last prompt position predicts o_i0.
+    """
+    B, P = prompt_ids.shape
+    N, T = completion_ids.shape
+    device_type = prompt_ids.device.type
+    with torch.autocast(device_type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None):
+        cache = model.new_cache(B, P + T, dtype=compute_dtype)
+        h_last = model(prompt_ids, attention_mask=prompt_mask, cache=cache, logits_to_keep=1, return_hidden=True)
+        hidden = h_last.repeat_interleave(group_size, dim=0)                   # (N, 1, C)
+        if T > 1:
+            cache = cache.repeat_interleave(group_size)
+            mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0),
+                              prompt_mask.new_ones(N, T - 1)], dim=1)
+            h = model(completion_ids[:, :-1], attention_mask=mask, cache=cache, return_hidden=True)
+            hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
+        return logprobs_from_hidden(hidden, model.embed.weight, completion_ids)
+
+
+def plain_completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size):
+    """The same log-probs from B*G full rows (prompt repeated G times): the reference for the fast path."""
+    ids = torch.cat([prompt_ids.repeat_interleave(group_size, dim=0), completion_ids], dim=1)
+    mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), torch.ones_like(completion_ids)], dim=1)
+    T = completion_ids.size(1)
+    logits = model(ids, attention_mask=mask, logits_to_keep=T + 1)[:, :-1]    # position t-1 predicts token t
+    return token_logprobs(logits, completion_ids)
+
+
+# ----------------------------------------------------------------------------- one GRPO batch
+
+@dataclass
+class Rollout:
+    """Everything one GRPO batch needs, computed once before the mu optimisation passes."""
+    prompt_ids: torch.Tensor        # (B, P) left-padded
+    prompt_mask: torch.Tensor       # (B, P)
+    completion_ids: torch.Tensor    # (N, T)
+    completion_mask: torch.Tensor   # (N, T) 1 up to and including EOS
+    rewards: torch.Tensor           # (N,) task reward (before any KL penalty)
+    advantages: torch.Tensor        # (N,)
+    loss_mask: torch.Tensor         # (N, T) completion_mask, less the rows of dropped groups
+    ref_logprobs: torch.Tensor | None    # (N, T) under pi_ref, or None when beta = 0
+    old_logprobs: torch.Tensor | None    # (N, T) under pi_old, or None when mu = 1 (then pi_old = pi)
+    texts: list                     # N decoded completions
+
+
+def encode_prompts(tok, prompts, system_prompt=None):
+    """Task prompts -> chat token ids; one clear error for an empty list."""
+    if len(prompts) == 0:
+        raise ValueError("empty prompt list: a GRPO step needs at least one prompt")
+    return [tok.chat_prompt(p.question, system=system_prompt) for p in prompts]
+
+
+@torch.no_grad()
+def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, seeds=None,
+            compute_dtype=None, need_old_logprobs=False):
+    """Sample G completions per prompt, score them, and compute the advantages (and the frozen log-probs).
+
+    sampler: the model that samples (a low-precision copy of the policy, or the policy itself).
+    """
+    cfg.validate()
+    G = cfg.group_size
+    prompt_tokens = encode_prompts(tok, prompts, cfg.system_prompt)
+    device = policy.embed.weight.device
+    completion_ids, completion_mask = generate(
+        sampler or policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id,
+        pad_id=tok.pad_id, seeds=seeds)
+    prompt_ids, prompt_mask = left_pad(prompt_tokens, tok.pad_id, device)
+    texts = [tok.decode_completion(ids, m) for ids, m in zip(completion_ids.tolist(), completion_mask.tolist())]
+    rewards = torch.tensor(reward_fn([p for p in prompts for _ in range(G)], texts), dtype=torch.float32,
+                           device=device)
+
+    args = (prompt_ids, prompt_mask, completion_ids, G, compute_dtype)
+    ref_logprobs = completion_logprobs(ref_model, *args) if cfg.beta > 0 else None
+    old_logprobs = completion_logprobs(policy, *args) if need_old_logprobs or cfg.kl_mode == "reward" else None
+    shaped = rewards
+    if cfg.beta > 0 and cfg.kl_mode == "reward":
+        # r_i - beta * sum_t KL_it: the penalty is part of the reward that the advantages normalise
+        kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_estimator)
+        shaped = rewards - cfg.beta * (kl * completion_mask).sum(1)
+    advantages = group_advantages(shaped, G, cfg.scale_rewards, cfg.adv_eps)
+    loss_mask = completion_mask.clone()
+    if cfg.drop_zero_std_groups:
+        loss_mask[zero_std_groups(shaped, G)] = 0
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, advantages, loss_mask,
+                   ref_logprobs, old_logprobs if need_old_logprobs else None, texts)
+
+
+def grpo_loss(policy, batch: Rollout, cfg, compute_dtype=None):
+    """The GRPO loss of one batch under the current policy, and metrics. Returns (loss, metrics dict)."""
+    logprobs = completion_logprobs(policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                   cfg.group_size, compute_dtype)
+    old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+    per_token, clipped = ppo_clip_loss(logprobs, old, batch.advantages, cfg.clip_eps)
+    kl = None
+    if cfg.beta > 0:
+        kl = kl_per_token(logprobs, batch.ref_logprobs, cfg.kl_estimator)
+        if cfg.kl_mode == "loss":
+            per_token = per_token + cfg.beta * kl
+    mask = batch.loss_mask
+    loss = aggregate_loss(per_token, mask, cfg.loss_agg, cfg.max_new_tokens)
+    return loss, step_metrics(batch, mask, clipped, kl, cfg.group_size)
+
+
+@torch.no_grad()
+def step_metrics(batch, mask, clipped, kl, group_size):
+    """Scalars to log; each one explained where train.py prints it."""
+    cm = batch.completion_mask.float()
+    n_tok = mask.sum().clamp(min=1)
+    return {
+        "reward": batch.rewards.mean().item(),
+        "reward_std": batch.rewards.view(-1, group_size).std(dim=1).mean().item(),
+        "frac_reward_zero_std": zero_std_groups(batch.rewards, group_size).float().mean().item(),
+        "kl": ((kl * cm).sum() / cm.sum()).item() if kl is not None else 0.0,
+        "clip_frac": ((clipped & mask.bool()).sum() / n_tok).item(),
+        "completion_len": cm.sum(1).mean().item(),
+    }
+
+
+def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, seeds=None, compute_dtype=None):
+    """One GRPO step without an optimizer step: rollout, then the loss (mu = 1). Returns (loss, metrics, batch)."""
+    batch = rollout(policy, tok, prompts, reward_fn, cfg, ref_model, sampler, seeds, compute_dtype)
+    loss, metrics = grpo_loss(policy, batch, cfg, compute_dtype)
+    metrics["loss"] = loss.item()
+    return loss, metrics, batch
