@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from model import generate, left_pad
 
@@ -83,25 +82,44 @@ def token_logprobs(logits, token_ids):
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
 
 
-def _chunk_logprobs(hidden, weight, token_ids):
-    logits = hidden @ weight.t()
-    return token_logprobs(logits, token_ids)
+class SelectedLogprobs(torch.autograd.Function):
+    """log_softmax(hidden @ weight^T)[token] for rows of hidden (n, C), weight (V, C), tokens (n,) -> (n,) fp32.
 
-
-def logprobs_from_hidden(hidden, weight, token_ids, chunk_rows=8):
-    """token_logprobs(hidden @ weight^T, ids) without ever holding all (N, T, V) logits.
-
-    hidden (N, T, C), weight (V, C) -> (N, T). Each chunk of rows is recomputed in the backward pass
-    (activation checkpointing), so the peak is one chunk's logits instead of N*T*V floats.
+    The backward is written out, d logp / d logits = onehot(token) - softmax(logits), and recomputes the
+    logits instead of storing them: memory holds one (n, V) block at a time, never N*T*V floats.
     """
-    out = []
-    for i in range(0, hidden.size(0), chunk_rows):
-        h, ids = hidden[i:i + chunk_rows], token_ids[i:i + chunk_rows]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            out.append(checkpoint(_chunk_logprobs, h, weight, ids, use_reentrant=False))
-        else:
-            out.append(_chunk_logprobs(h, weight, ids))
-    return torch.cat(out)
+
+    @staticmethod
+    def forward(ctx, hidden, weight, token_ids):
+        logits = (hidden @ weight.t()).float()
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, token_ids, lse)
+        return logits.gather(-1, token_ids[:, None]).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, token_ids, lse = ctx.saved_tensors
+        logits = (hidden @ weight.t()).float()
+        grad_logits = torch.exp(logits - lse[:, None]).mul_(-grad[:, None])          # -g * softmax
+        grad_logits.scatter_add_(-1, token_ids[:, None], grad[:, None])              # + g * onehot
+        grad_logits = grad_logits.to(hidden.dtype)
+        return grad_logits @ weight, grad_logits.t() @ hidden, None
+
+
+def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=1024):
+    """token_logprobs(hidden @ weight^T, token_ids) computed only where mask is 1, in chunks of tokens.
+
+    hidden (N, T, C), weight (V, C), token_ids and mask (N, T) -> (N, T) fp32, 0 outside the mask.
+    Positions after EOS need no log-prob, and the (N, T, V) logits are never held at once.
+    """
+    keep = mask.bool() if mask is not None else torch.ones_like(token_ids, dtype=torch.bool)
+    h, ids = hidden[keep], token_ids[keep]                                  # (n, C), (n,)
+    if h.dtype != weight.dtype:               # under autocast: one cast of the head for all chunks
+        weight = weight.to(h.dtype)
+    parts = [SelectedLogprobs.apply(h[i:i + chunk_tokens], weight, ids[i:i + chunk_tokens])
+             for i in range(0, h.size(0), chunk_tokens)]
+    out = torch.zeros(token_ids.shape, dtype=torch.float32, device=hidden.device)
+    return out.masked_scatter(keep, torch.cat(parts)) if parts else out
 
 
 def kl_per_token(logprobs, ref_logprobs, estimator="k3"):
@@ -134,6 +152,7 @@ def aggregate_loss(per_token, mask, mode="seq_mean", max_tokens=None):
     """Reduce per-token losses (N, T) over the generated tokens (mask (N, T)) to a scalar.
 
     seq_mean    mean over each sequence's tokens, then over sequences (GRPO paper: 1/G sum_i 1/|o_i| sum_t)
+    A row with no token in the mask (a dropped group) counts in no normaliser.
     token_mean  sum over all tokens / number of tokens (long answers weigh more; DAPO)
     seq_sum     sum over each sequence's tokens, then mean over sequences: log pi(y|x) = sum_t log pi(y_t|...)
                 as in the assignment's -A * log pi(y|x)
@@ -141,21 +160,23 @@ def aggregate_loss(per_token, mask, mode="seq_mean", max_tokens=None):
     """
     mask = mask.to(per_token.dtype)
     total = per_token * mask
+    rows = (mask.sum(1) > 0).sum().clamp(min=1)     # rows left out of the loss (dropped groups) do not count
     if mode == "seq_mean":
-        return (total.sum(1) / mask.sum(1).clamp(min=1)).mean()
+        return (total.sum(1) / mask.sum(1).clamp(min=1)).sum() / rows
     if mode == "token_mean":
         return total.sum() / mask.sum().clamp(min=1)
     if mode == "seq_sum":
-        return total.sum(1).mean()
+        return total.sum(1).sum() / rows
     if mode == "constant":
-        return total.sum() / (mask.size(0) * (max_tokens or mask.size(1)))
+        return total.sum() / (rows * (max_tokens or mask.size(1)))
     raise ValueError(f"unknown loss_agg {mode!r}; choose one of: seq_mean, token_mean, seq_sum, constant")
 
 
 # ----------------------------------------------------------------------------- model passes
 
-def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, compute_dtype=None):
-    """log pi(o_it | q, o_i<t) for every completion token: (N, T) in fp32.
+def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, compute_dtype=None,
+                        completion_mask=None):
+    """log pi(o_it | q, o_i<t) for every completion token: (N, T) in fp32 (0 outside completion_mask).
 
     The B prompts are run once and their keys/values copied to their G completions (exact, and G times less
     prompt work than B*G padded rows); the completions then attend to them. prompt_ids, prompt_mask (B, P);
@@ -174,7 +195,9 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
                               prompt_mask.new_ones(N, T - 1)], dim=1)
             h = model(completion_ids[:, :-1], attention_mask=mask, cache=cache, return_hidden=True)
             hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
-        return logprobs_from_hidden(hidden, model.embed.weight, completion_ids)
+        if compute_dtype is not None:
+            hidden = hidden.to(compute_dtype)
+        return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
 
 
 def plain_completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size):
@@ -230,7 +253,7 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, 
     rewards = torch.tensor(reward_fn([p for p in prompts for _ in range(G)], texts), dtype=torch.float32,
                            device=device)
 
-    args = (prompt_ids, prompt_mask, completion_ids, G, compute_dtype)
+    args = (prompt_ids, prompt_mask, completion_ids, G, compute_dtype, completion_mask)
     ref_logprobs = completion_logprobs(ref_model, *args) if cfg.beta > 0 else None
     old_logprobs = completion_logprobs(policy, *args) if need_old_logprobs or cfg.kl_mode == "reward" else None
     shaped = rewards
@@ -240,16 +263,18 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, 
         shaped = rewards - cfg.beta * (kl * completion_mask).sum(1)
     advantages = group_advantages(shaped, G, cfg.scale_rewards, cfg.adv_eps)
     loss_mask = completion_mask.clone()
-    if cfg.drop_zero_std_groups:
-        loss_mask[zero_std_groups(shaped, G)] = 0
+    if cfg.drop_zero_std_groups:      # judged on the task rewards: a KL penalty alone is no reason to learn
+        loss_mask[zero_std_groups(rewards, G)] = 0
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, advantages, loss_mask,
                    ref_logprobs, old_logprobs if need_old_logprobs else None, texts)
 
 
-def grpo_loss(policy, batch: Rollout, cfg, compute_dtype=None):
-    """The GRPO loss of one batch under the current policy, and metrics. Returns (loss, metrics dict)."""
-    logprobs = completion_logprobs(policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                   cfg.group_size, compute_dtype)
+def grpo_loss(policy, batch: Rollout, cfg, compute_dtype=None, logprob_fn=None):
+    """The GRPO loss of one batch under the current policy, and metrics. Returns (loss, metrics dict).
+    logprob_fn: completion_logprobs with the policy bound (train.py passes a DistributedDataParallel one)."""
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, cfg.group_size, compute_dtype,
+            batch.loss_mask)
+    logprobs = logprob_fn(*args) if logprob_fn is not None else completion_logprobs(policy, *args)
     old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
     per_token, clipped = ppo_clip_loss(logprobs, old, batch.advantages, cfg.clip_eps)
     kl = None

@@ -1,0 +1,102 @@
+"""Held-out evaluation: mean reward and accuracy of a model (the base model or a checkpoint) on a task.
+
+    python eval.py                                   # the base model on the default task
+    python eval.py --checkpoint=runs/default --task=add1 --samples=4
+
+Greedy decoding gives one number per prompt (accuracy); sampling k completions per prompt at the training
+temperature shows what the policy does during training (sampled accuracy = mean over the k samples).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from load_weights import load_model
+from model import generate, pick_dtype
+from task import get_reward, get_task, make_dataset
+
+
+@torch.no_grad()
+def complete(model, tok, prompts, num_samples=1, temperature=0.0, max_new_tokens=32, system_prompt=None,
+             batch_size=64, seed=0):
+    """Decoded completions for task prompts: a list of len(prompts) * num_samples strings (prompt-major)."""
+    texts = []
+    per_batch = max(1, batch_size // num_samples)
+    for start in range(0, len(prompts), per_batch):
+        chunk = prompts[start:start + per_batch]
+        ids = [tok.chat_prompt(p.question, system=system_prompt) for p in chunk]
+        seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
+        out, mask = generate(model, ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                             temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id, seeds=seeds)
+        texts += [tok.decode_completion(o, m) for o, m in zip(out.tolist(), mask.tolist())]
+    return texts
+
+
+def evaluate(model, tok, prompts, samples=0, temperature=1.0, max_new_tokens=32, system_prompt=None,
+             n_examples=5, reward_fn=get_reward):
+    """{'accuracy': greedy accuracy, 'reward': greedy mean reward, 'sampled_accuracy' (when samples > 0),
+    'completion_chars': mean greedy completion length in characters, 'examples': [(question, output, reward)]}."""
+    greedy = complete(model, tok, prompts, 1, 0.0, max_new_tokens, system_prompt)
+    rewards = reward_fn(prompts, greedy)
+    result = {"accuracy": sum(r == 1.0 for r in rewards) / len(prompts),
+              "reward": sum(rewards) / len(prompts),
+              "completion_chars": sum(len(t) for t in greedy) / len(greedy),
+              "examples": [(p.question, t, r) for p, t, r in list(zip(prompts, greedy, rewards))[:n_examples]]}
+    if samples > 0:
+        sampled = complete(model, tok, prompts, samples, temperature, max_new_tokens, system_prompt)
+        repeated = [p for p in prompts for _ in range(samples)]
+        result["sampled_accuracy"] = sum(r == 1.0 for r in reward_fn(repeated, sampled)) / len(sampled)
+    return result
+
+
+def format_examples(examples, width=70):
+    """One line per example: prompt -> output -> reward."""
+    clip = lambda s: (s if len(s) <= width else s[:width - 3] + "...").replace("\n", "\\n")
+    return "\n".join(f"  {clip(q)!s} -> {clip(o)!r} -> {r:.1f}" for q, o, r in examples)
+
+
+def load_policy(model_name="smollm2", checkpoint=None, device="cpu"):
+    """The base model, with a trained checkpoint's weights (a run folder or its model.safetensors) on top."""
+    model, tok = load_model(model_name, device)
+    if checkpoint:
+        path = Path(checkpoint)
+        path = path / "model.safetensors" if path.is_dir() else path
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        model.load_state_dict(load_file(str(path), device=str(device)))
+    return model, tok
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--checkpoint", default=None, help="a run folder or model.safetensors written by train.py")
+    ap.add_argument("--task", default="add1")
+    ap.add_argument("--n_eval", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
+    ap.add_argument("--samples", type=int, default=0, help="also sample k completions per prompt")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--max_new_tokens", type=int, default=32)
+    ap.add_argument("--system_prompt", default=None)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    try:
+        get_task(args.task)
+        model, tok = load_policy(args.model, args.checkpoint, args.device)
+        model = model.to(pick_dtype(args.dtype, args.device))
+        _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
+        res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    line = f"{args.task}: greedy accuracy {res['accuracy']:.1%}, mean reward {res['reward']:.3f}"
+    if "sampled_accuracy" in res:
+        line += f", sampled accuracy {res['sampled_accuracy']:.1%} ({args.samples} per prompt, T={args.temperature})"
+    print(f"{line}, mean completion {res['completion_chars']:.0f} chars on {len(eval_set)} held-out prompts")
+    print(format_examples(res["examples"]))
+
+
+if __name__ == "__main__":
+    main()

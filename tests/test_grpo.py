@@ -1,0 +1,448 @@
+"""GRPO math and passes against independent oracles: hand-computed values, plain reference computations,
+finite differences and Monte-Carlo estimates. Only tiny random models: the whole file runs in seconds."""
+import copy
+import math
+
+import pytest
+import torch
+
+from grpo import (GRPOConfig, Rollout, aggregate_loss, completion_logprobs, group_advantages, grpo_loss,
+                  grpo_step, kl_per_token, logprobs_from_hidden, plain_completion_logprobs, ppo_clip_loss,
+                  rollout, token_logprobs, zero_std_groups)
+from model import GPT, GPTConfig, left_pad
+from task import Prompt
+
+EOS, PAD, TARGET = 1, 0, 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops run fastest on one thread (and do not fight other processes for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(arch="llama", vocab=16, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    kv = 2 if arch == "llama" else 4
+    model = GPT(GPTConfig(arch=arch, vocab_size=vocab, block_size=64, n_layer=2, n_head=4, n_kv_head=kv,
+                          n_embd=32, n_inner=64))
+    with torch.no_grad():
+        model.embed.weight.mul_(0.2)        # logits of std ~1: samples vary (the tied N(0, 1) head is peaked)
+    return model.to(dtype)
+
+
+def perturbed(model, scale=0.05, seed=1):
+    ref = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return ref
+
+
+class FakeTok:
+    """Just what rollout needs: characters -> ids in [2, V), EOS = 1, PAD = 0; decode = ids as words."""
+    eos_id, pad_id = EOS, PAD
+
+    def __init__(self, vocab=16):
+        self.vocab = vocab
+
+    def chat_prompt(self, user, system=None):
+        return [2 + ord(c) % (self.vocab - 2) for c in (system or "") + user][:8]
+
+    def decode_completion(self, ids, mask):
+        return " ".join(str(i) for i, m in zip(ids, mask) if m)
+
+
+def frac_target(prompts, texts):
+    """Reward: fraction of the completion's tokens equal to TARGET; a prompt whose answer is -1 scores 1."""
+    out = []
+    for p, t in zip(prompts, texts):
+        words = t.split()
+        out.append(1.0 if p.answer == -1 else sum(w == str(TARGET) for w in words) / max(len(words), 1))
+    return out
+
+
+def one_line(excinfo, *words):
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def grads(model):
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def full_row_logprobs(model, prompt_ids, prompt_mask, completion_ids, G):
+    """Log-probs from full rows with our own log_softmax, in the model's dtype (fp64 for finite differences)."""
+    ids = torch.cat([prompt_ids.repeat_interleave(G, 0), completion_ids], 1)
+    mask = torch.cat([prompt_mask.repeat_interleave(G, 0), torch.ones_like(completion_ids)], 1)
+    T = completion_ids.size(1)
+    logits = model(ids, attention_mask=mask)[:, -T - 1:-1]
+    return torch.log_softmax(logits, -1).gather(-1, completion_ids[..., None])[..., 0]
+
+
+def toy_batch(vocab=16, T=5):
+    """3 left-padded prompts (lengths 3, 5, 2), G = 2, completions with EOS then padding in some rows."""
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10], [11, 12]]
+    prompt_ids, prompt_mask = left_pad(prompts, PAD)
+    g = torch.Generator().manual_seed(0)
+    comp = torch.randint(2, vocab, (6, T), generator=g)
+    eos_at = [1, T, 0, 3, T, 2]                    # T = no EOS
+    for i, k in enumerate(eos_at):
+        if k < T:
+            comp[i, k] = EOS
+            comp[i, k + 1:] = PAD
+    mask = torch.tensor([[int(t <= k) for t in range(T)] for k in eos_at])
+    return prompt_ids, prompt_mask, comp, mask
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def test_group_advantages_one_winner_hand_computed():
+    """Hand: mean .25, unbiased std .5 for [1, 0, 0, 0]."""
+    eps = 1e-4
+    A = group_advantages(torch.tensor([1.0, 0, 0, 0]), 4, eps=eps)
+    want = torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + eps)
+    assert torch.allclose(A, want, rtol=1e-6, atol=0)
+
+
+def test_group_advantages_all_equal_is_exactly_zero():
+    """Hand: equal rewards carry no preference, A = 0 exactly (no NaN)."""
+    A = group_advantages(torch.tensor([0.7, 0.7, 0.7, 1.0, 1.0, 1.0]), 3)
+    assert A.tolist() == [0.0] * 6
+    assert group_advantages(torch.zeros(4), 4, eps=0.0).isnan().all()  # eps is what keeps it finite
+
+
+def test_group_advantages_single_outlier_and_independent_groups():
+    """Hand: [0]*7 + [1] has mean 1/8, std sqrt(1/8); each group uses only its own statistics."""
+    eps = 1e-4
+    r = torch.tensor([0.0] * 7 + [1.0] + [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0])
+    A = group_advantages(r, 8, eps=eps)
+    s1 = math.sqrt(1 / 8)
+    want1 = [(-1 / 8) / (s1 + eps)] * 7 + [(7 / 8) / (s1 + eps)]
+    s2 = math.sqrt(sum((x - 9.0) ** 2 for x in r[8:].tolist()) / 7)
+    want2 = [(x - 9.0) / (s2 + eps) for x in r[8:].tolist()]
+    assert torch.allclose(A, torch.tensor(want1 + want2), rtol=1e-6, atol=1e-7)
+
+
+def test_group_advantages_unscaled_is_r_minus_mean():
+    """Hand: scale=False (Dr. GRPO) gives r - group mean."""
+    A = group_advantages(torch.tensor([1.0, 0, 0, 0, 3, 5]), 3, scale=False)
+    want = torch.tensor([2 / 3, -1 / 3, -1 / 3, -8 / 3, 1 / 3, 7 / 3])
+    assert torch.allclose(A, want, atol=1e-6)
+
+
+def test_zero_std_groups_mixed():
+    """Hand: groups [1,1], [0,1], [0,0], [.5,.5]."""
+    z = zero_std_groups(torch.tensor([1.0, 1, 0, 1, 0, 0, 0.5, 0.5]), 2)
+    assert z.tolist() == [True, True, False, False, True, True, True, True]
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def test_token_logprobs_equal_hand_loop():
+    """Oracle: math.log of exp(l) / sum exp over a Python loop."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=g)
+    ids = torch.randint(0, 5, (2, 3), generator=g)
+    got = token_logprobs(logits, ids)
+    for n in range(2):
+        for t in range(3):
+            row = logits[n, t].tolist()
+            p = math.exp(row[ids[n, t]]) / sum(math.exp(x) for x in row)
+            assert abs(got[n, t].item() - math.log(p)) <= 1e-6
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 8, 100])
+def test_logprobs_from_hidden_values_and_grads_equal_plain(chunk_tokens):
+    """Oracle: plain log_softmax(h @ W^T).gather, value and gradients wrt hidden and weight."""
+    g = torch.Generator().manual_seed(0)
+    N, T, C, V = 7, 4, 6, 11
+    h = torch.randn(N, T, C, generator=g, requires_grad=True)
+    W = torch.randn(V, C, generator=g, requires_grad=True)
+    ids = torch.randint(0, V, (N, T), generator=g)
+    coef = torch.randn(N, T, generator=g)                   # a generic upstream gradient
+    got = logprobs_from_hidden(h, W, ids, chunk_tokens=chunk_tokens)
+    gh, gW = torch.autograd.grad((got * coef).sum(), (h, W))
+    want = torch.log_softmax(h @ W.t(), -1).gather(-1, ids[..., None])[..., 0]
+    wh, wW = torch.autograd.grad((want * coef).sum(), (h, W))
+    assert (got - want).abs().max() <= 1e-5
+    assert (gh - wh).abs().max() <= 1e-5 and (gW - wW).abs().max() <= 1e-5
+    with torch.no_grad():
+        assert (logprobs_from_hidden(h, W, ids, chunk_tokens=chunk_tokens) - want).abs().max() <= 1e-5
+
+
+def test_logprobs_from_hidden_masked_positions():
+    """Oracle: plain log_softmax + gather on the masked positions; zeros and no gradient elsewhere."""
+    g = torch.Generator().manual_seed(1)
+    N, T, C, V = 5, 6, 4, 9
+    h = torch.randn(N, T, C, generator=g, requires_grad=True)
+    W = torch.randn(V, C, generator=g, requires_grad=True)
+    ids = torch.randint(0, V, (N, T), generator=g)
+    mask = (torch.rand(N, T, generator=g) > 0.4).long()
+    got = logprobs_from_hidden(h, W, ids, mask, chunk_tokens=4)
+    want = torch.log_softmax(h @ W.t(), -1).gather(-1, ids[..., None])[..., 0] * mask
+    assert (got - want).abs().max() <= 1e-5 and (got[mask == 0] == 0).all()
+    gh, gW = torch.autograd.grad(got.sum(), (h, W))
+    wh, wW = torch.autograd.grad(want.sum(), (h, W))
+    assert (gh - wh).abs().max() <= 1e-5 and (gW - wW).abs().max() <= 1e-5
+    assert (gh[mask == 0] == 0).all()
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+def test_kl_per_token_hand_values():
+    """Hand: p = .5, p_ref = .25 -> k1 = log 2, k3 = .5 - 1 - log .5."""
+    lp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    assert abs(kl_per_token(lp, ref, "k1").item() - math.log(2)) <= 1e-6
+    assert abs(kl_per_token(lp, ref, "k3").item() - (0.5 - 1 - math.log(0.5))) <= 1e-6
+    assert kl_per_token(lp, lp, "k3").item() == 0.0
+
+
+def test_k3_is_nonnegative():
+    """Oracle: r - 1 - log r >= 0 for every r > 0."""
+    g = torch.Generator().manual_seed(0)
+    lp, ref = 3 * torch.randn(50, 20, generator=g), 3 * torch.randn(50, 20, generator=g)
+    assert (kl_per_token(lp, ref, "k3") >= 0).all()
+    assert (kl_per_token(lp, ref, "k1") < 0).any()          # k1 is only unbiased, not positive
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_kl_estimators_are_unbiased_monte_carlo(estimator):
+    """Oracle: exact KL(pi || pi_ref) of two categoricals vs the sample mean over draws from pi."""
+    pi = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)
+    ref = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64)
+    exact = (pi * (pi / ref).log()).sum().item()
+    g = torch.Generator().manual_seed(0)
+    x = torch.multinomial(pi, 200_000, replacement=True, generator=g)
+    est = kl_per_token(pi.log()[x][None], ref.log()[x][None], estimator)
+    se = est.std().item() / math.sqrt(x.numel())
+    assert abs(est.mean().item() - exact) <= 4 * se
+    assert se < 0.01 * exact                                   # the check is sharp enough to fail
+
+
+# ----------------------------------------------------------------------------- PPO clip loss
+
+
+def test_ppo_clip_gradient_at_mu_one_is_minus_advantage():
+    """Hand: with old = logprobs.detach() (ratio 1), d sum(L) / d logp_t = -A_i exactly."""
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(4, 6, generator=g).requires_grad_()
+    A = torch.tensor([1.5, -0.5, 0.0, -2.0])
+    loss, clipped = ppo_clip_loss(lp, lp.detach(), A, 0.2)
+    (grad,) = torch.autograd.grad(loss.sum(), lp)
+    assert torch.equal(grad, (-A)[:, None].expand(4, 6))
+    assert torch.equal(loss, (-A)[:, None].expand(4, 6)) and not clipped.any()
+
+
+@pytest.mark.parametrize("A", [1.0, -1.0])
+def test_ppo_clip_gradient_inside_and_outside_the_range(A):
+    """Hand: dL/dlogp = -A * ratio unless ratio left [1-eps, 1+eps] on the side that A pushes it to."""
+    eps = 0.2
+    ratios = torch.tensor([0.5, 0.9, 1.1, 1.5], dtype=torch.float64)
+    old = torch.tensor([-1.0, -2.0, -0.5, -3.0], dtype=torch.float64)
+    lp = (old + ratios.log()).requires_grad_()
+    loss, clipped = ppo_clip_loss(lp[None], old[None], torch.tensor([A], dtype=torch.float64), eps)
+    (grad,) = torch.autograd.grad(loss.sum(), lp)
+    cut = (ratios > 1 + eps) if A > 0 else (ratios < 1 - eps)
+    want = torch.where(cut, torch.zeros_like(ratios), -A * ratios)
+    assert torch.allclose(grad, want, atol=1e-12)
+    assert clipped[0].tolist() == cut.tolist()
+    want_loss = torch.where(cut, -A * ratios.clamp(1 - eps, 1 + eps), -A * ratios)
+    assert torch.allclose(loss[0], want_loss, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_grpo_loss_gradient_equals_analytic_and_finite_difference(beta):
+    """Oracles: grad of mean_i 1/|o_i| sum_t m (-A_i log pi + beta k3) (autograd and central FD, fp64)."""
+    model = tiny("gpt2", dtype=torch.float64)   # llama's RoPE and RMSNorm run in fp32 even in an fp64 model
+    ref = perturbed(model, scale=0.2)
+    prompt_ids, prompt_mask, comp, cmask = toy_batch()
+    A = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0], dtype=torch.float64)
+    with torch.no_grad():
+        ref_lp = full_row_logprobs(ref, prompt_ids, prompt_mask, comp, 2)
+    batch = Rollout(prompt_ids, prompt_mask, comp, cmask, A.float(), A.float(), cmask.clone(), ref_lp, None, [])
+    cfg = GRPOConfig(group_size=2, beta=beta, max_new_tokens=comp.size(1))
+    loss, _ = grpo_loss(model, batch, cfg)
+    loss.backward()
+    got = grads(model)
+    p, idx, h = model.blocks[0].attn.q_proj.weight, (3, 5), 1e-5
+    got_entry = p.grad[idx].item()
+
+    def surrogate():
+        lp = full_row_logprobs(model, prompt_ids, prompt_mask, comp, 2)
+        k3 = (ref_lp - lp).exp() - 1 - (ref_lp - lp)
+        return ((-A[:, None] * lp + beta * k3) * cmask).sum(1).div(cmask.sum(1)).mean()
+
+    model.zero_grad()
+    surrogate().backward()
+    want = grads(model)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    with torch.no_grad():
+        p[idx] += h
+        up = surrogate().item()
+        p[idx] -= 2 * h
+        down = surrogate().item()
+        p[idx] += h
+    fd = (up - down) / (2 * h)
+    assert abs(got_entry - fd) <= 1e-6 * max(1.0, abs(fd)) and abs(fd) > 1e-6
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def test_aggregate_loss_modes_hand_computed():
+    """Hand: a (2, 3) loss with 2 and 1 real tokens."""
+    L = torch.tensor([[1.0, 2.0, 100.0], [4.0, 100.0, 100.0]])
+    m = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert aggregate_loss(L, m, "seq_mean").item() == pytest.approx((3 / 2 + 4 / 1) / 2)
+    assert aggregate_loss(L, m, "token_mean").item() == pytest.approx(7 / 3)
+    assert aggregate_loss(L, m, "seq_sum").item() == pytest.approx(7 / 2)
+    assert aggregate_loss(L, m, "constant").item() == pytest.approx(7 / (2 * 3))
+    assert aggregate_loss(L, m, "constant", max_tokens=10).item() == pytest.approx(7 / 20)
+    with pytest.raises(ValueError) as e:
+        aggregate_loss(L, m, "sum_of_squares")
+    one_line(e, "sum_of_squares")
+
+
+# ----------------------------------------------------------------------------- shared-prompt forward
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_shared_prompt_logprobs_and_grads_equal_plain(arch, T):
+    """Oracle: plain_completion_logprobs (prompt repeated in every row), values and parameter gradients."""
+    model = tiny(arch)
+    prompt_ids, prompt_mask, comp, cmask = toy_batch(T=5)
+    comp, cmask = comp[:, :T], cmask[:, :T]
+    m = cmask.bool()
+    fast = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2)
+    (fast * cmask).sum().backward()
+    g_fast = grads(model)
+    model.zero_grad()
+    plain = plain_completion_logprobs(model, prompt_ids, prompt_mask, comp, 2)
+    (plain * cmask).sum().backward()
+    g_plain = grads(model)
+    assert fast.shape == plain.shape == comp.shape and fast.dtype == torch.float32
+    assert (fast[m] - plain[m]).abs().max() <= 1e-5
+    assert (g_fast - g_plain).abs().max() <= 1e-5 * g_plain.abs().max()
+
+
+# ----------------------------------------------------------------------------- rollout and loss
+
+PROMPTS = [Prompt("ab", 0), Prompt("hello", -1), Prompt("xyz", 1), Prompt("q", -1)]
+
+
+def hand_loss(lp, ref_lp, A, mask, beta, agg, max_tokens):
+    """GRPO loss value at ratio 1 over the rows in mask: -A + beta * k3, aggregated by hand."""
+    L = (-A[:, None] + beta * ((ref_lp - lp).exp() - 1 - (ref_lp - lp))) * mask
+    keep = mask.sum(1) > 0
+    L, m = L[keep], mask[keep]
+    if agg == "seq_mean":
+        return (L.sum(1) / m.sum(1)).mean()
+    if agg == "token_mean":
+        return L.sum() / m.sum()
+    if agg == "seq_sum":
+        return L.sum(1).mean()
+    return L.sum() / (keep.sum() * max_tokens)
+
+
+@pytest.mark.parametrize("agg", ["seq_mean", "token_mean", "seq_sum", "constant"])
+def test_drop_zero_std_groups_leaves_them_out_of_loss_and_normaliser(agg):
+    """Oracle: loss by hand over the kept groups only (plain log-probs, own k3, own group statistics)."""
+    torch.manual_seed(0)
+    policy = tiny()
+    ref = perturbed(policy)
+    cfg = GRPOConfig(group_size=4, max_new_tokens=4, beta=0.1, drop_zero_std_groups=True, loss_agg=agg)
+    batch = rollout(policy, FakeTok(), PROMPTS, frac_target, cfg, ref_model=ref, seeds=[1, 2, 3, 4])
+    r = batch.rewards.view(4, 4)
+    flat = (r == r[:, :1]).all(1).repeat_interleave(4)
+    assert flat.view(4, 4)[[1, 3], 0].all() and not flat.all()     # answer -1 groups are flat, others not
+    assert batch.loss_mask[flat].sum() == 0
+    assert torch.equal(batch.loss_mask[~flat], batch.completion_mask[~flat])
+    loss, _ = grpo_loss(policy, batch, cfg)
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, 4)
+    with torch.no_grad():
+        lp, ref_lp = plain_completion_logprobs(policy, *args), plain_completion_logprobs(ref, *args)
+    mask = batch.completion_mask.float() * (~flat)[:, None]
+    want = hand_loss(lp, ref_lp, batch.advantages, mask, 0.1, agg, cfg.max_new_tokens)
+    assert abs(loss.item() - want.item()) <= 1e-5 * max(1.0, abs(want.item()))
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_kl_as_reward_penalty(estimator):
+    """Oracle: A = group-normalised (r - beta * sum_t KL_t), with own log-probs, KL and mean/std."""
+    torch.manual_seed(0)
+    policy = tiny()
+    ref = perturbed(policy, scale=0.1)
+    beta, G = 0.5, 4
+    cfg = GRPOConfig(group_size=G, max_new_tokens=6, beta=beta, kl_mode="reward", kl_estimator=estimator)
+    prompts = [Prompt("ab", 0), Prompt("xyz", 1)]
+    batch = rollout(policy, FakeTok(), prompts, frac_target, cfg, ref_model=ref, seeds=[7, 8])
+    assert (batch.completion_mask == 0).any()                  # a row stopped at EOS: padding to mask out
+    texts = [" ".join(str(i) for i, m in zip(ids, ms) if m)
+             for ids, ms in zip(batch.completion_ids.tolist(), batch.completion_mask.tolist())]
+    r = torch.tensor(frac_target([p for p in prompts for _ in range(G)], texts))
+    assert torch.equal(batch.rewards, r)                        # the stored reward is the task reward
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, G)
+    with torch.no_grad():
+        lp, ref_lp = full_row_logprobs(policy, *args), full_row_logprobs(ref, *args)
+    kl = lp - ref_lp if estimator == "k1" else (ref_lp - lp).exp() - 1 - (ref_lp - lp)
+    shaped = (r - beta * (kl * batch.completion_mask).sum(1)).view(-1, G)
+    mean = shaped.mean(1, keepdim=True)
+    std = ((shaped - mean) ** 2).sum(1, keepdim=True).div(G - 1).sqrt()
+    want = ((shaped - mean) / (std + cfg.adv_eps)).reshape(-1)
+    assert (batch.advantages - want).abs().max() <= 1e-4
+    assert (batch.advantages - group_advantages(r, G)).abs().max() > 1e-3   # the penalty changed them
+    loss, _ = grpo_loss(policy, batch, cfg)                     # no KL term in the loss itself
+    want_loss = aggregate_loss(-batch.advantages[:, None].expand_as(lp), batch.completion_mask, "seq_mean")
+    assert abs(loss.item() - want_loss.item()) <= 1e-6
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("field,value", [("group_size", 1), ("kl_estimator", "k2"), ("kl_mode", "both"),
+                                         ("loss_agg", "seq_max")])
+def test_config_validate_names_the_bad_value(field, value):
+    """Oracle: one line naming the bad value."""
+    with pytest.raises(ValueError) as e:
+        GRPOConfig(**{field: value}).validate()
+    one_line(e, str(value))
+
+
+def test_grpo_step_empty_prompt_list():
+    """Oracle: one line saying the prompt list is empty."""
+    with pytest.raises(ValueError) as e:
+        grpo_step(tiny(), FakeTok(), [], frac_target, GRPOConfig(group_size=2))
+    one_line(e, "empty prompt list")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_end_to_end_reward_rises():
+    """Oracle: the reward itself; mean of the last 5 steps clearly beats the first 5."""
+    policy = tiny(seed=1)
+    torch.manual_seed(1)
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
+    cfg = GRPOConfig(group_size=8, max_new_tokens=3, beta=0.0)
+    prompts = [Prompt("ab", 0), Prompt("xyz", 1)]
+    history = []
+    for _ in range(30):
+        loss, metrics, _ = grpo_step(policy, FakeTok(), prompts, frac_target, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert math.isfinite(metrics["loss"]) and all(p.isfinite().all() for p in policy.parameters())
+        history.append(metrics["reward"])
+    first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
+    assert last > first + 0.5, history
