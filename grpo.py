@@ -16,6 +16,7 @@ Shapes: B prompts, G samples each, N = B*G rows (row i*G + j is sample j of prom
 (left-padded), T completion tokens. Everything here is a pure function of tensors except rollout(), which
 samples, and the forward passes, which call the model.
 """
+import time
 from dataclasses import dataclass
 
 import torch
@@ -185,8 +186,9 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
     B, P = prompt_ids.shape
     N, T = completion_ids.shape
     device_type = prompt_ids.device.type
-    with torch.autocast(device_type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None):
-        cache = model.new_cache(B, P + T, dtype=compute_dtype)
+    low_precision = compute_dtype in (torch.bfloat16, torch.float16)
+    with torch.autocast(device_type, dtype=compute_dtype if low_precision else torch.bfloat16, enabled=low_precision):
+        cache = model.new_cache(B, P + T, dtype=compute_dtype if low_precision else None)
         h_last = model(prompt_ids, attention_mask=prompt_mask, cache=cache, logits_to_keep=1, return_hidden=True)
         hidden = h_last.repeat_interleave(group_size, dim=0)                   # (N, 1, C)
         if T > 1:
@@ -195,7 +197,7 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
                               prompt_mask.new_ones(N, T - 1)], dim=1)
             h = model(completion_ids[:, :-1], attention_mask=mask, cache=cache, return_hidden=True)
             hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
-        if compute_dtype is not None:
+        if low_precision:
             hidden = hidden.to(compute_dtype)
         return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
 
@@ -224,6 +226,7 @@ class Rollout:
     ref_logprobs: torch.Tensor | None    # (N, T) under pi_ref, or None when beta = 0
     old_logprobs: torch.Tensor | None    # (N, T) under pi_old, or None when mu = 1 (then pi_old = pi)
     texts: list                     # N decoded completions
+    seconds: dict                   # wall time of each phase: sample, reward, logprobs (ref and old)
 
 
 def encode_prompts(tok, prompts, system_prompt=None):
@@ -244,15 +247,18 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, 
     G = cfg.group_size
     prompt_tokens = encode_prompts(tok, prompts, cfg.system_prompt)
     device = policy.embed.weight.device
+    t0 = time.perf_counter()
     completion_ids, completion_mask = generate(
         sampler or policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id,
         pad_id=tok.pad_id, seeds=seeds)
     prompt_ids, prompt_mask = left_pad(prompt_tokens, tok.pad_id, device)
     texts = [tok.decode_completion(ids, m) for ids, m in zip(completion_ids.tolist(), completion_mask.tolist())]
+    t1 = time.perf_counter()
     rewards = torch.tensor(reward_fn([p for p in prompts for _ in range(G)], texts), dtype=torch.float32,
                            device=device)
 
+    t2 = time.perf_counter()
     args = (prompt_ids, prompt_mask, completion_ids, G, compute_dtype, completion_mask)
     ref_logprobs = completion_logprobs(ref_model, *args) if cfg.beta > 0 else None
     old_logprobs = completion_logprobs(policy, *args) if need_old_logprobs or cfg.kl_mode == "reward" else None
@@ -265,8 +271,9 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, 
     loss_mask = completion_mask.clone()
     if cfg.drop_zero_std_groups:      # judged on the task rewards: a KL penalty alone is no reason to learn
         loss_mask[zero_std_groups(rewards, G)] = 0
+    seconds = {"sample": t1 - t0, "reward": t2 - t1, "logprobs": time.perf_counter() - t2}
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, advantages, loss_mask,
-                   ref_logprobs, old_logprobs if need_old_logprobs else None, texts)
+                   ref_logprobs, old_logprobs if need_old_logprobs else None, texts, seconds)
 
 
 def grpo_loss(policy, batch: Rollout, cfg, compute_dtype=None, logprob_fn=None):

@@ -40,10 +40,10 @@ from task import get_reward, get_task, make_dataset
 @dataclass
 class TrainConfig:
     model: str = "smollm2"
-    task: str = "add1"
-    steps: int = 40
+    task: str = "larger"
+    steps: int = 30
     batch_prompts: int = 8         # B prompts per step (all ranks together); each gets G = group_size samples
-    lr: float = 1e-5
+    lr: float = 5e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     mu: int = 1                    # optimisation passes over each batch of rollouts
@@ -54,6 +54,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 1
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
+    eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
     save_every: int = 10
     out_dir: str = "runs/default"
     resume: bool = False
@@ -264,7 +265,7 @@ def train(cfg: TrainConfig):
             + (f", sampled accuracy {res['sampled_accuracy']:.1%}" if "sampled_accuracy" in res else ""))
         return res
 
-    before = held_out("before") if rank == 0 and start == 0 else None
+    before = held_out("before") if rank == 0 and start == 0 and cfg.eval_before else None
     policy_pass = PolicyLogprobs(policy)
     if world > 1:
         policy_pass = torch.nn.parallel.DistributedDataParallel(policy_pass)

@@ -99,7 +99,7 @@ def make_rollout(items, cfg, tcfg, policy, ref_model, mu):
         ref = grpo.completion_logprobs(ref_model, *args, completion_mask=cmask) if cfg.beta > 0 else None
         old = grpo.completion_logprobs(policy, *args, completion_mask=cmask) if mu > 1 else None
     return grpo.Rollout(prompt_ids, prompt_mask, completion_ids, cmask, rewards, advantages, loss_mask,
-                        ref, old, [""] * len(rewards))
+                        ref, old, [""] * len(rewards), {})
 
 
 def one_step(case, rank, world):

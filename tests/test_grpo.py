@@ -269,7 +269,7 @@ def test_grpo_loss_gradient_equals_analytic_and_finite_difference(beta):
     A = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0], dtype=torch.float64)
     with torch.no_grad():
         ref_lp = full_row_logprobs(ref, prompt_ids, prompt_mask, comp, 2)
-    batch = Rollout(prompt_ids, prompt_mask, comp, cmask, A.float(), A.float(), cmask.clone(), ref_lp, None, [])
+    batch = Rollout(prompt_ids, prompt_mask, comp, cmask, A.float(), A.float(), cmask.clone(), ref_lp, None, [], {})
     cfg = GRPOConfig(group_size=2, beta=beta, max_new_tokens=comp.size(1))
     loss, _ = grpo_loss(model, batch, cfg)
     loss.backward()
