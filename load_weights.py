@@ -260,8 +260,9 @@ def _load_safetensors(path):
 
 
 def _build(cfg, state):
-    model = GPT(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    with torch.device("meta"):      # no random init: the checkpoint's tensors become the parameters
+        model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.eval()

@@ -49,6 +49,7 @@ def main():
             "reward_first5": statistics.fmean(rewards[:5]), "reward_last5": statistics.fmean(rewards[-5:]),
             "reward_curve_noise": statistics.pstdev(diffs) if diffs else 0.0,
             "kl_last": out["history"][-1]["kl"], "seconds": round(time.time() - t, 1),
+            "s_per_step": round(statistics.fmean(h["s_per_step"] for h in out["history"]), 2),
             "rewards": [round(r, 4) for r in rewards]})
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -16,6 +16,14 @@ from load_weights import CACHE_DIR, find_smollm2_gguf, load_model  # noqa: E402
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
+def one_line(excinfo, *words):
+    """The raised error is one line that names each of `words`."""
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """Our SmolLM2 (fp32) and its tokenizer."""

@@ -6,15 +6,8 @@ import pytest
 import torch
 
 import load_weights
-from conftest import write_random_gpt2
+from conftest import one_line, write_random_gpt2
 from model import GPT, GPTConfig, generate
-
-
-def one_line(excinfo, *words):
-    msg = str(excinfo.value)
-    assert "\n" not in msg
-    for w in words:
-        assert w in msg, msg
 
 
 def test_model_wheel_not_installed(monkeypatch):

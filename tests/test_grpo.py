@@ -12,6 +12,8 @@ from grpo import (GRPOConfig, Rollout, aggregate_loss, completion_logprobs, grou
 from model import GPT, GPTConfig, left_pad
 from task import Prompt
 
+from conftest import one_line
+
 EOS, PAD, TARGET = 1, 0, 5
 
 
@@ -64,13 +66,6 @@ def frac_target(prompts, texts):
         words = t.split()
         out.append(1.0 if p.answer == -1 else sum(w == str(TARGET) for w in words) / max(len(words), 1))
     return out
-
-
-def one_line(excinfo, *words):
-    msg = str(excinfo.value)
-    assert "\n" not in msg
-    for w in words:
-        assert w in msg, msg
 
 
 def grads(model):

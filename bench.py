@@ -1,0 +1,300 @@
+"""Speed figures as JSON (not a test). Each figure names the machine; compare only within one run.
+
+    python bench.py                       # everything below except trl
+    python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, trl
+    python bench.py --out=bench.json
+
+load     cold (dequantize the GGUF) and warm (cached safetensors) load seconds
+sample   sampled tokens/s at batch 8, 32, 64 with 32 new tokens: ours (fp32, bf16) vs transformers' generate
+fwdbwd   forward+backward seconds of 64 sequences of 80 tokens (log-probs of the last 24), ours vs transformers
+step     seconds per GRPO step on TRL's comparison config (add1, 8 prompts x G=8, 32 tokens, T=1, beta=0.04,
+         lr 1e-5, AdamW) with a breakdown by phase
+memory   peak resident memory of a 3-step training run (a fresh process)
+tta      held-out greedy accuracy on add1 after each of the first steps of that config (time to accuracy)
+trl      TRL's GRPOTrainer on the same config (pip install -r requirements-bench.txt; ~8 min on 2 cores)
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from eval import evaluate
+from grpo import GRPOConfig, grpo_loss, rollout
+from load_weights import DEFAULT_SYSTEM, find_smollm2_gguf, load_model, load_smollm2
+from model import generate, pick_dtype
+from train import sync_sampler
+from task import get_reward, make_dataset
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+QUESTION = "What is 3 + 5? Answer with just the number."
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "amx": bool(torch._C._cpu._init_amx()),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "auto_dtype": str(pick_dtype("auto", "cpu")).removeprefix("torch.")}
+
+
+def timed(fn, repeat=1):
+    """Best of `repeat` wall times (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_load():
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        load_smollm2(cache_dir=cache, verbose=False)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        load_smollm2(cache_dir=cache)
+        warm = time.perf_counter() - t
+    return {"cold_s": round(cold, 2), "warm_s": round(warm, 2)}
+
+
+def hf_model(dtype):
+    from transformers import AutoModelForCausalLM
+    path = find_smollm2_gguf()
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).to(dtype).eval()
+
+
+def bench_sample(model, tok, hf):
+    prompt = tok.chat_prompt(QUESTION)
+    out = {}
+    for name, dtype in DTYPES.items():
+        ours = copy.deepcopy(model).to(dtype)
+        theirs = hf(dtype) if hf else None
+        for batch in (8, 32, 64):
+            # no EOS stop: every row makes exactly 32 tokens in both implementations
+            s = timed(lambda: generate(ours, [prompt] * batch, max_new_tokens=32, temperature=1.0, eos_id=None,
+                                       seeds=list(range(batch))))
+            out[f"ours_{name}_b{batch}_tok_s"] = round(batch * 32 / s, 1)
+            if theirs is not None:
+                ids = torch.tensor([prompt] * batch)
+                with torch.no_grad():
+                    s = timed(lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                                      top_k=0, max_new_tokens=32, min_new_tokens=32,
+                                                      pad_token_id=tok.pad_id))
+                out[f"transformers_{name}_b{batch}_tok_s"] = round(batch * 32 / s, 1)
+        del ours, theirs
+    return out
+
+
+def bench_fwdbwd(model, hf):
+    """64 x 80 tokens, log-probs of the last 24 positions, backward; fp32 and bf16 autocast."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.cfg.vocab_size, (64, 80))
+    out = {}
+
+    def ours():
+        logits = model(ids, logits_to_keep=25)[:, :-1]
+        torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -24:, None]).sum().backward()
+
+    def theirs():
+        logits = ref(ids, logits_to_keep=25).logits[:, :-1]
+        torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -24:, None]).sum().backward()
+
+    ref = hf(torch.float32) if hf else None
+    for name, dtype in DTYPES.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out[f"ours_{name}_s"] = round(timed(ours), 2)
+            if ref is not None:
+                out[f"transformers_{name}_s"] = round(timed(theirs), 2)
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+class ComparisonRun:
+    """The comparison config's training state: fp32 policy + AdamW, sampler and reference in the compute dtype."""
+
+    def __init__(self, model, tok, dtype_name):
+        self.tok, self.dtype = tok, pick_dtype(dtype_name, "cpu")
+        self.policy = copy.deepcopy(model)
+        self.ref = copy.deepcopy(model).to(self.dtype).requires_grad_(False)
+        self.sampler = self.policy if self.dtype == torch.float32 else \
+            copy.deepcopy(model).to(self.dtype).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=1e-5)
+        self.train_set, self.eval_set = make_dataset("add1", seed=0)
+        # TRL's chat template adds SmolLM2's default system turn: ours does too here, for the same prompts
+        self.cfg = GRPOConfig(group_size=8, max_new_tokens=32, temperature=1.0, beta=0.04, system_prompt=DEFAULT_SYSTEM)
+
+    def step(self, step):
+        """One GRPO step on prompts 8*step .. 8*step+7; returns seconds by phase."""
+        t0 = time.perf_counter()
+        prompts = self.train_set[8 * step:8 * step + 8]
+        batch = rollout(self.policy, self.tok, prompts, get_reward, self.cfg, self.ref, self.sampler,
+                        seeds=list(range(8 * step, 8 * step + 8)), compute_dtype=self.dtype)
+        t1 = time.perf_counter()
+        loss, _ = grpo_loss(self.policy, batch, self.cfg, self.dtype)
+        t2 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
+        self.opt.step()
+        sync_sampler(self.sampler, self.policy)
+        t4 = time.perf_counter()
+        return {"step_s": t4 - t0, "sample_s": batch.seconds["sample"], "reward_s": batch.seconds["reward"],
+                "ref_logprobs_s": batch.seconds["logprobs"], "forward_s": t2 - t1, "backward_s": t3 - t2,
+                "optimizer_s": t4 - t3, "completion_tokens": int(batch.completion_mask.sum())}
+
+
+def bench_step(model, tok, steps=3, dtype_name="auto"):
+    """Seconds per GRPO step of the comparison config, split into phases (median of `steps` steps)."""
+    run = ComparisonRun(model, tok, dtype_name)
+    rows = [run.step(i) for i in range(steps)]
+    median = lambda k: round(sorted(r[k] for r in rows)[len(rows) // 2], 2)
+    return {"dtype": str(run.dtype).removeprefix("torch."), **{k: median(k) for k in rows[0]}}
+
+
+def bench_memory():
+    """Peak RSS (GiB) of a fresh process that runs 3 training steps of the comparison config."""
+    code = ("import resource, bench, load_weights; m, t = load_weights.load_model(); bench.bench_step(m, t, steps=3); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    return {"peak_rss_gib": round(int(out.stdout.split()[-1]) / 2**20, 2)}
+
+
+def bench_tta(model, tok, steps=8, dtype_name="auto"):
+    """Held-out greedy accuracy on add1 after each step of the comparison config, with training seconds."""
+    run = ComparisonRun(model, tok, dtype_name)
+    accuracy = lambda: evaluate(run.sampler, run.tok, run.eval_set, system_prompt=DEFAULT_SYSTEM)["accuracy"]
+    curve, train_s = [{"step": 0, "train_s": 0.0, "accuracy": accuracy()}], 0.0
+    for step in range(1, steps + 1):
+        train_s += run.step(step)["step_s"]
+        curve.append({"step": step, "train_s": round(train_s, 1), "accuracy": accuracy()})
+    return {"dtype": str(run.dtype).removeprefix("torch."), "eval_prompts": len(run.eval_set), "curve": curve}
+
+
+def _trl_worker(steps, dtype_name="fp32", max_completion_length=32):
+    """TRL's GRPOTrainer on the comparison config, in this process; seconds per step and peak RSS."""
+    import statistics
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from task import Prompt
+
+    path = find_smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, padding_side="left")
+    gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # Conversational prompts: TRL applies the chat template, which adds SmolLM2's default system turn
+    # (~20 prompt tokens that our bench_step leaves out). The `answer` column reaches the reward as a kwarg.
+    train_set, _ = make_dataset("add1", seed=0)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p.question}], "answer": p.answer}
+                              for p in train_set])
+
+    def reward(prompts, completions, answer, **_):
+        return get_reward([Prompt(p[-1]["content"], a) for p, a in zip(prompts, answer)],
+                          [c[0]["content"] for c in completions])
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds = []
+
+        def on_step_begin(self, *_, **__):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.seconds.append(time.perf_counter() - self.t)
+
+    with tempfile.TemporaryDirectory() as out:
+        # TRL loads its reference model from a path, and its loader cannot read GGUF, so both models come from an
+        # fp32 safetensors copy. The weights were dequantized on load, but the model still carries the GGUF
+        # quantizer, with which Trainer refuses to train it and save_pretrained refuses to save it.
+        gguf_model.hf_quantizer = None
+        del gguf_model.config.quantization_config
+        gguf_model.save_pretrained(f"{out}/model")
+        del gguf_model
+        args = trl.GRPOConfig(
+            output_dir=out, report_to="none", logging_steps=1, save_strategy="no", max_steps=steps,
+            use_cpu=True, bf16=dtype_name == "bf16",
+            # per_device_train_batch_size counts completions: 64 = 8 prompts x num_generations 8, and with
+            # gradient_accumulation_steps 1 the generation batch is those 64, so one optimizer step per rollout
+            per_device_train_batch_size=64, num_generations=8, gradient_accumulation_steps=1, num_iterations=1,
+            max_completion_length=max_completion_length, temperature=1.0, beta=0.04, learning_rate=1e-5,
+            # as ours, where TRL's defaults differ: no activation checkpointing, per-sequence mean loss, prompts in
+            # order, constant lr, torch AdamW's weight decay
+            activation_checkpointing=False, loss_type="grpo", shuffle_dataset=False, lr_scheduler_type="constant",
+            weight_decay=0.01,
+            model_init_kwargs={"dtype": torch.float32})
+        trainer = trl.GRPOTrainer(model=f"{out}/model", reward_funcs=reward, args=args, train_dataset=data,
+                                  processing_class=tok, callbacks=[timer := StepTimer()])
+        trainer.train()
+    s = timer.seconds
+    return {"trl_version": trl.__version__, "dtype": dtype_name, "threads": torch.get_num_threads(),
+            "step_s_median": round(statistics.median(s[1:] if len(s) >= 3 else s), 2),
+            "step_s": [round(x, 2) for x in s],
+            "completion_mean_tokens": [round(h["completions/mean_length"], 1) for h in trainer.state.log_history
+                                       if "completions/mean_length" in h],
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def bench_trl(steps=3, dtype_name="fp32"):
+    """TRL 1.16's GRPOTrainer on the comparison config, in a fresh process so that its peak RSS is its own."""
+    code = f"import json, bench; print(json.dumps(bench._trl_worker({steps}, {dtype_name!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    if out.returncode:
+        sys.exit(f"error: the TRL run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="load,sample,fwdbwd,step,memory,tta",
+                    help="comma-separated: load, sample, fwdbwd, step, memory, tta, trl")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    parts = args.only.split(",")
+    try:
+        import transformers  # noqa: F401
+        hf = hf_model
+    except ImportError:
+        hf = None
+    result = {"machine": machine()}
+    model, tok = load_model()
+    for name in parts:
+        print(f"bench {name} ...", file=sys.stderr)
+        t = time.perf_counter()
+        if name == "load":
+            result[name] = bench_load()
+        elif name == "sample":
+            result[name] = bench_sample(model, tok, hf)
+        elif name == "fwdbwd":
+            result[name] = bench_fwdbwd(model, hf)
+        elif name == "step":
+            result[name] = {d: bench_step(model, tok, dtype_name=d) for d in ("fp32", "bf16")}
+        elif name == "tta":
+            result[name] = bench_tta(model, tok)
+        elif name == "memory":
+            result[name] = bench_memory()
+        elif name == "trl":
+            result[name] = bench_trl()
+        else:
+            sys.exit(f"error: unknown benchmark {name!r}")
+        print(f"  {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

