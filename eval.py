@@ -1,7 +1,7 @@
 """Held-out evaluation: mean reward and accuracy of a model (the base model or a checkpoint) on a task.
 
     python eval.py                                   # the base model on the default task
-    python eval.py --checkpoint=runs/default --task=add1 --samples=4
+    python eval.py --checkpoint=runs/default --samples=4
 
 Greedy decoding gives one number per prompt (accuracy); sampling k completions per prompt at the training
 temperature shows what the policy does during training (sampled accuracy = mean over the k samples).
@@ -73,7 +73,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--checkpoint", default=None, help="a run folder or model.safetensors written by train.py")
-    ap.add_argument("--task", default="add1")
+    ap.add_argument("--task", default="larger", help="the task to evaluate (train.py's default: larger)")
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
     ap.add_argument("--samples", type=int, default=0, help="also sample k completions per prompt")

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from model import generate, left_pad
 
@@ -261,9 +260,10 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, 
     t2 = time.perf_counter()
     args = (prompt_ids, prompt_mask, completion_ids, G, compute_dtype, completion_mask)
     ref_logprobs = completion_logprobs(ref_model, *args) if cfg.beta > 0 else None
-    old_logprobs = completion_logprobs(policy, *args) if need_old_logprobs or cfg.kl_mode == "reward" else None
+    kl_in_reward = cfg.beta > 0 and cfg.kl_mode == "reward"
+    old_logprobs = completion_logprobs(policy, *args) if need_old_logprobs or kl_in_reward else None
     shaped = rewards
-    if cfg.beta > 0 and cfg.kl_mode == "reward":
+    if kl_in_reward:
         # r_i - beta * sum_t KL_it: the penalty is part of the reward that the advantages normalise
         kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_estimator)
         shaped = rewards - cfg.beta * (kl * completion_mask).sum(1)

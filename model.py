@@ -7,7 +7,7 @@ One class covers both families the project loads (see load_weights.py):
 Shapes: B rows, T new positions, S = cached + new key positions, C = n_embd, H heads of size D.
 Prompts are left-padded; `attention_mask` (B, past + T) marks real tokens with 1 and padding with 0.
 """
-import math
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -335,6 +335,7 @@ def completion_mask(completion_ids, eos_id):
 
 # ----------------------------------------------------------------------------- precision
 
+@functools.lru_cache(maxsize=None)
 def bf16_is_fast(device):
     """Whether bf16 matmuls beat fp32 here: on GPUs with bf16 support, on CPUs with AMX, and on other CPUs
     (some have AVX-512 BF16, some emulate bf16 slowly) by timing a model-sized matmul in both dtypes."""

@@ -251,7 +251,6 @@ def train(cfg: TrainConfig):
         policy.load_state_dict(load_file(str(out_dir / "model.safetensors"), device=str(device)))
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
-        evals = state.get("evals", {})
         sync_sampler(sampler, policy)
         log(f"resumed from {out_dir} at step {start}")
     elif cfg.resume:
