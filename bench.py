@@ -9,9 +9,9 @@ sample   sampled tokens/s at batch 8, 32, 64 with 32 new tokens: ours (fp32, bf1
 fwdbwd   forward+backward seconds of 64 sequences of 80 tokens (log-probs of the last 24), ours vs transformers
 step     seconds per GRPO step on TRL's comparison config (add1, 8 prompts x G=8, 32 tokens, T=1, beta=0.04,
          lr 1e-5, AdamW) with a breakdown by phase
-memory   peak resident memory of a 3-step training run (a fresh process)
+memory   peak resident memory of a 3-step training run (a fresh process), whole batch and 1 prompt per pass
 tta      held-out greedy accuracy on add1 after each of the first steps of that config (time to accuracy)
-trl      TRL's GRPOTrainer on the same config (pip install -r requirements-bench.txt; ~8 min on 2 cores)
+trl      TRL's GRPOTrainer on the same config, fp32 and bf16 (pip install -r requirements-bench.txt; ~10 min on 2 cores)
 """
 import argparse
 import copy
@@ -27,10 +27,10 @@ import time
 import torch
 
 from eval import evaluate
-from grpo import GRPOConfig, grpo_loss, rollout
+from grpo import GRPOConfig, rollout
 from load_weights import DEFAULT_SYSTEM, find_smollm2_gguf, load_model, load_smollm2
 from model import generate, pick_dtype
-from train import sync_sampler
+from train import MasterAdamW, PolicyLogprobs, TrainConfig, optimize
 from task import get_reward, make_dataset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -77,7 +77,7 @@ def bench_sample(model, tok, hf):
     prompt = tok.chat_prompt(QUESTION)
     out = {}
     for name, dtype in DTYPES.items():
-        ours = copy.deepcopy(model).to(dtype)
+        ours = copy.deepcopy(model).to_compute_dtype(dtype)
         theirs = hf(dtype) if hf else None
         for batch in (8, 32, 64):
             # no EOS stop: every row makes exactly 32 tokens in both implementations
@@ -96,85 +96,105 @@ def bench_sample(model, tok, hf):
 
 
 def bench_fwdbwd(model, hf):
-    """64 x 80 tokens, log-probs of the last 24 positions, backward; fp32 and bf16 autocast."""
+    """64 x 80 tokens, log-probs of the last 24 positions, backward. Ours computes in the dtype's own weights (as
+    train.py does); transformers in fp32, or with fp32 weights under bf16 autocast (as TRL's bf16 mode does)."""
     torch.manual_seed(0)
     ids = torch.randint(0, model.cfg.vocab_size, (64, 80))
     out = {}
 
-    def ours():
-        logits = model(ids, logits_to_keep=25)[:, :-1]
+    def run(m, get_logits):
+        logits = get_logits(m)[:, :-1]
         torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -24:, None]).sum().backward()
+        m.zero_grad(set_to_none=True)
 
-    def theirs():
-        logits = ref(ids, logits_to_keep=25).logits[:, :-1]
-        torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -24:, None]).sum().backward()
-
-    ref = hf(torch.float32) if hf else None
+    theirs = hf(torch.float32) if hf else None
     for name, dtype in DTYPES.items():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            out[f"ours_{name}_s"] = round(timed(ours), 2)
-            if ref is not None:
-                out[f"transformers_{name}_s"] = round(timed(theirs), 2)
-    model.zero_grad(set_to_none=True)
+        ours = copy.deepcopy(model).to_compute_dtype(dtype)
+        out[f"ours_{name}_s"] = round(timed(lambda: run(ours, lambda m: m(ids, logits_to_keep=25))), 2)
+        del ours
+        if theirs is not None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                out[f"transformers_{name}_s"] = round(timed(lambda: run(theirs, lambda m: m(ids, logits_to_keep=25).logits)), 2)
     return out
 
 
-class ComparisonRun:
-    """The comparison config's training state: fp32 policy + AdamW, sampler and reference in the compute dtype."""
+class TimedAdamW(MasterAdamW):
+    """MasterAdamW that remembers how long its last step took."""
 
-    def __init__(self, model, tok, dtype_name):
+    def step(self, max_grad_norm=None):
+        t = time.perf_counter()
+        out = super().step(max_grad_norm)
+        self.seconds = time.perf_counter() - t
+        return out
+
+
+class ComparisonRun:
+    """The comparison config's training state, as train.py builds it: the policy and the reference in the compute
+    dtype, fp32 master weights in AdamW (TRL's weight decay 0.01)."""
+
+    def __init__(self, model, tok, dtype_name, prompts_per_pass=8):
+        """model: the fp32 model, which becomes the policy (pass a copy to keep the original)."""
         self.tok, self.dtype = tok, pick_dtype(dtype_name, "cpu")
-        self.policy = copy.deepcopy(model)
-        self.ref = copy.deepcopy(model).to(self.dtype).requires_grad_(False)
-        self.sampler = self.policy if self.dtype == torch.float32 else \
-            copy.deepcopy(model).to(self.dtype).requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=1e-5)
+        self.policy = model
+        self.opt = TimedAdamW(self.policy.parameters(), lr=1e-5, weight_decay=0.01,
+                              master_copy=self.dtype != torch.float32)
+        self.policy.to_compute_dtype(self.dtype)
+        self.ref = copy.deepcopy(self.policy).requires_grad_(False)
         self.train_set, self.eval_set = make_dataset("add1", seed=0)
         # TRL's chat template adds SmolLM2's default system turn: ours does too here, for the same prompts
-        self.cfg = GRPOConfig(group_size=8, max_new_tokens=32, temperature=1.0, beta=0.04, system_prompt=DEFAULT_SYSTEM)
+        gcfg = GRPOConfig(group_size=8, max_new_tokens=32, temperature=1.0, beta=0.04, system_prompt=DEFAULT_SYSTEM,
+                          prompts_per_pass=prompts_per_pass)
+        self.cfg = TrainConfig(lr=1e-5, grad_clip=1.0, grpo=gcfg)
 
     def step(self, step):
         """One GRPO step on prompts 8*step .. 8*step+7; returns seconds by phase."""
         t0 = time.perf_counter()
         prompts = self.train_set[8 * step:8 * step + 8]
-        batch = rollout(self.policy, self.tok, prompts, get_reward, self.cfg, self.ref, self.sampler,
-                        seeds=list(range(8 * step, 8 * step + 8)), compute_dtype=self.dtype)
+        batch = rollout(self.policy, self.tok, prompts, get_reward, self.cfg.grpo, self.ref,
+                        seeds=list(range(8 * step, 8 * step + 8)))
         t1 = time.perf_counter()
-        loss, _ = grpo_loss(self.policy, batch, self.cfg, self.dtype)
+        optimize(PolicyLogprobs(self.policy), self.opt, batch, self.cfg)
         t2 = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        t3 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
-        self.opt.step()
-        sync_sampler(self.sampler, self.policy)
-        t4 = time.perf_counter()
-        return {"step_s": t4 - t0, "sample_s": batch.seconds["sample"], "reward_s": batch.seconds["reward"],
-                "ref_logprobs_s": batch.seconds["logprobs"], "forward_s": t2 - t1, "backward_s": t3 - t2,
-                "optimizer_s": t4 - t3, "completion_tokens": int(batch.completion_mask.sum())}
+        return {"step_s": t2 - t0, "sample_s": batch.seconds["sample"], "reward_s": batch.seconds["reward"],
+                "ref_logprobs_s": batch.seconds["logprobs"], "forward_backward_s": t2 - t1 - self.opt.seconds,
+                "optimizer_s": self.opt.seconds, "completion_tokens": int(batch.completion_mask.sum())}
 
 
-def bench_step(model, tok, steps=3, dtype_name="auto"):
+def bench_step(model, tok, steps=3, dtype_name="auto", prompts_per_pass=8):
     """Seconds per GRPO step of the comparison config, split into phases (median of `steps` steps)."""
-    run = ComparisonRun(model, tok, dtype_name)
+    run = ComparisonRun(copy.deepcopy(model), tok, dtype_name, prompts_per_pass)
     rows = [run.step(i) for i in range(steps)]
     median = lambda k: round(sorted(r[k] for r in rows)[len(rows) // 2], 2)
-    return {"dtype": str(run.dtype).removeprefix("torch."), **{k: median(k) for k in rows[0]}}
+    return {"dtype": str(run.dtype).removeprefix("torch."), "prompts_per_pass": prompts_per_pass,
+            **{k: median(k) for k in rows[0]}}
+
+
+def memory_worker(prompts_per_pass, steps=3):
+    """Peak RSS (GiB) of this process: load the model and train `steps` steps of the comparison config."""
+    model, tok = load_model()
+    run = ComparisonRun(model, tok, "auto", prompts_per_pass)
+    del model
+    for i in range(steps):
+        run.step(i)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def bench_memory():
-    """Peak RSS (GiB) of a fresh process that runs 3 training steps of the comparison config."""
-    code = ("import resource, bench, load_weights; m, t = load_weights.load_model(); bench.bench_step(m, t, steps=3); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
-    return {"peak_rss_gib": round(int(out.stdout.split()[-1]) / 2**20, 2)}
+    """Peak RSS (GiB) of a fresh process that runs 3 training steps of the comparison config, for a whole batch
+    and for one prompt per training pass."""
+    out = {}
+    for k in (8, 1):
+        code = f"import bench; print(bench.memory_worker({k}))"
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        out[f"peak_rss_gib_prompts_per_pass_{k}"] = round(float(res.stdout.split()[-1]), 2)
+    return out
 
 
 def bench_tta(model, tok, steps=8, dtype_name="auto"):
     """Held-out greedy accuracy on add1 after each step of the comparison config, with training seconds."""
-    run = ComparisonRun(model, tok, dtype_name)
-    accuracy = lambda: evaluate(run.sampler, run.tok, run.eval_set, system_prompt=DEFAULT_SYSTEM)["accuracy"]
+    run = ComparisonRun(copy.deepcopy(model), tok, dtype_name)
+    accuracy = lambda: evaluate(run.policy, run.tok, run.eval_set, system_prompt=DEFAULT_SYSTEM)["accuracy"]
     curve, train_s = [{"step": 0, "train_s": 0.0, "accuracy": accuracy()}], 0.0
     for step in range(1, steps + 1):
         train_s += run.step(step)["step_s"]
@@ -279,13 +299,15 @@ def main():
         elif name == "fwdbwd":
             result[name] = bench_fwdbwd(model, hf)
         elif name == "step":
-            result[name] = {d: bench_step(model, tok, dtype_name=d) for d in ("fp32", "bf16")}
+            result[name] = {"fp32": bench_step(model, tok, dtype_name="fp32"),
+                            "bf16": bench_step(model, tok, dtype_name="bf16"),
+                            "bf16_one_prompt_per_pass": bench_step(model, tok, dtype_name="bf16", prompts_per_pass=1)}
         elif name == "tta":
             result[name] = bench_tta(model, tok)
         elif name == "memory":
             result[name] = bench_memory()
         elif name == "trl":
-            result[name] = bench_trl()
+            result[name] = {d: bench_trl(dtype_name=d) for d in ("fp32", "bf16")}
         else:
             sys.exit(f"error: unknown benchmark {name!r}")
         print(f"  {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)

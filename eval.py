@@ -86,7 +86,7 @@ def main(argv=None):
     try:
         get_task(args.task)
         model, tok = load_policy(args.model, args.checkpoint, args.device)
-        model = model.to(pick_dtype(args.dtype, args.device))
+        model = model.to_compute_dtype(pick_dtype(args.dtype, args.device))
         _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
         res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt)
     except (ValueError, FileNotFoundError) as e:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from model import generate, left_pad
 
@@ -40,6 +41,8 @@ class GRPOConfig:
     drop_zero_std_groups: bool = False   # leave groups with equal rewards out of the loss and its normaliser
     adv_eps: float = 1e-4
     system_prompt: str | None = None     # None: no system turn (the default one costs ~20 tokens a prompt)
+    prompts_per_pass: int = 8      # prompts (groups of G) per training forward pass: fewer take less memory,
+                                   # more use the matmuls better
 
     def validate(self):
         choices = {"kl_estimator": ("k1", "k3"), "kl_mode": ("loss", "reward"),
@@ -49,6 +52,8 @@ class GRPOConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}")
         if self.group_size < 2:
             raise ValueError(f"group_size G must be >= 2 (got {self.group_size}): GRPO compares samples within a group")
+        if self.prompts_per_pass < 1:
+            raise ValueError(f"prompts_per_pass must be >= 1 (got {self.prompts_per_pass})")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         if self.beta < 0 or self.clip_eps <= 0:
@@ -87,26 +92,25 @@ class SelectedLogprobs(torch.autograd.Function):
 
     The backward is written out, d logp / d logits = onehot(token) - softmax(logits), and recomputes the
     logits instead of storing them: memory holds one (n, V) block at a time, never N*T*V floats.
+    Softmaxes run in fp32 whatever the logits' dtype (one fused pass each, not a cast and then a pass).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, token_ids):
-        logits = (hidden @ weight.t()).float()
-        lse = torch.logsumexp(logits, dim=-1)
-        ctx.save_for_backward(hidden, weight, token_ids, lse)
-        return logits.gather(-1, token_ids[:, None]).squeeze(-1) - lse
+        logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # (n, V)
+        ctx.save_for_backward(hidden, weight, token_ids)
+        return logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, weight, token_ids, lse = ctx.saved_tensors
-        logits = (hidden @ weight.t()).float()
-        grad_logits = torch.exp(logits - lse[:, None]).mul_(-grad[:, None])          # -g * softmax
+        hidden, weight, token_ids = ctx.saved_tensors
+        grad_logits = torch.softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32).mul_(-grad[:, None])
         grad_logits.scatter_add_(-1, token_ids[:, None], grad[:, None])              # + g * onehot
         grad_logits = grad_logits.to(hidden.dtype)
         return grad_logits @ weight, grad_logits.t() @ hidden, None
 
 
-def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=1024):
+def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=512):
     """token_logprobs(hidden @ weight^T, token_ids) computed only where mask is 1, in chunks of tokens.
 
     hidden (N, T, C), weight (V, C), token_ids and mask (N, T) -> (N, T) fp32, 0 outside the mask.
@@ -114,8 +118,6 @@ def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=1024
     """
     keep = mask.bool() if mask is not None else torch.ones_like(token_ids, dtype=torch.bool)
     h, ids = hidden[keep], token_ids[keep]                                  # (n, C), (n,)
-    if h.dtype != weight.dtype:               # under autocast: one cast of the head for all chunks
-        weight = weight.to(h.dtype)
     parts = [SelectedLogprobs.apply(h[i:i + chunk_tokens], weight, ids[i:i + chunk_tokens])
              for i in range(0, h.size(0), chunk_tokens)]
     out = torch.zeros(token_ids.shape, dtype=torch.float32, device=hidden.device)
@@ -174,31 +176,29 @@ def aggregate_loss(per_token, mask, mode="seq_mean", max_tokens=None):
 
 # ----------------------------------------------------------------------------- model passes
 
-def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, compute_dtype=None,
-                        completion_mask=None):
+def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask=None):
     """log pi(o_it | q, o_i<t) for every completion token: (N, T) in fp32 (0 outside completion_mask).
 
     The B prompts are run once and their keys/values copied to their G completions (exact, and G times less
     prompt work than B*G padded rows); the completions then attend to them. prompt_ids, prompt_mask (B, P);
     completion_ids (N, T). Token t's logits come from position t-1: the last prompt position predicts o_i0.
+    Positions past the end of the mask (after EOS) are not computed at all: a third of a batch early on.
+    The model computes in its own dtype (bf16 where that is fast); the log-softmax is always fp32.
     """
     B, P = prompt_ids.shape
     N, T = completion_ids.shape
-    device_type = prompt_ids.device.type
-    low_precision = compute_dtype in (torch.bfloat16, torch.float16)
-    with torch.autocast(device_type, dtype=compute_dtype if low_precision else torch.bfloat16, enabled=low_precision):
-        cache = model.new_cache(B, P + T, dtype=compute_dtype if low_precision else None)
-        h_last = model(prompt_ids, attention_mask=prompt_mask, cache=cache, logits_to_keep=1, return_hidden=True)
-        hidden = h_last.repeat_interleave(group_size, dim=0)                   # (N, 1, C)
-        if T > 1:
-            cache = cache.repeat_interleave(group_size)
-            mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0),
-                              prompt_mask.new_ones(N, T - 1)], dim=1)
-            h = model(completion_ids[:, :-1], attention_mask=mask, cache=cache, return_hidden=True)
-            hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
-        if low_precision:
-            hidden = hidden.to(compute_dtype)
-        return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
+    cache = model.new_cache(B, P + T)
+    h_last = model(prompt_ids, attention_mask=prompt_mask, cache=cache, logits_to_keep=1, return_hidden=True,
+                   keep=prompt_mask.bool())                                # padding: no work
+    hidden = h_last.repeat_interleave(group_size, dim=0)                   # (N, 1, C)
+    if T > 1:
+        cache = cache.repeat_interleave(group_size)
+        mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), prompt_mask.new_ones(N, T - 1)], dim=1)
+        # position t predicts token t+1: compute it only if that token is in the mask (never after EOS)
+        keep = completion_mask[:, 1:].bool() if completion_mask is not None else None
+        h = model(completion_ids[:, :-1], attention_mask=mask, cache=cache, return_hidden=True, keep=keep)
+        hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
+    return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
 
 
 def plain_completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size):
@@ -227,6 +227,29 @@ class Rollout:
     texts: list                     # N decoded completions
     seconds: dict                   # wall time of each phase: sample, reward, logprobs (ref and old)
 
+    def parts(self, prompts_per_part):
+        """The batch as consecutive parts of prompts_per_part prompts (and their G completions each), each cut
+        to its own longest prompt and completion: a part of short answers makes a short forward pass."""
+        B, N = self.prompt_ids.size(0), self.completion_ids.size(0)
+        G = N // B
+        for i in range(0, B, prompts_per_part):
+            p, c = slice(i, i + prompts_per_part), slice(i * G, (i + prompts_per_part) * G)
+            first = int(self.prompt_mask[p].any(0).nonzero()[0])               # leading all-padding columns
+            last = int(self.completion_mask[c].any(0).nonzero()[-1]) + 1       # trailing post-EOS columns
+            cut = lambda x: None if x is None else x[c, :last]
+            yield Rollout(self.prompt_ids[p, first:], self.prompt_mask[p, first:], cut(self.completion_ids),
+                          cut(self.completion_mask), self.rewards[c],
+                          None if self.advantages is None else self.advantages[c], cut(self.loss_mask),
+                          cut(self.ref_logprobs), cut(self.old_logprobs), self.texts[c], {})
+
+
+def logprobs_by_part(model, batch, group_size, prompts_per_part):
+    """completion_logprobs of the batch computed part by part (see Rollout.parts), zero-padded back to (N, T)."""
+    T = batch.completion_ids.size(1)
+    return torch.cat([F.pad(completion_logprobs(model, p.prompt_ids, p.prompt_mask, p.completion_ids, group_size,
+                                                p.completion_mask), (0, T - p.completion_ids.size(1)))
+                      for p in batch.parts(prompts_per_part)])
+
 
 def encode_prompts(tok, prompts, system_prompt=None):
     """Task prompts -> chat token ids; one clear error for an empty list."""
@@ -236,21 +259,16 @@ def encode_prompts(tok, prompts, system_prompt=None):
 
 
 @torch.no_grad()
-def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, seeds=None,
-            compute_dtype=None, need_old_logprobs=False):
-    """Sample G completions per prompt, score them, and compute the advantages (and the frozen log-probs).
-
-    sampler: the model that samples (a low-precision copy of the policy, or the policy itself).
-    """
+def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None, need_old_logprobs=False):
+    """Sample G completions per prompt, score them, and compute the advantages (and the frozen log-probs)."""
     cfg.validate()
     G = cfg.group_size
     prompt_tokens = encode_prompts(tok, prompts, cfg.system_prompt)
     device = policy.embed.weight.device
     t0 = time.perf_counter()
     completion_ids, completion_mask = generate(
-        sampler or policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id,
-        pad_id=tok.pad_id, seeds=seeds)
+        policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seeds=seeds)
     prompt_ids, prompt_mask = left_pad(prompt_tokens, tok.pad_id, device)
     texts = [tok.decode_completion(ids, m) for ids, m in zip(completion_ids.tolist(), completion_mask.tolist())]
     t1 = time.perf_counter()
@@ -258,29 +276,30 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, 
                            device=device)
 
     t2 = time.perf_counter()
-    args = (prompt_ids, prompt_mask, completion_ids, G, compute_dtype, completion_mask)
-    ref_logprobs = completion_logprobs(ref_model, *args) if cfg.beta > 0 else None
+    batch = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, None, completion_mask.clone(),
+                    None, None, texts, {})
+    if cfg.beta > 0:
+        batch.ref_logprobs = logprobs_by_part(ref_model, batch, G, cfg.prompts_per_pass)
     kl_in_reward = cfg.beta > 0 and cfg.kl_mode == "reward"
-    old_logprobs = completion_logprobs(policy, *args) if need_old_logprobs or kl_in_reward else None
+    old_logprobs = logprobs_by_part(policy, batch, G, cfg.prompts_per_pass) \
+        if need_old_logprobs or kl_in_reward else None
     shaped = rewards
     if kl_in_reward:
         # r_i - beta * sum_t KL_it: the penalty is part of the reward that the advantages normalise
-        kl = kl_per_token(old_logprobs, ref_logprobs, cfg.kl_estimator)
+        kl = kl_per_token(old_logprobs, batch.ref_logprobs, cfg.kl_estimator)
         shaped = rewards - cfg.beta * (kl * completion_mask).sum(1)
-    advantages = group_advantages(shaped, G, cfg.scale_rewards, cfg.adv_eps)
-    loss_mask = completion_mask.clone()
+    batch.advantages = group_advantages(shaped, G, cfg.scale_rewards, cfg.adv_eps)
     if cfg.drop_zero_std_groups:      # judged on the task rewards: a KL penalty alone is no reason to learn
-        loss_mask[zero_std_groups(rewards, G)] = 0
-    seconds = {"sample": t1 - t0, "reward": t2 - t1, "logprobs": time.perf_counter() - t2}
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, advantages, loss_mask,
-                   ref_logprobs, old_logprobs if need_old_logprobs else None, texts, seconds)
+        batch.loss_mask[zero_std_groups(rewards, G)] = 0
+    batch.old_logprobs = old_logprobs if need_old_logprobs else None
+    batch.seconds = {"sample": t1 - t0, "reward": t2 - t1, "logprobs": time.perf_counter() - t2}
+    return batch
 
 
-def grpo_loss(policy, batch: Rollout, cfg, compute_dtype=None, logprob_fn=None):
-    """The GRPO loss of one batch under the current policy, and metrics. Returns (loss, metrics dict).
+def grpo_loss(policy, batch: Rollout, cfg, logprob_fn=None):
+    """The GRPO loss of one batch under the current policy. Returns (loss, kl (N, T) or None, clipped (N, T)).
     logprob_fn: completion_logprobs with the policy bound (train.py passes a DistributedDataParallel one)."""
-    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, cfg.group_size, compute_dtype,
-            batch.loss_mask)
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, cfg.group_size, batch.loss_mask)
     logprobs = logprob_fn(*args) if logprob_fn is not None else completion_logprobs(policy, *args)
     old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
     per_token, clipped = ppo_clip_loss(logprobs, old, batch.advantages, cfg.clip_eps)
@@ -289,29 +308,26 @@ def grpo_loss(policy, batch: Rollout, cfg, compute_dtype=None, logprob_fn=None):
         kl = kl_per_token(logprobs, batch.ref_logprobs, cfg.kl_estimator)
         if cfg.kl_mode == "loss":
             per_token = per_token + cfg.beta * kl
-    mask = batch.loss_mask
-    loss = aggregate_loss(per_token, mask, cfg.loss_agg, cfg.max_new_tokens)
-    return loss, step_metrics(batch, mask, clipped, kl, cfg.group_size)
+    return aggregate_loss(per_token, batch.loss_mask, cfg.loss_agg, cfg.max_new_tokens), kl, clipped
 
 
 @torch.no_grad()
-def step_metrics(batch, mask, clipped, kl, group_size):
-    """Scalars to log; each one explained where train.py prints it."""
+def step_metrics(batch, kl, clipped, group_size):
+    """Scalars to log; each one explained where train.py prints it. kl (N, T) or None, clipped (N, T)."""
     cm = batch.completion_mask.float()
-    n_tok = mask.sum().clamp(min=1)
+    mask = batch.loss_mask.bool()
     return {
         "reward": batch.rewards.mean().item(),
         "reward_std": batch.rewards.view(-1, group_size).std(dim=1).mean().item(),
         "frac_reward_zero_std": zero_std_groups(batch.rewards, group_size).float().mean().item(),
-        "kl": ((kl * cm).sum() / cm.sum()).item() if kl is not None else 0.0,
-        "clip_frac": ((clipped & mask.bool()).sum() / n_tok).item(),
+        "kl": ((kl * mask).sum() / mask.sum().clamp(min=1)).item() if kl is not None else 0.0,
+        "clip_frac": ((clipped & mask).sum() / mask.sum().clamp(min=1)).item(),
         "completion_len": cm.sum(1).mean().item(),
     }
 
 
-def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, sampler=None, seeds=None, compute_dtype=None):
+def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):
     """One GRPO step without an optimizer step: rollout, then the loss (mu = 1). Returns (loss, metrics, batch)."""
-    batch = rollout(policy, tok, prompts, reward_fn, cfg, ref_model, sampler, seeds, compute_dtype)
-    loss, metrics = grpo_loss(policy, batch, cfg, compute_dtype)
-    metrics["loss"] = loss.item()
-    return loss, metrics, batch
+    batch = rollout(policy, tok, prompts, reward_fn, cfg, ref_model, seeds)
+    loss, kl, clipped = grpo_loss(policy, batch, cfg)
+    return loss, step_metrics(batch, kl, clipped, cfg.group_size) | {"loss": loss.item()}, batch

@@ -33,6 +33,32 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, computed in (at least) fp32 whatever x's dtype.
+
+    The backward is written out, so that all it keeps is x in its own dtype and r (one float a row), not the
+    three fp32 copies of x that autograd would keep for the same lines:
+        dx = r * (g w - x r^2 mean(g w x)),    dw = sum over rows of g x r
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        r = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, r)
+        return (x32 * r * weight.to(x32.dtype)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, r = ctx.saved_tensors
+        x32 = x.to(r.dtype)
+        g32 = g.to(r.dtype)
+        gw = g32 * weight.to(r.dtype)
+        dx = r * (gw - x32 * r.pow(2) * (gw * x32).mean(-1, keepdim=True))
+        dw = (g32 * x32 * r).flatten(0, -2).sum(0)
+        return dx.to(x.dtype), dw.to(weight.dtype), None
+
+
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32."""
 
@@ -42,24 +68,38 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 def rope_cos_sin(positions, head_dim, base):
-    """cos, sin of shape (B, 1, T, D) for integer positions (B, T). Angle_j = pos / base^(2j/D)."""
+    """cos, sin of shape (n, 1, D) for integer positions (n,): one angle per head dim, shared by the heads.
+    Angle_j = pos / base^(2j/D)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    angles = positions.float()[..., None] * inv_freq              # (B, T, D/2)
-    angles = torch.cat([angles, angles], dim=-1)[:, None]          # (B, 1, T, D): halves convention
+    angles = positions.float()[..., None] * inv_freq              # (n, D/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]          # (n, 1, D): halves convention
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x, cos, sin):
-    """Rotate (x1, x2) = halves of the head dim by the position's angle (the Hugging Face layout)."""
+    """Rotate (x1, x2) = halves of the head dim by the position's angle (the Hugging Face layout).
+    x (n, H, D); cos, sin (n, 1, D)."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def pack(x, keep):
+    """(B, T, ...) -> (n, ...): the n positions where keep (B, T) is True (all B*T when keep is None)."""
+    return x.flatten(0, 1) if keep is None else x[keep]
+
+
+def unpack(x, keep, B, T):
+    """(n, ...) -> (B, T, ...), the inverse of pack; positions not kept are zeros."""
+    if keep is None:
+        return x.view(B, T, *x.shape[1:])
+    grid = x.new_zeros(B, T, *x.shape[1:])
+    grid[keep] = x
+    return grid
 
 
 class KVCache:
@@ -88,13 +128,17 @@ class KVCache:
             self.pos += t
         return self.k[layer], self.v[layer]
 
-    def repeat_interleave(self, repeats):
-        """A cache of B*repeats rows where row i*repeats+j is a copy of row i: one prefill serves G samples."""
+    def rows(self, index):
+        """A cache whose row i is a copy of row index[i] of this one (autograd-aware)."""
         out = object.__new__(KVCache)
-        out.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]
-        out.v = [v.repeat_interleave(repeats, dim=0) for v in self.v]
+        out.k = [k[index] for k in self.k]
+        out.v = [v[index] for v in self.v]
         out.pos, out.max_len = self.pos, self.max_len
         return out
+
+    def repeat_interleave(self, repeats):
+        """A cache of B*repeats rows where row i*repeats+j is a copy of row i: one prefill serves G samples."""
+        return self.rows(torch.arange(self.k[0].size(0), device=self.k[0].device).repeat_interleave(repeats))
 
 
 def attend(q, k, v, mask):
@@ -124,19 +168,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=bias)
 
-    def forward(self, x, mask, rope, cache, layer):
-        B, T, _ = x.shape
+    def forward(self, x, mask, rope, cache, layer, keep, B, T):
+        """x (n, C): the n kept positions of a (B, T) grid (see GPT.forward); attention itself runs on the grid."""
         H, Hkv, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)      # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)    # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)
+        q = self.q_proj(x).view(-1, H, D)                         # (n, H, D)
+        k = self.k_proj(x).view(-1, Hkv, D)                       # (n, Hkv, D)
+        v = self.v_proj(x).view(-1, Hkv, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = (unpack(t, keep, B, T).transpose(1, 2) for t in (q, k, v))     # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)                      # (B, Hkv, S, D)
             k, v = k.to(q.dtype), v.to(q.dtype)                   # a cache may be kept in another dtype
-        y = attend(q, k, v, mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
+        y = attend(q, k, v, mask)                                 # (B, H, T, D)
+        return self.o_proj(pack(y.transpose(1, 2), keep).reshape(-1, H * D))
 
 
 class MLP(nn.Module):
@@ -165,8 +210,8 @@ class Block(nn.Module):
         self.attn_norm, self.attn = norm(), Attention(cfg)
         self.mlp_norm, self.mlp = norm(), MLP(cfg)
 
-    def forward(self, x, mask, rope, cache, layer):
-        x = x + self.attn(self.attn_norm(x), mask, rope, cache, layer)
+    def forward(self, x, mask, rope, cache, layer, keep, B, T):
+        x = x + self.attn(self.attn_norm(x), mask, rope, cache, layer, keep, B, T)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -186,12 +231,26 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, attention_mask=None, cache=None, logits_to_keep=None, return_hidden=False):
+    def to_compute_dtype(self, dtype):
+        """Cast the embedding and the linear layers to dtype (bf16 where it is fast); the norms' weights stay
+        fp32: they are few, and a bf16 weight near 1 moves in steps of 0.4%, which many updates at a small
+        learning rate would never reach."""
+        self.to(dtype)
+        for m in self.modules():
+            if isinstance(m, (RMSNorm, nn.LayerNorm)):
+                m.float()
+        return self
+
+    def forward(self, idx, attention_mask=None, cache=None, logits_to_keep=None, return_hidden=False, keep=None):
         """Logits (B, T', V) for the last `logits_to_keep` positions (all T when None).
 
         idx: (B, T) token ids of the new positions; attention_mask: (B, past + T) over cached + new positions
         (None = no padding); cache: a KVCache holding S - T earlier positions, or None.
         With return_hidden the final normalised hidden states (B, T', C) come back instead of logits.
+        keep: (B, T) bool, the positions to compute (None = all). The per-position work (embedding, norms,
+        projections, MLP: nearly all of it) runs on the kept positions only, packed as (n, C); the others come
+        back as zeros, and as keys they hold zeros, so no kept position may attend to one: drop only padding
+        (masked anyway) or the positions after the last one a row needs (after EOS), never one in between.
         """
         B, T = idx.shape
         past = cache.pos if cache is not None else 0
@@ -211,14 +270,15 @@ class GPT(nn.Module):
         mask = (k_abs <= q_abs)[None] & attention_mask.bool()[:, None, :]
         mask = (mask | (k_abs == q_abs)[None])[:, None]                                 # (B, 1, T, S)
 
-        x = self.embed(idx)
+        x = self.embed(pack(idx, keep))                                                # (n, C)
         rope = None
         if self.pos_embed is not None:
-            x = x + self.pos_embed(positions)
+            x = x + self.pos_embed(pack(positions, keep))
         else:
-            rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
+            rope = rope_cos_sin(pack(positions, keep), self.cfg.head_dim, self.cfg.rope_base)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, rope, cache, i)
+            x = block(x, mask, rope, cache, i, keep, B, T)
+        x = unpack(x, keep, B, T)                                                      # (B, T, C)
         if logits_to_keep is not None:
             x = x[:, -logits_to_keep:]
         x = self.norm(x)
@@ -311,15 +371,21 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
     attn_mask = torch.ones(N, P + max_new_tokens, dtype=torch.long, device=device)
     attn_mask[:, :P] = prompt_mask.repeat_interleave(num_samples, dim=0)
     out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    rows = torch.arange(N, device=device)       # the rows of `out` still in the batch, which shrinks as rows end
     done = torch.zeros(N, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_k, top_p, gens)
-        out[:, t] = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        out[rows, t] = tok
         if eos_id is not None:
             done |= tok == eos_id
         if done.all() or t == max_new_tokens - 1:
             break
-        logits = model(out[:, t:t + 1], attention_mask=attn_mask[:, :P + t + 1], cache=cache)[:, -1]
+        if 4 * done.sum() >= len(rows):         # a quarter of the rows has ended: stop computing them
+            keep = (~done).nonzero().squeeze(1)
+            rows, tok, done, attn_mask, cache = rows[keep], tok[keep], done[keep], attn_mask[keep], cache.rows(keep)
+            gens = [gens[i] for i in keep.tolist()]
+        logits = model(tok[:, None], attention_mask=attn_mask[:, :P + t + 1], cache=cache)[:, -1]
     out = out[:, :t + 1]                          # every row has ended: drop the all-padding columns
     return out, completion_mask(out, eos_id)
 

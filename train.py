@@ -12,11 +12,12 @@ What each logged column means:
   ±         mean over groups of the reward std within a group: the signal GRPO learns from
   zero      fraction of groups whose G rewards are all equal: they get A = 0 and teach nothing
   loss      the GRPO loss (with mu = 1 its value is ~ beta*KL: the advantages of a group sum to zero)
-  kl        mean per-token KL(pi || pi_ref) estimate (k1 or k3) over generated tokens
+  kl        mean per-token KL(pi || pi_ref) estimate (k1 or k3) over the generated tokens in the loss
   clip      fraction of tokens whose ratio pi/pi_old was clipped (0 when mu = 1)
   len       mean completion length in tokens (EOS included)
   tok/s     sampled tokens per second of the rollout;  s/step: wall time of the whole step
 """
+import contextlib
 import copy
 import json
 import os
@@ -28,10 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from eval import evaluate, format_examples
-from grpo import GRPOConfig, completion_logprobs, grpo_loss, rollout
+from grpo import GRPOConfig, completion_logprobs, grpo_loss, rollout, step_metrics
 from load_weights import load_model
 from model import pick_dtype
 from task import get_reward, get_task, make_dataset
@@ -50,7 +52,7 @@ class TrainConfig:
     n_train: int = 1000
     n_eval: int = 200
     seed: int = 0
-    dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (weights and optimizer stay fp32)
+    dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (the optimizer keeps fp32 master weights)
     device: str = "auto"
     log_every: int = 1
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
@@ -134,21 +136,21 @@ def mean_across_ranks(metrics, world):
     return {k: reduce.get(k, lambda x: x.mean())(g[:, i]).item() for i, k in enumerate(keys)}
 
 
-def rank_loss_scale(loss_mask, loss_agg, world):
-    """The factor for this rank's loss that makes the DDP-averaged gradient equal the 1-process one.
-
-    grpo.aggregate_loss divides by a per-rank normaliser n_r (tokens for token_mean; rows with a token in
-    the loss for seq_mean, seq_sum and constant). DDP averages the ranks' gradients, so scaling rank r's
-    loss by world * n_r / sum_r n_r gives the gradient of sum_r S_r / sum_r n_r: the loss of the whole
-    batch. Exactly 1.0 when the ranks' normalisers are equal (seq_mean without drop_zero_std_groups).
-    """
-    if world == 1:
-        return 1.0
+def loss_count(loss_mask, loss_agg):
+    """What grpo.aggregate_loss divides by: tokens in the loss for token_mean, rows with a token in the loss for
+    seq_mean, seq_sum and constant."""
     m = loss_mask.detach()
-    n = (m.sum() if loss_agg == "token_mean" else (m.sum(1) > 0).sum()).to(torch.float64).reshape(1)
-    total = n.clone()
-    dist.all_reduce(total)
-    return (world * n / total).item() if total.item() > 0 else 1.0
+    return float(m.sum() if loss_agg == "token_mean" else (m.sum(1) > 0).sum())
+
+
+def step_count(loss_mask, loss_agg, world):
+    """loss_count of the whole step: this rank's batch, summed over the ranks."""
+    if world == 1:
+        return loss_count(loss_mask, loss_agg)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    n = torch.tensor([loss_count(loss_mask, loss_agg)], dtype=torch.float64, device=device)
+    dist.all_reduce(n)
+    return n.item()
 
 
 class PolicyLogprobs(torch.nn.Module):
@@ -158,14 +160,114 @@ class PolicyLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, prompt_ids, prompt_mask, completion_ids, group_size, compute_dtype=None, completion_mask=None):
-        out = completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids, group_size, compute_dtype,
-                                  completion_mask)
+    def forward(self, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask=None):
+        out = completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask)
         if torch.is_grad_enabled() and not out.requires_grad:
             # no token in the mask (every group dropped): a zero that still reaches every parameter, so that
             # backward works and this rank joins DDP's gradient all-reduce instead of leaving the others waiting
             out = out + sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
         return out
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+class MasterAdamW:
+    """torch.optim.AdamW's update on fp32 master weights of a model that computes in bf16 (or in fp32).
+
+    The bf16 model samples, runs the forward and holds bf16 gradients; each step upcasts them one tensor at a
+    time, moves the fp32 master weight and copies it, rounded, back into the model. Nothing holds fp32
+    gradients for the whole model, nor a second low-precision copy to sample from. With an fp32 model the
+    master weights are the model's own. Per tensor, with g the clipped gradient and t the step:
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        w = w (1 - lr wd) - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, master_copy=False):
+        """master_copy: keep fp32 copies of the params (made now: cast the model to bf16 afterwards)."""
+        self.params = [p for p in params if p.requires_grad]
+        self.master = [p.detach().float().clone() if master_copy else p for p in self.params]
+        self.exp_avg = [torch.zeros_like(w, dtype=torch.float32) for w in self.master]
+        self.exp_avg_sq = [torch.zeros_like(w, dtype=torch.float32) for w in self.master]
+        self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
+
+    @torch.no_grad()
+    def grad_norm(self):
+        """The L2 norm of all gradients together, accumulated in fp32."""
+        norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in self.params if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+    @torch.no_grad()
+    def step(self, max_grad_norm=None):
+        """Clip the gradients to a total norm of max_grad_norm (as clip_grad_norm_), update, and free the
+        gradients. Returns the norm before clipping."""
+        norm = self.grad_norm()
+        scale = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0) if max_grad_norm else None
+        self.t += 1
+        b1, b2 = self.betas
+        for p, w, m, v in zip(self.params, self.master, self.exp_avg, self.exp_avg_sq):
+            if p.grad is None:
+                continue
+            g = p.grad.float()
+            p.grad = None
+            if scale is not None:
+                g.mul_(scale)
+            w.mul_(1 - self.lr * self.weight_decay)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
+            w.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** self.t))
+            if p is not w:
+                p.copy_(w)
+        return norm
+
+    def master_state_dict(self, model):
+        """The fp32 master weights under the model's parameter names (what a checkpoint saves)."""
+        master = {id(p): w for p, w in zip(self.params, self.master)}
+        return {name: master.get(id(p), p).detach().float() for name, p in model.named_parameters()}
+
+    def state_dict(self):
+        return {"t": self.t, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def load_state_dict(self, state):
+        self.t = state["t"]
+        for mine, saved in ((self.exp_avg, state["exp_avg"]), (self.exp_avg_sq, state["exp_avg_sq"])):
+            for a, b in zip(mine, saved):
+                a.copy_(b)
+
+
+def optimize(policy_pass, optimizer, batch, cfg, world=1):
+    """cfg.mu passes over one batch of rollouts; each backpropagates the batch part by part (grpo.Rollout.parts)
+    and then makes one clipped AdamW step. Returns (loss, kl, clipped) of the last pass, for step_metrics.
+
+    Part k's loss L_k is normalised by its own count n_k (loss_count); backpropagating L_k * world * n_k / n,
+    with n the count of the whole step (all parts, all ranks), makes the gradients add up to those of the whole
+    batch's loss, DDP's average over the ranks included. A part with nothing in the loss (dropped groups) is
+    skipped on one process; with DDP every rank must run every backward, so it runs there at weight 0.
+    """
+    g = cfg.grpo
+    n = step_count(batch.loss_mask, g.loss_agg, world)
+    N, T = batch.completion_ids.shape
+    parts = list(batch.parts(g.prompts_per_pass))
+    for _ in range(cfg.mu):
+        loss, kls, clips = 0.0, [], []
+        for k, part in enumerate(parts):
+            n_k = loss_count(part.loss_mask, g.loss_agg)
+            rows = part.completion_ids.size(0)
+            if n_k == 0 and world == 1:
+                kls.append(batch.rewards.new_zeros(rows, T))
+                clips.append(batch.rewards.new_zeros(rows, T, dtype=torch.bool))
+                continue
+            sync = world == 1 or k == len(parts) - 1 or not hasattr(policy_pass, "no_sync")
+            with contextlib.nullcontext() if sync else policy_pass.no_sync():     # all-reduce once, at the end
+                part_loss, kl, clipped = grpo_loss(None, part, g, logprob_fn=policy_pass)
+                share = world * n_k / n if n > 0 else 0.0
+                (part_loss * share).backward()
+            loss += part_loss.item() * share
+            pad = (0, T - clipped.size(1))
+            kls.append(F.pad(kl.detach(), pad) if kl is not None else batch.rewards.new_zeros(rows, T))
+            clips.append(F.pad(clipped, pad))
+        optimizer.step(cfg.grad_clip)
+    return loss, torch.cat(kls) if g.beta > 0 else None, torch.cat(clips)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -183,7 +285,8 @@ def step_prompts(train_set, cfg, step, rank, world):
 
 def save_checkpoint(out_dir, policy, optimizer, step, history, cfg):
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(out_dir / "model.safetensors.tmp"))
+    save_file({k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()},
+              str(out_dir / "model.safetensors.tmp"))
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": asdict(cfg)},
                out_dir / "train_state.pt.tmp")
     # rename both only once both are written, so that a crash mid-save leaves the last good checkpoint
@@ -239,25 +342,27 @@ def train(cfg: TrainConfig):
         dtype = torch.bfloat16 if flag.item() else torch.float32
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: {get_task(cfg.task).description}"
         f" | compute dtype {str(dtype).removeprefix('torch.')} on {device}" + (f" x {world} processes" if world > 1 else ""))
-    # the sampler and the reference model run in the compute dtype; the trained weights stay fp32
-    ref_model = copy.deepcopy(policy).to(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
-    sampler = policy if dtype == torch.float32 else copy.deepcopy(policy).to(dtype).requires_grad_(False)
+    # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
+    ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start, history, evals = 0, [], {}
+    start, history, evals, state = 0, [], {}, None
     if cfg.resume and (out_dir / "train_state.pt").exists():
         state = torch.load(out_dir / "train_state.pt", weights_only=False, map_location=device)
-        policy.load_state_dict(load_file(str(out_dir / "model.safetensors"), device=str(device)))
-        optimizer.load_state_dict(state["optimizer"])
+        policy.load_state_dict(load_file(str(out_dir / "model.safetensors"), device=str(device)))  # fp32 masters
         start, history = state["step"], state["history"]
-        sync_sampler(sampler, policy)
         log(f"resumed from {out_dir} at step {start}")
     elif cfg.resume:
         log(f"no checkpoint in {out_dir}: starting from scratch")
+    # the policy samples and trains in the compute dtype; the optimizer keeps the fp32 weights
+    optimizer = MasterAdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            master_copy=dtype != torch.float32)
+    policy.to_compute_dtype(dtype)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
 
     def held_out(name):
-        res = evaluate(sampler, tok, eval_set, cfg.eval_samples, cfg.grpo.temperature, cfg.grpo.max_new_tokens,
+        res = evaluate(policy, tok, eval_set, cfg.eval_samples, cfg.grpo.temperature, cfg.grpo.max_new_tokens,
                        cfg.grpo.system_prompt)
         log(f"[eval {name}] held-out greedy accuracy {res['accuracy']:.1%} (mean reward {res['reward']:.3f}, "
             f"{len(eval_set)} prompts, mean completion {res['completion_chars']:.0f} chars)"
@@ -275,21 +380,12 @@ def train(cfg: TrainConfig):
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         prompts, seeds = step_prompts(train_set, cfg, step, rank, world)
-        batch = rollout(policy, tok, prompts, get_reward, cfg.grpo, ref_model, sampler, seeds, dtype,
-                        need_old_logprobs=cfg.mu > 1)
-        t_rollout = time.perf_counter() - t0
-        scale = rank_loss_scale(batch.loss_mask, cfg.grpo.loss_agg, world)
-        for _ in range(cfg.mu):
-            loss, metrics = grpo_loss(policy, batch, cfg.grpo, dtype, logprob_fn=policy_pass)
-            loss = loss * scale       # 1 process: 1.0; N: makes each rank's share add up to the whole batch's loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            optimizer.step()
-        sync_sampler(sampler, policy)
-        metrics["loss"] = loss.item()
+        batch = rollout(policy, tok, prompts, get_reward, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
+        loss, kl, clipped = optimize(policy_pass, optimizer, batch, cfg, world)
+        metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size)
+        metrics["loss"] = loss
         metrics["s_per_step"] = time.perf_counter() - t0
-        metrics["tok_per_s"] = batch.completion_mask.sum().item() / t_rollout
+        metrics["tok_per_s"] = batch.completion_mask.sum().item() / batch.seconds["sample"]
         metrics = mean_across_ranks(metrics, world) | {"step": step}
         if not all(torch.isfinite(torch.tensor(v)) for v in metrics.values()):
             raise FloatingPointError(f"non-finite metric at step {step}: {metrics}")
@@ -320,14 +416,6 @@ def train(cfg: TrainConfig):
     if world > 1:
         dist.destroy_process_group()
     return {"before": before, "after": after, "history": history}
-
-
-@torch.no_grad()
-def sync_sampler(sampler, policy):
-    """Copy the updated fp32 weights into the low-precision sampling copy (no-op when they are the same)."""
-    if sampler is not policy:
-        for s, p in zip(sampler.parameters(), policy.parameters()):
-            s.copy_(p)
 
 
 def main(argv=None):

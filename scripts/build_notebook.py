@@ -90,6 +90,7 @@ import torch
 from grpo import GRPOConfig
 from load_weights import load_model
 from model import pick_dtype
+from train import MasterAdamW
 
 # Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run.
 SMOKE = os.environ.get("TINYGRPO_NB_SMOKE") == "1"
@@ -101,10 +102,11 @@ cfg = GRPOConfig(group_size=2 if SMOKE else 8, max_new_tokens=8 if SMOKE else 32
 torch.manual_seed(SEED)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 dtype = pick_dtype("auto", device)              # bf16 where it is fast (GPU, AMX CPU), else fp32
-policy, tok = load_model("smollm2", device)     # trained weights stay fp32
-# frozen pi_ref for the KL term (and the baseline in cell 7); a sampling copy in the compute dtype
-ref_model = copy.deepcopy(policy).to(dtype).requires_grad_(False)
-sampler = policy if dtype == torch.float32 else copy.deepcopy(policy).to(dtype).requires_grad_(False)
+policy, tok = load_model("smollm2", device)     # fp32 weights, as loaded
+# AdamW keeps fp32 master weights (copied now); the policy itself samples and trains in the compute dtype
+optimizer = MasterAdamW(policy.parameters(), lr=LR, weight_decay=0.0, master_copy=dtype != torch.float32)
+policy.to_compute_dtype(dtype)
+ref_model = copy.deepcopy(policy).requires_grad_(False)   # frozen pi_ref: the KL term, and cell 7's baseline
 
 print(("SMOKE RUN (tiny settings) | " if SMOKE else "") + f"device {device}, compute dtype {dtype}")
 print(f"SmolLM2-135M-Instruct: {policy.num_params():,} parameters")
@@ -145,9 +147,10 @@ assert sanity_check()
 assert get_reward([p for p, _, _ in SANITY_CASES], [r for _, r, _ in SANITY_CASES]) == [e for *_, e in SANITY_CASES]"""
 
 GRPO_STEP = """\
-{{imports: grpo.rollout}}
+{{imports: grpo.rollout, grpo.step_metrics}}
 
-# rollout (sampling, rewards, advantages) and completion_logprobs (forward passes) are imported; they call
+# rollout (sampling, rewards, advantages), step_metrics (what we log) and completion_logprobs (forward passes)
+# are imported; they call
 # grpo.py's own copies of the functions below, which tests/test_notebook.py checks are identical.
 
 
@@ -174,7 +177,7 @@ GRPO_STEP = """\
 
 # One step on one batch, no optimizer step.
 prompts = train_set[:BATCH_PROMPTS]
-loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model, sampler, compute_dtype=dtype)
+loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)
 G = cfg.group_size
 print("rewards per group:", " ".join("".join(str(int(r)) for r in g) for g in batch.rewards.view(-1, G).tolist()))
 print(f"advantages {tuple(batch.advantages.shape)}; group 0: {[round(a, 2) for a in batch.advantages[:G].tolist()]}")
@@ -189,20 +192,15 @@ TRAIN = """\
 import random
 from statistics import fmean
 import matplotlib.pyplot as plt
-from train import sync_sampler   # copies the fp32 weights into the low-precision sampling copy
 
-optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
 rng, history, t0 = random.Random(SEED), [], time.time()
 for step in range(1, STEPS + 1):
     prompts = rng.sample(train_set, BATCH_PROMPTS)
-    batch = rollout(policy, tok, prompts, get_reward, cfg, ref_model, sampler, compute_dtype=dtype)
-    loss, metrics = grpo_loss(policy, batch, cfg, dtype)
-    optimizer.zero_grad(set_to_none=True)
+    batch = rollout(policy, tok, prompts, get_reward, cfg, ref_model)
+    loss, kl, clipped = grpo_loss(policy, batch, cfg)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-    optimizer.step()
-    sync_sampler(sampler, policy)
-    history.append(metrics | {"loss": loss.item(), "step": step})
+    optimizer.step(max_grad_norm=1.0)     # clip, AdamW on the fp32 masters, copy them into the policy, free grads
+    history.append(step_metrics(batch, kl, clipped, G) | {"loss": loss.item(), "step": step})
     if step % LOG_EVERY == 0 or step == STEPS:
         last = history[-LOG_EVERY:]
         avg = {key: fmean(h[key] for h in last) for key in ("reward", "loss", "kl", "completion_len")}
@@ -226,7 +224,7 @@ from eval import evaluate, format_examples
 opts = dict(samples=EVAL_SAMPLES, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
             system_prompt=cfg.system_prompt, reward_fn=get_reward)
 base = evaluate(ref_model, tok, eval_set, **opts)       # ref_model: the untouched starting weights
-tuned = evaluate(sampler, tok, eval_set, **opts)        # sampler: the trained weights, same dtype
+tuned = evaluate(policy, tok, eval_set, **opts)         # the trained weights, same dtype
 print(f"{f'{len(eval_set)} held-out prompts':30} {'base':>6} {'GRPO':>6}")
 for key, label in [("accuracy", "greedy accuracy"), ("reward", "greedy mean reward"),
                    ("sampled_accuracy", f"sampled accuracy (k={EVAL_SAMPLES})"),
@@ -240,17 +238,18 @@ print(format_examples(tuned["examples"]))"""
 ANALYSIS = """\
 ## Analysis
 
-**Did it learn?** Yes. Held-out greedy accuracy went from 62.5% (base model) to 98.5% on
+**Did it learn?** Yes. Held-out greedy accuracy went from 62.5% (base model) to 98.0% on
 200 prompts never seen in training, and sampled accuracy (temperature 1) from 21.6% to
-93.6%. The training reward (sampled, B x G = 64 completions a step) rose from 0.22 (mean of steps 1-4) in the
+94.3%. The training reward (sampled, B x G = 64 completions a step) rose from 0.21 (mean of steps 1-4) in the
 first steps to 0.92 (steps 21-24) in the last. The command-line default (`python train.py`, 30 steps) gives the
-same picture on 200 held-out prompts: 62.5% -> 98.5% in about 6 minutes on a 2-core CPU.
+same picture on 200 held-out prompts: 62.5% -> 100.0% in 4 min 19 s on a 2-core CPU.
 
-**Dynamics.** Most of the gain comes in the first ~10 steps, as the policy stops explaining and starts
-answering: mean completion length fell from 13.2 (steps 1-4; 25 at step 1) to 7.4 (steps 21-24) tokens. Once most groups answer
-correctly, more and more groups have G equal rewards (the `zero` share in the log), whose advantages are 0:
-learning slows by itself. The KL to the reference grows steadily (0.78 per token at the end); with
-beta = 0.04 the KL term is small next to the policy term, so it slows the drift rather than stopping it.
+**Dynamics.** Most of the gain comes in the first ~16 steps, as the policy stops explaining and starts
+answering: mean completion length fell from 12.1 (steps 1-4) to 7.8 (steps 21-24) tokens. Once most groups
+answer correctly, more and more groups have G equal rewards (the `zero` share in the log), whose advantages
+are 0: learning slows by itself. The KL to the reference jumps in the first steps (0.43 per token over steps
+1-4, 0.75 over steps 5-8) and then moves between 0.3 and 0.7; with beta = 0.04 the KL term is small next to
+the policy term, so it slows the drift rather than stopping it.
 
 **Reward hacking?** The reward reads the *last integer* of the answer, so a policy could score by ending on
 a number for the wrong reason. The base model shows the loophole: "15 is larger than 43." is wrong but scores

@@ -31,7 +31,7 @@ WORLD = 2
 LR = 1e-4      # AdamW's first step is ~ lr * g / (|g| + eps): float noise on a gradient near eps = 1e-8 moves a
                # parameter by up to ~lr * noise / eps, a wrong gradient by up to 2 * lr (see the negative test)
 
-# name -> GRPOConfig fields, plus mu (passes per batch) and scale (apply train.rank_loss_scale)
+# name -> GRPOConfig fields, plus mu (passes per batch) and scale (normalise by the whole step's count)
 CASES = {
     "seq_mean": dict(beta=0.0),
     "seq_mean_kl": dict(beta=0.1),
@@ -39,6 +39,7 @@ CASES = {
     "token_mean_unscaled": dict(beta=0.04, loss_agg="token_mean", scale=False),
     "drop_zero_std": dict(beta=0.04, drop_zero_std_groups=True),      # rank 1 has no group left at all
     "mu2_kl": dict(beta=0.04, mu=2),
+    "one_pass_per_rank": dict(beta=0.04, loss_agg="token_mean", prompts_per_pass=4),
 }
 EXACT = [c for c in CASES if CASES[c].get("scale", True)]
 
@@ -111,23 +112,26 @@ def one_step(case, rank, world):
     items, _ = train.step_prompts(list(range(NDATA)), tcfg, STEP, rank, world)
     policy = tiny()
     batch = make_rollout(items, cfg, tcfg, policy, perturbed(policy), mu)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.01)
+    optimizer = RecordingAdamW(policy.parameters(), lr=LR, weight_decay=0.01)
+    optimizer.names = [n for n, _ in policy.named_parameters()]
     policy_pass = train.PolicyLogprobs(policy)
     if world > 1:
         policy_pass = torch.nn.parallel.DistributedDataParallel(policy_pass)
-    scale = train.rank_loss_scale(batch.loss_mask, cfg.loss_agg, world) if scale_on else 1.0
-    grads = []
-    for _ in range(mu):
-        loss, metrics = grpo.grpo_loss(policy, batch, cfg, None, logprob_fn=policy_pass)
-        loss = loss * scale
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
-        grads.append({n: p.grad.clone() for n, p in policy.named_parameters()})
-        optimizer.step()
-    metrics["loss"] = loss.item()
-    return {"params": {n: p.detach().clone() for n, p in policy.named_parameters()}, "grads": grads,
+    # unscaled: each rank normalises by its own count alone (what DDP's plain average would give)
+    n = train.step_count(batch.loss_mask, cfg.loss_agg, world)
+    scale = world * train.loss_count(batch.loss_mask, cfg.loss_agg) / n if n else 0.0
+    loss, kl, clipped = train.optimize(policy_pass, optimizer, batch, tcfg, world if scale_on else 1)
+    metrics = grpo.step_metrics(batch, kl, clipped, G) | {"loss": loss}
+    return {"params": {n: p.detach().clone() for n, p in policy.named_parameters()}, "grads": optimizer.grads,
             "metrics": train.mean_across_ranks(metrics, world), "scale": scale}
+
+
+class RecordingAdamW(train.MasterAdamW):
+    """train.MasterAdamW that keeps a copy of the (unclipped) gradients of every step."""
+
+    def step(self, max_grad_norm=None):
+        self.grads = getattr(self, "grads", []) + [{n: p.grad.clone() for n, p in zip(self.names, self.params)}]
+        return super().step(max_grad_norm)
 
 
 def worker(out_dir):
@@ -199,7 +203,7 @@ def test_two_processes_step_like_one(ranks, single, case):
 
 
 def test_the_comparison_would_see_a_per_rank_normaliser(ranks, single):
-    """token_mean without rank_loss_scale weighs each rank's tokens by its own count: the test notices."""
+    """token_mean normalised by each rank's own count weighs its tokens differently: the test notices."""
     r0, one = ranks[0]["cases"]["token_mean_unscaled"], single["token_mean_unscaled"]
     assert max_diff(r0["grads"][0], one["grads"][0]) > 1e-4
     assert max_diff(r0["params"], one["params"]) > 1e-5

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grpo import (GRPOConfig, Rollout, aggregate_loss, completion_logprobs, group_advantages, grpo_loss,
-                  grpo_step, kl_per_token, logprobs_from_hidden, plain_completion_logprobs, ppo_clip_loss,
+                  grpo_step, kl_per_token, logprobs_by_part, logprobs_from_hidden, plain_completion_logprobs, ppo_clip_loss,
                   rollout, token_logprobs, zero_std_groups)
 from model import GPT, GPTConfig, left_pad
 from task import Prompt
@@ -258,7 +258,7 @@ def test_ppo_clip_gradient_inside_and_outside_the_range(A):
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 def test_grpo_loss_gradient_equals_analytic_and_finite_difference(beta):
     """Oracles: grad of mean_i 1/|o_i| sum_t m (-A_i log pi + beta k3) (autograd and central FD, fp64)."""
-    model = tiny("gpt2", dtype=torch.float64)   # llama's RoPE and RMSNorm run in fp32 even in an fp64 model
+    model = tiny("gpt2", dtype=torch.float64)   # llama's RoPE runs in fp32 even in an fp64 model
     ref = perturbed(model, scale=0.2)
     prompt_ids, prompt_mask, comp, cmask = toy_batch()
     A = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0], dtype=torch.float64)
@@ -266,7 +266,7 @@ def test_grpo_loss_gradient_equals_analytic_and_finite_difference(beta):
         ref_lp = full_row_logprobs(ref, prompt_ids, prompt_mask, comp, 2)
     batch = Rollout(prompt_ids, prompt_mask, comp, cmask, A.float(), A.float(), cmask.clone(), ref_lp, None, [], {})
     cfg = GRPOConfig(group_size=2, beta=beta, max_new_tokens=comp.size(1))
-    loss, _ = grpo_loss(model, batch, cfg)
+    loss, _, _ = grpo_loss(model, batch, cfg)
     loss.backward()
     got = grads(model)
     p, idx, h = model.blocks[0].attn.q_proj.weight, (3, 5), 1e-5
@@ -319,7 +319,7 @@ def test_shared_prompt_logprobs_and_grads_equal_plain(arch, T):
     prompt_ids, prompt_mask, comp, cmask = toy_batch(T=5)
     comp, cmask = comp[:, :T], cmask[:, :T]
     m = cmask.bool()
-    fast = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2)
+    fast = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)     # post-EOS: not computed
     (fast * cmask).sum().backward()
     g_fast = grads(model)
     model.zero_grad()
@@ -350,6 +350,22 @@ def hand_loss(lp, ref_lp, A, mask, beta, agg, max_tokens):
     return L.sum() / (keep.sum() * max_tokens)
 
 
+def test_parts_are_cut_to_their_own_lengths_and_give_the_same_logprobs():
+    """Oracle: completion_logprobs of the whole batch (fp32); each part keeps only its own columns."""
+    model = tiny()
+    prompt_ids, prompt_mask, comp, cmask = toy_batch()
+    z = torch.zeros(6)
+    batch = Rollout(prompt_ids, prompt_mask, comp, cmask, z, z, cmask.clone(), None, None, list("abcdef"), {})
+    parts = list(batch.parts(1))
+    # prompt lengths 3, 5, 2 and longest completions (EOS at 1/-, 0/3, -/2 of T = 5) -> 5, 4, 5 columns
+    assert [tuple(p.prompt_ids.shape) for p in parts] == [(1, 3), (1, 5), (1, 2)]
+    assert [tuple(p.completion_ids.shape) for p in parts] == [(2, 5), (2, 4), (2, 5)]
+    assert parts[1].texts == ["c", "d"] and torch.equal(parts[1].completion_mask, cmask[2:4, :4])
+    whole = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)
+    for k in (1, 2, 3):
+        assert (logprobs_by_part(model, batch, 2, k) - whole).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("agg", ["seq_mean", "token_mean", "seq_sum", "constant"])
 def test_drop_zero_std_groups_leaves_them_out_of_loss_and_normaliser(agg):
     """Oracle: loss by hand over the kept groups only (plain log-probs, own k3, own group statistics)."""
@@ -363,7 +379,7 @@ def test_drop_zero_std_groups_leaves_them_out_of_loss_and_normaliser(agg):
     assert flat.view(4, 4)[[1, 3], 0].all() and not flat.all()     # answer -1 groups are flat, others not
     assert batch.loss_mask[flat].sum() == 0
     assert torch.equal(batch.loss_mask[~flat], batch.completion_mask[~flat])
-    loss, _ = grpo_loss(policy, batch, cfg)
+    loss, _, _ = grpo_loss(policy, batch, cfg)
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, 4)
     with torch.no_grad():
         lp, ref_lp = plain_completion_logprobs(policy, *args), plain_completion_logprobs(ref, *args)
@@ -397,7 +413,7 @@ def test_kl_as_reward_penalty(estimator):
     want = ((shaped - mean) / (std + cfg.adv_eps)).reshape(-1)
     assert (batch.advantages - want).abs().max() <= 1e-4
     assert (batch.advantages - group_advantages(r, G)).abs().max() > 1e-3   # the penalty changed them
-    loss, _ = grpo_loss(policy, batch, cfg)                     # no KL term in the loss itself
+    loss, _, _ = grpo_loss(policy, batch, cfg)                     # no KL term in the loss itself
     want_loss = aggregate_loss(-batch.advantages[:, None].expand_as(lp), batch.completion_mask, "seq_mean")
     assert abs(loss.item() - want_loss.item()) <= 1e-6
 

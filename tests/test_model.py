@@ -4,7 +4,7 @@ import pytest
 
 from conftest import write_random_gpt2
 from load_weights import load_model
-from model import GPT, GPTConfig, generate, left_pad
+from model import GPT, GPTConfig, generate, left_pad, row_generators
 
 PROMPTS = ["What is 3 + 5? Answer with just the number.",
            "Write a haiku about the sea.",
@@ -94,6 +94,77 @@ def test_generation_stops_at_eos_and_masks_after_it():
             assert all(t == 0 for t in row[k + 1:])
         else:
             assert sum(m) == 20
+
+
+def test_rows_leave_the_batch_when_they_end_and_the_rest_sample_the_same():
+    """Oracle: each row redone alone without a cache, token by token, from its own generator's uniforms."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(arch="llama", vocab_size=6, block_size=64, n_layer=1, n_head=2, n_kv_head=1,
+                          n_embd=16, n_inner=32))
+    with torch.no_grad():
+        model.embed.weight.mul_(0.2)        # a tied N(0, 1) head is too peaked to ever sample EOS
+    prompts = [[1, 2, 3], [2, 5, 5, 1, 3]]
+    ids, mask = generate(model, prompts, num_samples=8, max_new_tokens=24, temperature=1.0, eos_id=4, pad_id=0,
+                         seeds=[3, 9])
+    lengths = mask.sum(1).tolist()
+    assert min(lengths) <= 3 and max(lengths) >= 10         # rows ended early, others went on long after
+    gens = row_generators([3, 9], 8, "cpu")
+    for row, (g, n) in enumerate(zip(gens, lengths)):
+        seq = list(prompts[row // 8])
+        for t in range(n):
+            with torch.no_grad():
+                probs = model(torch.tensor([seq]))[0, -1].softmax(-1)
+            u = torch.rand(1, generator=g)
+            cdf = probs.cumsum(-1)
+            seq.append(min(int(torch.searchsorted(cdf, u * cdf[-1])), 5))
+        assert ids[row, :n].tolist() == seq[-n:] and (seq[-1] == 4 or n == 24)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_keep_computes_only_the_kept_positions_and_changes_none_of_them(arch):
+    """Oracle: the same forward over all positions; kept = left padding dropped and each row cut after its end."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(arch=arch, vocab_size=11, block_size=32, n_layer=2, n_head=4, n_kv_head=2 if arch == "llama" else 4,
+                          n_embd=16, n_inner=32))
+    ids, mask = left_pad([[1, 2, 3, 4, 5, 6], [7, 8, 9], [3, 3, 3, 3, 3]], 0)
+    keep = mask.bool() & (torch.arange(6) < torch.tensor([[4], [6], [5]]))    # rows end at 4, 6, 5
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, return_hidden=True)
+        packed = model(ids, attention_mask=mask, return_hidden=True, keep=keep)
+    assert (packed[keep] - full[keep]).abs().max() <= 1e-5
+    assert packed[~keep].abs().max() == 0
+
+
+def test_rmsnorm_backward_equals_finite_differences_and_autograd():
+    """Oracles: torch.autograd.gradcheck (central differences, fp64) and autograd through the plain formula."""
+    from model import RMSNormFunction
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 8, dtype=torch.float64, generator=g).requires_grad_()
+    w = (torch.rand(8, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-5), (x, w))
+    xb, wb = x.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    up = torch.randn(3, 4, 8, generator=g).bfloat16()
+    (RMSNormFunction.apply(xb, wb, 1e-5) * up).sum().backward()
+    x32, w32 = xb.detach().float().requires_grad_(), wb.detach().float().requires_grad_()
+    plain = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5) * w32
+    (plain * up.float()).sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and torch.allclose(xb.grad.float(), x32.grad, rtol=1e-2, atol=1e-2)
+    assert torch.allclose(wb.grad.float(), w32.grad, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_compute_dtype_casts_the_matmuls_and_keeps_the_norms_fp32(arch):
+    """Oracle: the fp32 model's logits (bf16 rounding allows ~1e-2 here)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(arch=arch, vocab_size=11, block_size=32, n_layer=2, n_head=4, n_kv_head=2 if arch == "llama" else 4,
+                          n_embd=16, n_inner=32))
+    ids = torch.randint(0, 11, (2, 7))
+    with torch.no_grad():
+        want = model(ids)
+        low = model.to_compute_dtype(torch.bfloat16)(ids)
+    norms = {n for n, _ in model.named_parameters() if "norm" in n}
+    assert norms and all(p.dtype == (torch.float32 if n in norms else torch.bfloat16) for n, p in model.named_parameters())
+    assert low.dtype == torch.bfloat16 and (low.float() - want).abs().max() <= 0.05 * want.abs().max()
 
 
 def test_top_k_one_is_greedy(smollm2):

@@ -1,5 +1,7 @@
 """train.py end to end on a tiny random GPT-2 checkpoint (real GPT-2 vocabulary): CLI, logs, checkpoints, resume."""
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -7,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import grpo
 from conftest import ROOT, write_random_gpt2
-from train import TrainConfig, parse_args, train
+from model import GPT, GPTConfig
+from train import MasterAdamW, PolicyLogprobs, TrainConfig, optimize, parse_args, train
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +23,9 @@ def tiny_checkpoint(tmp_path_factory, gpt2_tokenizer_files):
 
 
 def tiny_config(model, out_dir, **kw):
+    kw = {"dtype": "fp32"} | kw
     cfg = TrainConfig(model=str(model), task="add1", steps=3, batch_prompts=2, n_train=50, n_eval=4,
-                      dtype="fp32", device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, **kw)
+                      device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, **kw)
     cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4
     return cfg
 
@@ -36,17 +41,20 @@ def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys):
     assert set(out) == {"before", "after", "history"} and len(out["after"]["examples"]) == 4
 
 
-def test_resume_continues_exactly(tiny_checkpoint, tmp_path):
-    """A run stopped after step 2 and resumed to step 3 ends with the same weights as one run of 3 steps."""
-    train(tiny_config(tiny_checkpoint, tmp_path / "whole"))
-    cfg = tiny_config(tiny_checkpoint, tmp_path / "split")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_resume_continues_exactly(tiny_checkpoint, tmp_path, dtype):
+    """A run stopped after step 2 and resumed to step 3 ends with the same weights as one run of 3 steps
+    (in bf16 too: the checkpoint holds the fp32 master weights, not the bf16 model's rounding of them)."""
+    train(tiny_config(tiny_checkpoint, tmp_path / "whole", dtype=dtype))
+    cfg = tiny_config(tiny_checkpoint, tmp_path / "split", dtype=dtype)
     cfg.steps = 2
     train(cfg)
-    resumed = tiny_config(tiny_checkpoint, tmp_path / "split", resume=True)
+    resumed = tiny_config(tiny_checkpoint, tmp_path / "split", resume=True, dtype=dtype)
     out = train(resumed)
     assert [h["step"] for h in out["history"]] == [1, 2, 3]
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in a.values())
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
@@ -72,3 +80,90 @@ def test_bad_input_is_one_line(args, words):
     assert len(err.splitlines()) == 1 and err.startswith("error:"), err
     for w in words:
         assert w in err
+
+
+# ----------------------------------------------------------------------------- optimizer and parts
+
+
+def random_model(dtype=torch.float32):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=16, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, n_inner=64))
+    with torch.no_grad():
+        model.embed.weight.mul_(0.2)          # log-probs near log(1/16), as a trained model's are not far off
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("clip", [None, 1.0, 1e-3])
+def test_master_adamw_equals_torch_adamw_in_fp32(clip):
+    """Oracle: torch.optim.AdamW after clip_grad_norm_, on the same gradients, over 3 steps."""
+    ours, theirs = random_model(), random_model()
+    opt = MasterAdamW(ours.parameters(), lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        opt.step(clip)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(theirs.parameters(), clip)
+        ref.step()
+    assert all(p.grad is None for p in ours.parameters())
+    assert max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters())) <= 1e-6
+
+
+def test_master_adamw_keeps_fp32_masters_of_a_bf16_model():
+    """Oracle: torch AdamW on an fp32 copy fed the bf16 gradients upcast; the bf16 model holds its rounding."""
+    fp32 = random_model()
+    theirs = random_model()
+    opt = MasterAdamW(fp32.parameters(), lr=1e-3, weight_decay=0.0, master_copy=True)
+    model = fp32.to(torch.bfloat16)
+    ref = torch.optim.AdamW(theirs.parameters(), lr=1e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        for a, b in zip(model.parameters(), theirs.parameters()):
+            a.grad = torch.randn(a.shape, generator=g).to(torch.bfloat16)
+            b.grad = a.grad.float()
+        opt.step(1.0)
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        ref.step()
+    masters = opt.master_state_dict(model)
+    for name, b in theirs.named_parameters():
+        assert (masters[name] - b).abs().max() <= 1e-6                 # lr 1e-3 steps survive in fp32 ...
+    moved = [(masters[n] != fp32_p.float()).float().mean() for n, fp32_p in model.named_parameters()]
+    assert all(m > 0.5 for m in moved)                                   # ... most of them lost in a bf16 weight
+    assert all(torch.equal(p, masters[n].to(torch.bfloat16)) for n, p in model.named_parameters())
+
+
+def toy_rollout(loss_agg, drop):
+    """A hand-made batch of 3 prompts x G = 2 with a flat group in the middle (dropped when drop)."""
+    prompt_ids = torch.tensor([[0, 0, 3, 4], [5, 6, 7, 8], [0, 9, 10, 11]])
+    prompt_mask = (prompt_ids > 0).long()
+    comp = torch.tensor([[12, 1, 0, 0], [13, 14, 15, 1], [2, 1, 0, 0], [3, 1, 0, 0], [4, 5, 6, 7], [8, 9, 1, 0]])
+    cmask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.9])
+    cfg = grpo.GRPOConfig(group_size=2, max_new_tokens=4, beta=0.1, loss_agg=loss_agg, drop_zero_std_groups=drop)
+    adv = grpo.group_advantages(rewards, 2)
+    loss_mask = cmask.clone()
+    if drop:
+        loss_mask[grpo.zero_std_groups(rewards, 2)] = 0
+    ref = (-math.log(16) - 0.3 * torch.rand(6, 4, generator=torch.Generator().manual_seed(3))) * cmask
+    return grpo.Rollout(prompt_ids, prompt_mask, comp, cmask, rewards, adv, loss_mask, ref, None, [""] * 6, {}), cfg
+
+
+@pytest.mark.parametrize("drop", [False, True])
+@pytest.mark.parametrize("agg", ["seq_mean", "token_mean", "seq_sum", "constant"])
+def test_optimize_by_parts_equals_the_whole_batch(agg, drop):
+    """Oracle: grpo_loss of the whole batch in one pass, clip_grad_norm_ and torch's AdamW (fp32)."""
+    batch, gcfg = toy_rollout(agg, drop)
+    ours, theirs = random_model(), random_model()
+    loss, kl, clipped = optimize(PolicyLogprobs(ours), MasterAdamW(ours.parameters(), lr=1e-4), batch,
+                                 TrainConfig(grad_clip=1.0, grpo=dataclasses.replace(gcfg, prompts_per_pass=1)))
+    want, want_kl, _ = grpo.grpo_loss(theirs, batch, gcfg)
+    want.backward()
+    torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+    torch.optim.AdamW(theirs.parameters(), lr=1e-4).step()
+    assert loss == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+    m = batch.loss_mask.bool()
+    assert torch.allclose(kl[m], want_kl.detach()[m], rtol=1e-5, atol=1e-6) and not clipped.any()
+    assert max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters())) <= 1e-6
