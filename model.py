@@ -348,7 +348,8 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
     Each prompt is prefilled once; its KV cache is then copied to its num_samples rows (row i*G + j is
-    sample j of prompt i). Returns completion_ids (N, T) padded with pad_id after EOS and
+    sample j of prompt i). Rows that have sampled EOS leave the batch (a quarter at a time), so that the
+    decoding steps cost what the rows still running need. Returns completion_ids (N, T) padded with pad_id after EOS and
     completion_mask (N, T), 1 on generated tokens up to and including EOS; N = len(prompts) * G.
     """
     if num_samples < 1:
