@@ -428,7 +428,7 @@ def bf16_is_fast(device):
 
 
 def pick_dtype(setting, device):
-    """'auto' | 'bf16' | 'fp32' -> the compute dtype (weights stay fp32; log-probs and losses are fp32)."""
+    """'auto' | 'bf16' | 'fp32' -> the compute dtype (see GPT.to_compute_dtype; log-probs and losses stay fp32)."""
     names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
     if setting == "auto":
         return torch.bfloat16 if bf16_is_fast(device) else torch.float32
