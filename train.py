@@ -119,6 +119,11 @@ def init_distributed(device):
     return dist.get_rank(), dist.get_world_size()
 
 
+def collective_device():
+    """Where torch.distributed's tensors live: the current GPU under NCCL, the CPU (None) under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+
+
 def mean_across_ranks(metrics, world):
     """Metrics of the whole step: the mean over ranks (every rank has as many prompts, so for the per-sample
     metrics this is the global mean), except tok_per_s, summed (the job's throughput), and s_per_step, the
@@ -127,8 +132,7 @@ def mean_across_ranks(metrics, world):
     if world == 1:
         return metrics
     keys = sorted(metrics)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=collective_device())
     gathered = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(gathered, t)
     g = torch.stack(gathered).cpu()                                   # (world, keys)
@@ -147,8 +151,7 @@ def step_count(loss_mask, loss_agg, world):
     """loss_count of the whole step: this rank's batch, summed over the ranks."""
     if world == 1:
         return loss_count(loss_mask, loss_agg)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    n = torch.tensor([loss_count(loss_mask, loss_agg)], dtype=torch.float64, device=device)
+    n = torch.tensor([loss_count(loss_mask, loss_agg)], dtype=torch.float64, device=collective_device())
     dist.all_reduce(n)
     return n.item()
 
@@ -257,7 +260,7 @@ def optimize(policy_pass, optimizer, batch, cfg, world=1):
                 kls.append(batch.rewards.new_zeros(rows, T))
                 clips.append(batch.rewards.new_zeros(rows, T, dtype=torch.bool))
                 continue
-            sync = world == 1 or k == len(parts) - 1 or not hasattr(policy_pass, "no_sync")
+            sync = world == 1 or k == len(parts) - 1
             with contextlib.nullcontext() if sync else policy_pass.no_sync():     # all-reduce once, at the end
                 part_loss, kl, clipped = grpo_loss(None, part, g, logprob_fn=policy_pass)
                 share = world * n_k / n if n > 0 else 0.0
@@ -337,7 +340,7 @@ def train(cfg: TrainConfig):
     policy, tok = load_model(cfg.model, device)
     dtype = pick_dtype(cfg.dtype, device)
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks
-        flag = torch.tensor([dtype == torch.bfloat16], dtype=torch.int32, device=device if device.type == "cuda" else None)
+        flag = torch.tensor([dtype == torch.bfloat16], dtype=torch.int32, device=collective_device())
         dist.broadcast(flag, 0)
         dtype = torch.bfloat16 if flag.item() else torch.float32
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: {get_task(cfg.task).description}"
