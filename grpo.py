@@ -90,23 +90,26 @@ def token_logprobs(logits, token_ids):
 class SelectedLogprobs(torch.autograd.Function):
     """log_softmax(hidden @ weight^T)[token] for rows of hidden (n, C), weight (V, C), tokens (n,) -> (n,) fp32.
 
-    The backward is written out, d logp / d logits = onehot(token) - softmax(logits), and recomputes the
-    logits instead of storing them: memory holds one (n, V) block at a time, never N*T*V floats.
-    Softmaxes run in fp32 whatever the logits' dtype (one fused pass each, not a cast and then a pass).
+    The log-softmax runs in fp32 whatever the logits' dtype. The backward is written out,
+        d logp / d logits = onehot(token) - softmax(logits),
+    from the softmax the forward already has (exp of its log-softmax), kept in the compute dtype: no second
+    head matmul and softmax. Only the token's own entry, g (1 - p_token), is taken from the fp32 log-prob:
+    with p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds one (n, V) block per chunk.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, token_ids):
         logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # (n, V)
-        ctx.save_for_backward(hidden, weight, token_ids)
-        return logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
+        selected = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
+        if any(ctx.needs_input_grad):               # not for the reference / old log-prob passes
+            ctx.save_for_backward(hidden, weight, token_ids, selected, logprobs.exp_().to(hidden.dtype))
+        return selected
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, weight, token_ids = ctx.saved_tensors
-        grad_logits = torch.softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32).mul_(-grad[:, None])
-        grad_logits.scatter_add_(-1, token_ids[:, None], grad[:, None])              # + g * onehot
-        grad_logits = grad_logits.to(hidden.dtype)
+        hidden, weight, token_ids, selected, probs = ctx.saved_tensors
+        grad_logits = probs * -grad[:, None].to(probs.dtype)                          # -g p
+        grad_logits.scatter_(-1, token_ids[:, None], (-grad * torch.expm1(selected))[:, None].to(probs.dtype))
         return grad_logits @ weight, grad_logits.t() @ hidden, None
 
 

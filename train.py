@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from torch.optim.adamw import adamw
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -206,19 +207,20 @@ class MasterAdamW:
         norm = self.grad_norm()
         scale = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0) if max_grad_norm else None
         self.t += 1
-        b1, b2 = self.betas
         for p, w, m, v in zip(self.params, self.master, self.exp_avg, self.exp_avg_sq):
             if p.grad is None:
                 continue
-            g = p.grad.float()
+            # slices of at most 4M numbers: the fp32 gradient copy stays small even for the 28M embedding
+            for i in range(0, p.numel(), 1 << 22):
+                part = slice(i, i + (1 << 22))
+                g = p.grad.view(-1)[part].float()
+                if scale is not None:
+                    g.mul_(scale)
+                # torch's own AdamW update (the formula above) in one fused pass; it counts step t from t - 1
+                adamw([w.view(-1)[part]], [g], [m.view(-1)[part]], [v.view(-1)[part]], [],
+                      [torch.tensor(float(self.t - 1), device=w.device)], fused=True, amsgrad=False, beta1=self.betas[0],
+                      beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
             p.grad = None
-            if scale is not None:
-                g.mul_(scale)
-            w.mul_(1 - self.lr * self.weight_decay)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
-            w.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** self.t))
             if p is not w:
                 p.copy_(w)
         return norm

@@ -174,6 +174,29 @@ def test_logprobs_from_hidden_values_and_grads_equal_plain(chunk_tokens):
         assert (logprobs_from_hidden(h, W, ids, chunk_tokens=chunk_tokens) - want).abs().max() <= 1e-5
 
 
+def test_logprobs_from_hidden_bf16_confident_token_gradient():
+    """Oracle: fp32 autograd on the same bf16 values. The token's own logit gradient g (1 - p) must keep its
+    digits when p is near 1 (0.9995 here), where a bf16 1 - p is off by tens of percent."""
+    g = torch.Generator().manual_seed(2)
+    C, V = 16, 50
+    h = torch.randn(1, 1, C, generator=g) + 0.05 * torch.randn(3, 1, C, generator=g)
+    W = torch.randn(V, C, generator=g) * 0.1
+    W[7] = h[0, 0] * 11.5 / h[0, 0].pow(2).sum()     # logit ~11.5: token 7 has p ~ 0.9995 in every row
+    ids = torch.full((3, 1), 7)
+    h, W = h.bfloat16(), W.bfloat16()
+    p7 = torch.softmax((h @ W.t()).float(), -1)[..., 7]
+    assert (p7 > 0.999).all() and (p7 < 0.9999).all()
+    h32, W32 = h.float().requires_grad_(), W.float().requires_grad_()
+    want = torch.log_softmax(h32 @ W32.t(), -1).gather(-1, ids[..., None])[..., 0]
+    wh, wW = torch.autograd.grad(want.sum(), (h32, W32))
+    hb, Wb = h.requires_grad_(), W.requires_grad_()
+    got = logprobs_from_hidden(hb, Wb, ids)
+    gh, gW = torch.autograd.grad(got.sum(), (hb, Wb))
+    assert got.dtype == torch.float32 and (got - want).abs().max() <= 1e-3
+    assert (gW[7].float() - wW[7]).norm() <= 0.02 * wW[7].norm()
+    assert (gh.float() - wh).norm() <= 0.02 * wh.norm()
+
+
 def test_logprobs_from_hidden_masked_positions():
     """Oracle: plain log_softmax + gather on the masked positions; zeros and no gradient elsewhere."""
     g = torch.Generator().manual_seed(1)
