@@ -30,7 +30,7 @@ from eval import evaluate
 from grpo import GRPOConfig, rollout
 from load_weights import DEFAULT_SYSTEM, find_smollm2_gguf, load_model, load_smollm2
 from model import generate, pick_dtype
-from train import MasterAdamW, PolicyLogprobs, TrainConfig, optimize
+from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, optimize
 from task import get_reward, make_dataset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -146,9 +146,7 @@ class ComparisonRun:
         """model: the fp32 model, which becomes the policy (pass a copy to keep the original)."""
         self.tok, self.dtype = tok, pick_dtype(dtype_name, "cpu")
         self.policy = model
-        self.opt = TimedAdamW(self.policy.parameters(), lr=1e-5, weight_decay=0.01,
-                              master_copy=self.dtype != torch.float32)
-        self.policy.to_compute_dtype(self.dtype)
+        self.opt = cast_for_training(self.policy, self.dtype, TimedAdamW, lr=1e-5, weight_decay=0.01)
         self.ref = copy.deepcopy(self.policy).requires_grad_(False)
         self.train_set, self.eval_set = make_dataset("add1", seed=0)
         # TRL's chat template adds SmolLM2's default system turn: ours does too here, for the same prompts

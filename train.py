@@ -178,26 +178,34 @@ class PolicyLogprobs(torch.nn.Module):
 class MasterAdamW:
     """torch.optim.AdamW's update on fp32 master weights of a model that computes in bf16 (or in fp32).
 
-    The bf16 model samples, runs the forward and holds bf16 gradients; each step upcasts them one tensor at a
-    time, moves the fp32 master weight and copies it, rounded, back into the model. Nothing holds fp32
-    gradients for the whole model, nor a second low-precision copy to sample from. With an fp32 model the
-    master weights are the model's own. Per tensor, with g the clipped gradient and t the step:
+    The bf16 model samples, runs the forward and holds bf16 gradients; each step upcasts them a slice at a time,
+    moves the fp32 master weight with torch's fused AdamW kernel and copies it, rounded, back into the model.
+    Nothing holds fp32 gradients for the whole model, nor a second low-precision copy to sample from. An fp32
+    parameter is its own master weight. Per tensor, with g the clipped gradient and t the step:
         m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
         w = w (1 - lr wd) - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     """
 
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, master_copy=False):
-        """master_copy: keep fp32 copies of the params (made now: cast the model to bf16 afterwards)."""
-        self.params = [p for p in params if p.requires_grad]
-        self.master = [p.detach().float().clone() if master_copy else p for p in self.params]
-        self.exp_avg = [torch.zeros_like(w, dtype=torch.float32) for w in self.master]
-        self.exp_avg_sq = [torch.zeros_like(w, dtype=torch.float32) for w in self.master]
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fp32_weights=None):
+        """params: the model's parameters (bf16 or fp32); fp32_weights: their fp32 values in the same order
+        (by default the params' own), from before a cast to bf16 (see cast_for_training); they become the
+        master weights, not copies of them."""
+        params = list(params)
+        pairs = [(p, w) for p, w in zip(params, fp32_weights or params) if p.requires_grad]
+        for p, _ in pairs:
+            if p.dtype not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"MasterAdamW trains fp32 or bf16 parameters, not {p.dtype}")
+        self.params = [p for p, _ in pairs]
+        self.master = [p if p.dtype == torch.float32 else w.detach().float() for p, w in pairs]
+        self.exp_avg = [torch.zeros_like(w) for w in self.master]
+        self.exp_avg_sq = [torch.zeros_like(w) for w in self.master]
         self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
 
     @torch.no_grad()
     def grad_norm(self):
         """The L2 norm of all gradients together, accumulated in fp32."""
-        norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in self.params if p.grad is not None]
+        norms = [torch.linalg.vector_norm(p.grad.view(-1)[i:i + (1 << 22)], dtype=torch.float32)   # 4M at a time
+                 for p in self.params if p.grad is not None for i in range(0, p.numel(), 1 << 22)]
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
     @torch.no_grad()
@@ -214,8 +222,7 @@ class MasterAdamW:
             for i in range(0, p.numel(), 1 << 22):
                 part = slice(i, i + (1 << 22))
                 g = p.grad.view(-1)[part].float()
-                if scale is not None:
-                    g.mul_(scale)
+                g = g * scale if scale is not None else g        # not in place: g may be p.grad itself
                 # torch's own AdamW update (the formula above) in one fused pass; it counts step t from t - 1
                 adamw([w.view(-1)[part]], [g], [m.view(-1)[part]], [v.view(-1)[part]], [],
                       [torch.tensor(float(self.t - 1), device=w.device)], fused=True, amsgrad=False, beta1=self.betas[0],
@@ -238,6 +245,14 @@ class MasterAdamW:
         for mine, saved in ((self.exp_avg, state["exp_avg"]), (self.exp_avg_sq, state["exp_avg_sq"])):
             for a, b in zip(mine, saved):
                 a.copy_(b)
+
+
+def cast_for_training(policy, dtype, optimizer_class=None, **adamw_args):
+    """Cast the policy to the compute dtype (GPT.to_compute_dtype) and return the MasterAdamW (or the subclass
+    given) that keeps its fp32 weights: the policy samples and trains in dtype, the optimizer steps in fp32."""
+    fp32_weights = [p.data for p in policy.parameters()]      # the cast gives the params new tensors
+    policy.to_compute_dtype(dtype)
+    return (optimizer_class or MasterAdamW)(policy.parameters(), fp32_weights=fp32_weights, **adamw_args)
 
 
 def optimize(policy_pass, optimizer, batch, cfg, world=1):
@@ -360,9 +375,7 @@ def train(cfg: TrainConfig):
     elif cfg.resume:
         log(f"no checkpoint in {out_dir}: starting from scratch")
     # the policy samples and trains in the compute dtype; the optimizer keeps the fp32 weights
-    optimizer = MasterAdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            master_copy=dtype != torch.float32)
-    policy.to_compute_dtype(dtype)
+    optimizer = cast_for_training(policy, dtype, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 

@@ -90,7 +90,7 @@ import torch
 from grpo import GRPOConfig
 from load_weights import load_model
 from model import pick_dtype
-from train import MasterAdamW
+from train import cast_for_training
 
 # Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run.
 SMOKE = os.environ.get("TINYGRPO_NB_SMOKE") == "1"
@@ -103,9 +103,8 @@ torch.manual_seed(SEED)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 dtype = pick_dtype("auto", device)              # bf16 where it is fast (GPU, AMX CPU), else fp32
 policy, tok = load_model("smollm2", device)     # fp32 weights, as loaded
-# AdamW keeps fp32 master weights (copied now); the policy itself samples and trains in the compute dtype
-optimizer = MasterAdamW(policy.parameters(), lr=LR, weight_decay=0.0, master_copy=dtype != torch.float32)
-policy.to_compute_dtype(dtype)
+# the policy samples and trains in the compute dtype; its AdamW keeps the fp32 weights
+optimizer = cast_for_training(policy, dtype, lr=LR, weight_decay=0.0)
 ref_model = copy.deepcopy(policy).requires_grad_(False)   # frozen pi_ref: the KL term, and cell 7's baseline
 
 print(("SMOKE RUN (tiny settings) | " if SMOKE else "") + f"device {device}, compute dtype {dtype}")

@@ -152,6 +152,25 @@ def test_rmsnorm_backward_equals_finite_differences_and_autograd():
     assert torch.allclose(wb.grad.float(), w32.grad, rtol=1e-2, atol=1e-2)
 
 
+def test_swiglu_backward_equals_finite_differences_and_autograd():
+    """Oracles: torch.autograd.gradcheck (fp64) and, in bf16, autograd through the plain lines, which must give
+    the same numbers: the backward runs the same kernels on the same values."""
+    from model import SwiGLUFunction
+    g = torch.Generator().manual_seed(0)
+    x, wg, wu, wd = (torch.randn(*shape, dtype=torch.float64, generator=g).requires_grad_()
+                     for shape in ((5, 6), (7, 6), (7, 6), (6, 7)))
+    assert torch.autograd.gradcheck(SwiGLUFunction.apply, (x, wg, wu, wd))
+    dy = torch.randn(40, 32, generator=g).bfloat16()
+    ours = [(torch.randn(*shape, generator=g) * 0.3).bfloat16().requires_grad_()
+            for shape in ((40, 32), (96, 32), (96, 32), (32, 96))]
+    plain = [t.detach().clone().requires_grad_() for t in ours]
+    (SwiGLUFunction.apply(*ours) * dy).sum().backward()
+    x_, wg_, wu_, wd_ = plain
+    ((torch.nn.functional.silu(x_ @ wg_.t()) * (x_ @ wu_.t())) @ wd_.t() * dy).sum().backward()
+    for a, b in zip(ours, plain):
+        assert a.grad.dtype == torch.bfloat16 and torch.equal(a.grad, b.grad)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_compute_dtype_casts_the_matmuls_and_keeps_the_norms_fp32(arch):
     """Oracle: the fp32 model's logits (bf16 rounding allows ~1e-2 here)."""
