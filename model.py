@@ -63,8 +63,8 @@ class SwiGLUFunction(torch.autograd.Function):
     """down(silu(x Wg^T) * (x Wu^T)), the Llama MLP, for x (n, C) and weights Wg, Wu (I, C), Wd (C, I).
 
     The backward is written out and recomputes silu(gate) and the product from gate and up: it keeps x, gate and
-    up (what the weight gradients need), not also the two (n, I) tensors autograd would keep for the same lines;
-    a third less memory for the largest activations of the training pass. With h = silu(gate) * up:
+    up (what the weight gradients need), two (n, I) tensors where autograd would keep four (also silu(gate)
+    and the product): the MLP's are the largest activations of the training pass. With h = silu(gate) * up:
         dWd = dy^T h;  dh = dy Wd;  dup = dh silu(gate);  dgate = silu'(gate) dh up;
         dx = dgate Wg + dup Wu;  dWg = dgate^T x;  dWu = dup^T x
     """

@@ -191,6 +191,8 @@ class MasterAdamW:
         (by default the params' own), from before a cast to bf16 (see cast_for_training); they become the
         master weights, not copies of them."""
         params = list(params)
+        if fp32_weights is not None and len(fp32_weights) != len(params):
+            raise ValueError(f"{len(fp32_weights)} fp32 weights for {len(params)} parameters")
         pairs = [(p, w) for p, w in zip(params, fp32_weights or params) if p.requires_grad]
         for p, _ in pairs:
             if p.dtype not in (torch.float32, torch.bfloat16):
@@ -201,11 +203,16 @@ class MasterAdamW:
         self.exp_avg_sq = [torch.zeros_like(w) for w in self.master]
         self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
 
+    @staticmethod
+    def slices(p, size=1 << 22):
+        """Slices of p's flat view, 4M numbers each: an fp32 copy of one stays small even for the 28M embedding."""
+        return [slice(i, i + size) for i in range(0, p.numel(), size)]
+
     @torch.no_grad()
     def grad_norm(self):
         """The L2 norm of all gradients together, accumulated in fp32."""
-        norms = [torch.linalg.vector_norm(p.grad.view(-1)[i:i + (1 << 22)], dtype=torch.float32)   # 4M at a time
-                 for p in self.params if p.grad is not None for i in range(0, p.numel(), 1 << 22)]
+        norms = [torch.linalg.vector_norm(p.grad.view(-1)[part], dtype=torch.float32)
+                 for p in self.params if p.grad is not None for part in self.slices(p)]
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
     @torch.no_grad()
@@ -218,9 +225,7 @@ class MasterAdamW:
         for p, w, m, v in zip(self.params, self.master, self.exp_avg, self.exp_avg_sq):
             if p.grad is None:
                 continue
-            # slices of at most 4M numbers: the fp32 gradient copy stays small even for the 28M embedding
-            for i in range(0, p.numel(), 1 << 22):
-                part = slice(i, i + (1 << 22))
+            for part in self.slices(p):
                 g = p.grad.view(-1)[part].float()
                 g = g * scale if scale is not None else g        # not in place: g may be p.grad itself
                 # torch's own AdamW update (the formula above) in one fused pass; it counts step t from t - 1
