@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model import generate, left_pad
+from model import generate, left_pad, prefill
 
 
 @dataclass
@@ -182,17 +182,16 @@ def aggregate_loss(per_token, mask, mode="seq_mean", max_tokens=None):
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask=None):
     """log pi(o_it | q, o_i<t) for every completion token: (N, T) in fp32 (0 outside completion_mask).
 
-    The B prompts are run once and their keys/values copied to their G completions (exact, and G times less
-    prompt work than B*G padded rows); the completions then attend to them. prompt_ids, prompt_mask (B, P);
+    The B prompts are run once (their shared first tokens once for all: model.prefill) and their keys/values
+    copied to their G completions (exact, and G times less prompt work than B*G padded rows); the completions
+    then attend to them. prompt_ids, prompt_mask (B, P);
     completion_ids (N, T). Token t's logits come from position t-1: the last prompt position predicts o_i0.
     Positions past the end of the mask (after EOS) are not computed at all: a third of a batch early on.
     The model computes in its own dtype (bf16 where that is fast); the log-softmax is always fp32.
     """
     B, P = prompt_ids.shape
     N, T = completion_ids.shape
-    cache = model.new_cache(B, P + T)
-    h_last = model(prompt_ids, attention_mask=prompt_mask, cache=cache, logits_to_keep=1, return_hidden=True,
-                   keep=prompt_mask.bool())                                # padding: no work
+    cache, h_last, prompt_mask = prefill(model, prompt_ids, prompt_mask, P + T, return_hidden=True)
     hidden = h_last.repeat_interleave(group_size, dim=0)                   # (N, 1, C)
     if T > 1:
         cache = cache.repeat_interleave(group_size)

@@ -331,6 +331,43 @@ def left_pad(sequences, pad_id, device=None):
     return ids.to(device), mask.to(device)
 
 
+def shared_prefix_len(ids, mask):
+    """How many first tokens every row of the left-padded ids (B, P) has in common (the chat template, a system
+    prompt), keeping at least one token of each row its own; 0 for a single row."""
+    lens = mask.sum(1)
+    m = int(lens.min()) - 1
+    if ids.size(0) < 2 or m < 1:
+        return 0
+    cols = (ids.size(1) - lens)[:, None] + torch.arange(m, device=ids.device)     # each row's first m tokens
+    firsts = ids.gather(1, cols)
+    differs = (firsts != firsts[:1]).any(0)
+    return int(differs.nonzero()[0]) if differs.any() else m
+
+
+def prefill(model, ids, mask, max_len, return_hidden=False):
+    """Run the left-padded prompts ids (B, P) into a new KV cache of max_len slots, their shared first tokens
+    once for all rows. Returns (cache, logits (or hidden states) of each row's last position (B, 1, .), mask).
+
+    With L shared tokens the cache row is [prefix | padding | rest of the row] instead of [padding | prefix |
+    rest]: the same tokens at the same positions (positions count real tokens only), the prefix computed once
+    and copied to the B rows (autograd-aware: its gradient is the sum over the rows). The mask returned (B, P)
+    describes that layout; use it for every later position's attention mask.
+    """
+    B, P = ids.shape
+    L = shared_prefix_len(ids, mask)
+    cache = model.new_cache(1 if L else B, max_len)
+    if L:
+        start = int(P - mask[0].sum())
+        model(ids[:1, start:start + L], cache=cache, return_hidden=True, logits_to_keep=1)
+        cache = cache.rows(torch.zeros(B, dtype=torch.long, device=ids.device))
+        pad = (P - mask.sum(1))[:, None]
+        rest = (torch.arange(P - L, device=ids.device)[None] >= pad).to(mask.dtype)   # padding moved after the prefix
+        mask = torch.cat([mask.new_ones(B, L), rest], dim=1)
+    out = model(ids[:, L:], attention_mask=mask, cache=cache, logits_to_keep=1, return_hidden=return_hidden,
+                keep=mask[:, L:].bool())                                              # padding: no work
+    return cache, out, mask
+
+
 def filter_logits(logits, top_k=None, top_p=None):
     """Set to -inf every logit outside the top-k and outside the smallest set with probability >= top_p."""
     if top_k is not None and top_k < logits.size(-1):
@@ -374,7 +411,8 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
              eos_id=None, pad_id=0, seeds=None):
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
-    Each prompt is prefilled once; its KV cache is then copied to its num_samples rows (row i*G + j is
+    Each prompt is prefilled once (the prompts' shared first tokens once for all, see prefill); its KV cache
+    is then copied to its num_samples rows (row i*G + j is
     sample j of prompt i). Rows that have sampled EOS leave the batch (a quarter at a time), so that the
     decoding steps cost what the rows still running need. Returns completion_ids (N, T) padded with pad_id after EOS and
     completion_mask (N, T), 1 on generated tokens up to and including EOS; N = len(prompts) * G.
@@ -390,8 +428,8 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
     seeds = seeds if seeds is not None else torch.randint(0, 2**31 - 1, (B,)).tolist()
     gens = row_generators(seeds, num_samples, device)
 
-    cache = model.new_cache(B, P + max_new_tokens)
-    logits = model(ids, attention_mask=prompt_mask, cache=cache, logits_to_keep=1)[:, -1]
+    cache, logits, prompt_mask = prefill(model, ids, prompt_mask, P + max_new_tokens)
+    logits = logits[:, -1]
     cache = cache.repeat_interleave(num_samples)
     logits = logits.repeat_interleave(num_samples, dim=0)
     N = B * num_samples

@@ -9,7 +9,7 @@ import torch
 from grpo import (GRPOConfig, Rollout, aggregate_loss, completion_logprobs, group_advantages, grpo_loss,
                   grpo_step, kl_per_token, logprobs_by_part, logprobs_from_hidden, plain_completion_logprobs, ppo_clip_loss,
                   rollout, token_logprobs, zero_std_groups)
-from model import GPT, GPTConfig, left_pad
+from model import GPT, GPTConfig, generate, left_pad, shared_prefix_len
 from task import Prompt
 
 from conftest import one_line
@@ -352,6 +352,41 @@ def test_shared_prompt_logprobs_and_grads_equal_plain(arch, T):
     assert fast.shape == plain.shape == comp.shape and fast.dtype == torch.float32
     assert (fast[m] - plain[m]).abs().max() <= 1e-5
     assert (g_fast - g_plain).abs().max() <= 1e-5 * g_plain.abs().max()
+
+
+def test_shared_prefix_len_hand_cases():
+    """Hand: the common first tokens of the real (unpadded) rows, at most the shortest row less one."""
+    def L(rows):
+        return shared_prefix_len(*left_pad(rows, PAD))
+    assert L([[3, 4, 5, 6], [3, 4, 9], [3, 4, 5, 7, 8]]) == 2
+    assert L([[3, 4, 5], [3, 4, 5], [3, 4, 5, 6]]) == 2          # every row keeps its last token
+    assert L([[3, 4], [5, 4]]) == 0 and L([[3, 4, 5]]) == 0 and L([[3], [3, 4]]) == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_prefix_prompts_logprobs_and_grads_equal_plain(arch):
+    """Oracle: plain_completion_logprobs, with prompts that share their first 3 tokens (one of them is the prefix
+    and one more token): the prefix runs once, its gradient is the sum over the rows that read it."""
+    model = tiny(arch)
+    prompts = [[2, 3, 4, 5, 6], [2, 3, 4, 7], [2, 3, 4, 8, 9, 10, 11]]
+    prompt_ids, prompt_mask = left_pad(prompts, PAD)
+    assert shared_prefix_len(prompt_ids, prompt_mask) == 3
+    _, _, comp, cmask = toy_batch(T=5)
+    fast = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)
+    (fast * cmask).sum().backward()
+    g_fast = grads(model)
+    model.zero_grad()
+    plain = plain_completion_logprobs(model, prompt_ids, prompt_mask, comp, 2)
+    (plain * cmask).sum().backward()
+    g_plain = grads(model)
+    m = cmask.bool()
+    assert (fast[m] - plain[m]).abs().max() <= 1e-5
+    assert (g_fast - g_plain).abs().max() <= 1e-5 * g_plain.abs().max()
+    with torch.no_grad():                                        # and sampling from them: each prompt alone
+        batch, _ = generate(model, prompts, num_samples=2, max_new_tokens=6, eos_id=EOS, pad_id=PAD, seeds=[5, 6, 7])
+        for i, p in enumerate(prompts):
+            alone, _ = generate(model, [p], num_samples=2, max_new_tokens=6, eos_id=EOS, pad_id=PAD, seeds=[5 + i])
+            assert batch[2 * i:2 * i + 2, :alone.size(1)].tolist() == alone.tolist()
 
 
 # ----------------------------------------------------------------------------- rollout and loss
