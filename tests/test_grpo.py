@@ -338,10 +338,12 @@ def test_aggregate_loss_modes_hand_computed():
 @pytest.mark.parametrize("T", [1, 2, 5])
 def test_shared_prompt_logprobs_and_grads_equal_plain(arch, T):
     """Oracle: plain_completion_logprobs (prompt repeated in every row), values and parameter gradients."""
-    model = tiny(arch)
     prompt_ids, prompt_mask, comp, cmask = toy_batch(T=5)
-    comp, cmask = comp[:, :T], cmask[:, :T]
-    m = cmask.bool()
+    assert_equal_to_plain(tiny(arch), prompt_ids, prompt_mask, comp[:, :T], cmask[:, :T])
+
+
+def assert_equal_to_plain(model, prompt_ids, prompt_mask, comp, cmask):
+    """completion_logprobs (G = 2) and the gradients of their sum equal plain_completion_logprobs' (fp32, 1e-5)."""
     fast = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)     # post-EOS: not computed
     (fast * cmask).sum().backward()
     g_fast = grads(model)
@@ -349,6 +351,7 @@ def test_shared_prompt_logprobs_and_grads_equal_plain(arch, T):
     plain = plain_completion_logprobs(model, prompt_ids, prompt_mask, comp, 2)
     (plain * cmask).sum().backward()
     g_plain = grads(model)
+    m = cmask.bool()
     assert fast.shape == plain.shape == comp.shape and fast.dtype == torch.float32
     assert (fast[m] - plain[m]).abs().max() <= 1e-5
     assert (g_fast - g_plain).abs().max() <= 1e-5 * g_plain.abs().max()
@@ -372,16 +375,7 @@ def test_shared_prefix_prompts_logprobs_and_grads_equal_plain(arch):
     prompt_ids, prompt_mask = left_pad(prompts, PAD)
     assert shared_prefix_len(prompt_ids, prompt_mask) == 3
     _, _, comp, cmask = toy_batch(T=5)
-    fast = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)
-    (fast * cmask).sum().backward()
-    g_fast = grads(model)
-    model.zero_grad()
-    plain = plain_completion_logprobs(model, prompt_ids, prompt_mask, comp, 2)
-    (plain * cmask).sum().backward()
-    g_plain = grads(model)
-    m = cmask.bool()
-    assert (fast[m] - plain[m]).abs().max() <= 1e-5
-    assert (g_fast - g_plain).abs().max() <= 1e-5 * g_plain.abs().max()
+    assert_equal_to_plain(model, prompt_ids, prompt_mask, comp, cmask)
     with torch.no_grad():                                        # and sampling from them: each prompt alone
         batch, _ = generate(model, prompts, num_samples=2, max_new_tokens=6, eos_id=EOS, pad_id=PAD, seeds=[5, 6, 7])
         for i, p in enumerate(prompts):
