@@ -237,29 +237,29 @@ print(format_examples(tuned["examples"]))"""
 ANALYSIS = """\
 ## Analysis
 
-**Did it learn?** Yes. Held-out greedy accuracy went from 62.5% (base model) to 94.0% on
+**Did it learn?** Yes. Held-out greedy accuracy went from 62.5% (base model) to 95.5% on
 200 prompts never seen in training, and sampled accuracy (temperature 1) from 21.6% to
-93.4%. The training reward (sampled, B x G = 64 completions a step) rose from 0.24 (mean of steps 1-4) in the
-first steps to 0.98 (steps 21-24) in the last. The command-line default (`python train.py`, 30 steps) gives
-62.5% -> 99.5% on the same 200 held-out prompts in 3 min 57 s on a 2-core CPU, but read its answers below.
+93.0%. The training reward (sampled, B x G = 64 completions a step) rose from 0.19 (mean of steps 1-4) in the
+first steps to 0.94 (steps 21-24) in the last. The command-line default (`python train.py`, 30 steps) gives
+62.5% -> 98.5% on the same 200 held-out prompts in 3 min 54 s on a 2-core CPU.
 
 **Dynamics.** Most of the gain comes in the first ~16 steps, as the policy stops explaining and starts
-answering: mean completion length fell from 12.7 (steps 1-4) to 8.2 (steps 21-24) tokens. Once most groups
+answering: mean completion length fell from 12.4 (steps 1-4) to 8.4 (steps 21-24) tokens. Once most groups
 answer correctly, more and more groups have G equal rewards (the `zero` share in the log), whose advantages
-are 0: learning slows by itself. The KL to the reference was 0.32 per token over steps 1-4 and 0.40 over
-steps 5-8, stayed between 0.25 and 0.37, and jumped to 1.77 over the last four steps: with beta = 0.04 the KL
-term is small next to the policy term, so it slows the drift rather than stopping it.
+are 0: learning slows by itself. The KL to the reference was 0.39 per token over steps 1-4 and 0.52 over
+steps 5-8, then stayed between 0.33 and 0.41: with beta = 0.04 the KL term is small next to the policy term,
+so it slows the drift rather than stopping it.
 
 **Reward hacking?** The reward reads the *last integer* of the answer, so a policy can score by ending on
 the right number for the wrong reason. The base model shows the loophole: "15 is larger than 43." is wrong but
 scores 1 because it ends in 43, and "57 is larger than 42." is right but scores 0. Here, after training, the
-answers are a short fixed template ending in the number ("The answer is 63."), which is the behaviour the
-prompt asks for; no empty answers, no lists of numbers, no padding (lengths fell, not rose). The 30-step
-command-line run of the same recipe found the loophole instead: its answers read "163 is 63.", "48 is larger
-than 61." or "17 is larger than 71.": false or garbled sentences that end on the right number, which its
-99.5% counts as correct (an earlier run of the same command answered "The larger one is 63."). Which of the
-two a run lands on depends on its sampled trajectory; the rubric rewards both, so only reading the answers,
-or a stricter rubric, tells them apart.
+answers are the bare number ("63") or a short template ending in it ("The answer is 43."), which is the
+behaviour the prompt asks for; no empty answers, no lists of numbers, no padding (lengths fell, not rose).
+But a run can land on the loophole instead: one command-line run of the same recipe (one commit before this
+notebook's code) answered "163 is 63." and "17 is larger than 71.": false or garbled sentences that end on
+the right number, which its 99.5% accuracy counted as correct, while the final code's run answers "The larger
+of the two is 63.". Which style a run lands on depends on its sampled trajectory; the rubric rewards them
+all, so only reading the answers, or a stricter rubric, tells them apart.
 
 **Effect of group size G** (`scripts/sweep_group_size.py`; raw results in `results/group_size_sweep.json`).
 Every run samples the same number of completions per step (B x G = 64), so a larger G means fewer prompts:
