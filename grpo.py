@@ -184,8 +184,8 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
 
     The B prompts are run once (their shared first tokens once for all: model.prefill) and their keys/values
     copied to their G completions (exact, and G times less prompt work than B*G padded rows); the completions
-    then attend to them. prompt_ids, prompt_mask (B, P);
-    completion_ids (N, T). Token t's logits come from position t-1: the last prompt position predicts o_i0.
+    then attend to them. prompt_ids, prompt_mask (B, P); completion_ids (N, T). Token t's logits come from
+    position t-1: the last prompt position predicts o_i0.
     Positions past the end of the mask (after EOS) are not computed at all: a third of a batch early on.
     The model computes in its own dtype (bf16 where that is fast); the log-softmax is always fp32.
     """

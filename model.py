@@ -357,11 +357,10 @@ def prefill(model, ids, mask, max_len, return_hidden=False):
     L = shared_prefix_len(ids, mask)
     cache = model.new_cache(1 if L else B, max_len)
     if L:
-        start = int(P - mask[0].sum())
-        model(ids[:1, start:start + L], cache=cache, return_hidden=True, logits_to_keep=1)
+        pad = P - mask.sum(1)                                                           # (B,) padding per row
+        model(ids[:1, pad[0]:pad[0] + L], cache=cache, return_hidden=True, logits_to_keep=1)
         cache = cache.rows(torch.zeros(B, dtype=torch.long, device=ids.device))
-        pad = (P - mask.sum(1))[:, None]
-        rest = (torch.arange(P - L, device=ids.device)[None] >= pad).to(mask.dtype)   # padding moved after the prefix
+        rest = (torch.arange(P - L, device=ids.device)[None] >= pad[:, None]).to(mask.dtype)   # padding after the prefix
         mask = torch.cat([mask.new_ones(B, L), rest], dim=1)
     out = model(ids[:, L:], attention_mask=mask, cache=cache, logits_to_keep=1, return_hidden=return_hidden,
                 keep=mask[:, L:].bool())                                              # padding: no work
@@ -412,10 +411,10 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
     """Sample `num_samples` completions for each prompt (a list of token-id lists).
 
     Each prompt is prefilled once (the prompts' shared first tokens once for all, see prefill); its KV cache
-    is then copied to its num_samples rows (row i*G + j is
-    sample j of prompt i). Rows that have sampled EOS leave the batch (a quarter at a time), so that the
-    decoding steps cost what the rows still running need. Returns completion_ids (N, T) padded with pad_id after EOS and
-    completion_mask (N, T), 1 on generated tokens up to and including EOS; N = len(prompts) * G.
+    is then copied to its num_samples rows (row i*G + j is sample j of prompt i). Rows that have sampled EOS
+    leave the batch (a quarter at a time), so that the decoding steps cost what the rows still running need.
+    Returns completion_ids (N, T) padded with pad_id after EOS and completion_mask (N, T), 1 on generated
+    tokens up to and including EOS; N = len(prompts) * G.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")

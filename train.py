@@ -271,7 +271,7 @@ def optimize(policy_pass, optimizer, batch, cfg, world=1):
     """
     g = cfg.grpo
     n = step_count(batch.loss_mask, g.loss_agg, world)
-    N, T = batch.completion_ids.shape
+    T = batch.completion_ids.size(1)
     parts = list(batch.parts(g.prompts_per_pass))
     for _ in range(cfg.mu):
         loss, kls, clips = 0.0, [], []
