@@ -1,7 +1,7 @@
 """Speed figures as JSON (not a test). Each figure names the machine; compare only within one run.
 
-    python bench.py                       # everything below except trl
-    python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, trl
+    python bench.py                       # everything below except tta_seeds and trl
+    python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl
     python bench.py --out=bench.json
 
 load     cold (dequantize the GGUF) and warm (cached safetensors) load seconds
@@ -11,6 +11,7 @@ step     seconds per GRPO step on TRL's comparison config (add1, 8 prompts x G=8
          lr 1e-5, AdamW) with a breakdown by phase
 memory   peak resident memory of a 3-step training run (a fresh process), whole batch and 1 prompt per pass
 tta      held-out greedy accuracy on add1 after each of the first steps of that config (time to accuracy)
+tta_seeds  the same with 4 other sampling seeds, each until it reaches TRL's 94%: how much of tta is luck
 trl      TRL's GRPOTrainer on the same config, fp32 and bf16 (pip install -r requirements-bench.txt; ~10 min on 2 cores)
 """
 import argparse
@@ -154,12 +155,14 @@ class ComparisonRun:
                           prompts_per_pass=prompts_per_pass)
         self.cfg = TrainConfig(lr=1e-5, grad_clip=1.0, grpo=gcfg)
 
-    def step(self, step):
-        """One GRPO step on prompts 8*step .. 8*step+7; returns seconds by phase."""
+    def step(self, step, seed=0):
+        """One GRPO step on prompts 8*step .. 8*step+7 (their sampling seeds shifted by seed); returns seconds by
+        phase."""
         t0 = time.perf_counter()
         prompts = self.train_set[8 * step:8 * step + 8]
+        first = 8 * step + 10_000 * seed
         batch = rollout(self.policy, self.tok, prompts, get_reward, self.cfg.grpo, self.ref,
-                        seeds=list(range(8 * step, 8 * step + 8)))
+                        seeds=list(range(first, first + 8)))
         t1 = time.perf_counter()
         optimize(PolicyLogprobs(self.policy), self.opt, batch, self.cfg)
         t2 = time.perf_counter()
@@ -199,15 +202,19 @@ def bench_memory():
     return out
 
 
-def bench_tta(model, tok, steps=8, dtype_name="auto"):
-    """Held-out greedy accuracy on add1 after each step of the comparison config, with training seconds."""
+def bench_tta(model, tok, steps=8, dtype_name="auto", seed=0, target=None):
+    """Held-out greedy accuracy on add1 after each step of the comparison config, with training seconds; seed
+    shifts the sampling seeds, and with a target accuracy the run stops at the first step that reaches it."""
     run = ComparisonRun(copy.deepcopy(model), tok, dtype_name)
     accuracy = lambda: evaluate(run.policy, run.tok, run.eval_set, system_prompt=DEFAULT_SYSTEM)["accuracy"]
     curve, train_s = [{"step": 0, "train_s": 0.0, "accuracy": accuracy()}], 0.0
     for step in range(1, steps + 1):
-        train_s += run.step(step)["step_s"]
+        if target is not None and curve[-1]["accuracy"] >= target:
+            break
+        train_s += run.step(step, seed)["step_s"]
         curve.append({"step": step, "train_s": round(train_s, 1), "accuracy": accuracy()})
-    return {"dtype": str(run.dtype).removeprefix("torch."), "eval_prompts": len(run.eval_set), "curve": curve}
+    return {"dtype": str(run.dtype).removeprefix("torch."), "eval_prompts": len(run.eval_set), "seed": seed,
+            "curve": curve}
 
 
 def _trl_worker(steps, dtype_name="fp32", max_completion_length=32):
@@ -286,7 +293,7 @@ def bench_trl(steps=3, dtype_name="fp32"):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="load,sample,fwdbwd,step,memory,tta",
-                    help="comma-separated: load, sample, fwdbwd, step, memory, tta, trl")
+                    help="comma-separated: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     parts = args.only.split(",")
@@ -312,6 +319,8 @@ def main():
                             "bf16_one_prompt_per_pass": bench_step(model, tok, dtype_name="bf16", prompts_per_pass=1)}
         elif name == "tta":
             result[name] = bench_tta(model, tok)
+        elif name == "tta_seeds":
+            result[name] = [bench_tta(model, tok, steps=8, seed=s, target=0.94) for s in range(1, 5)]
         elif name == "memory":
             result[name] = bench_memory()
         elif name == "trl":
