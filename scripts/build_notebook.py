@@ -266,15 +266,15 @@ Every run samples the same number of completions per step (B x G = 64), so a lar
 
 {{sweep_table}}
 
-At a fixed budget of 64 completions a step, G = 8 learned best here. With G = 2, a group is often all right
-or all wrong (its share of zero-variance groups is the highest), so many samples teach nothing and the
-baseline of each group (the mean of 2 rewards) is noisy: the training reward rose least. With G = 16 almost
-every group has a signal, but a step covers only 4 questions, so the reward curve is the noisiest, the
-policy drifted furthest from the reference (largest KL), and its held-out samples show the reward hack the
-last-integer rule allows: "48 is larger than 61." is a false sentence that ends on the right number and
-scores 1. Steps with fewer distinct prompts were also cheaper (a prompt is prefilled once for its whole group):
-see the s / step column. This is one
-seed on 200 held-out prompts (a standard error of about 1.5 points near 95%), so differences of a point or
+At a fixed budget of 64 completions a step, G = 4 and G = 8 learned best here. With G = 2, a group is often
+all right or all wrong (the highest share of zero-variance groups), so many samples teach nothing and the
+baseline of each group (the mean of 2 rewards) is noisy: the training reward rose least. With G = 16 the
+fewest groups are wasted, but a step covers only 4 questions, so the reward curve is the noisiest, and its
+held-out answers game the last-integer rule: "48 is larger than 61." and "75 is larger than 75." are false
+sentences that end on the right number and score 1, which is why its 96.5% overstates it. G = 4 drifted
+furthest from the reference (KL 1.33 at its last step, 0.3-0.5 for the others). Steps with fewer distinct
+prompts were also cheaper (a prompt is prefilled once for its whole group): see the s / step column. This is
+one seed on 200 held-out prompts (a standard error of about 1.5 points near 95%), so differences of a point or
 two are noise; the ordering of the training curves is the clearer signal."""
 
 CELLS = [HEADER, PLAN, SETUP, DATA, REWARD, GRPO_STEP, TRAIN, EVALUATE, ANALYSIS]
