@@ -5,7 +5,8 @@
     python train.py --resume                           # continue runs/default from its last checkpoint
     torchrun --nproc_per_node=2 train.py               # the same run on 2 processes (DistributedDataParallel)
 
-Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value.
+Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; `python train.py --help`
+lists them with their defaults.
 
 What each logged column means:
   reward    mean task reward of this step's B*G sampled completions (= sampled accuracy for 0/1 rewards)
@@ -64,11 +65,22 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
+def option_targets(cfg):
+    """{option name: the config object that holds it}: TrainConfig's fields and its GRPOConfig's."""
+    return {f.name: cfg for f in fields(TrainConfig) if f.name != "grpo"} | {f.name: cfg.grpo for f in fields(GRPOConfig)}
+
+
+def usage():
+    """The module docstring and every option with its default value."""
+    cfg = TrainConfig()
+    return __doc__ + "\noptions (defaults):\n" + "\n".join(
+        f"  --{name}={getattr(obj, name)}" for name, obj in option_targets(cfg).items())
+
+
 def parse_args(argv):
     """--name=value for TrainConfig and GRPOConfig fields (bare --flag means True)."""
     cfg = TrainConfig()
-    targets = {f.name: cfg for f in fields(TrainConfig) if f.name != "grpo"}
-    targets |= {f.name: cfg.grpo for f in fields(GRPOConfig)}
+    targets = option_targets(cfg)
     for arg in argv:
         if not arg.startswith("--"):
             raise ValueError(f"unexpected argument {arg!r}; use --name=value")
@@ -442,8 +454,12 @@ def train(cfg: TrainConfig):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return None
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        cfg = parse_args(argv)
         return train(cfg)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)

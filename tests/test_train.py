@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import grpo
 from conftest import ROOT, write_random_gpt2
 from model import GPT, GPTConfig
-from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, optimize, parse_args, train
+from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, main, optimize, parse_args, train
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,14 @@ def test_parse_args_sets_both_configs():
     cfg = parse_args(["--task=add2", "--group_size=4", "--beta=0", "--resume", "--top_p=0.9", "--top_k=none"])
     assert (cfg.task, cfg.grpo.group_size, cfg.grpo.beta, cfg.resume, cfg.grpo.top_p, cfg.grpo.top_k) == \
         ("add2", 4, 0.0, True, 0.9, None)
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    assert main(["--help"]) is None
+    out = capsys.readouterr().out
+    assert out.startswith("Train a small pretrained model with GRPO")
+    for option in ("--steps=30", "--group_size=8", "--beta=0.04", "--prompts_per_pass=8", "--resume=False"):
+        assert f"  {option}" in out.splitlines(), option
 
 
 @pytest.mark.parametrize("args,words", [
