@@ -43,7 +43,9 @@ def machine():
         if os.path.exists("/proc/cpuinfo") else platform.processor()
     return {"cpu": cpu, "threads": torch.get_num_threads(), "amx": bool(torch._C._cpu._init_amx()),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "auto_dtype": str(pick_dtype("auto", "cpu")).removeprefix("torch.")}
+            "torch": torch.__version__, "auto_dtype": str(pick_dtype("auto", "cpu")).removeprefix("torch."),
+            # the C allocator changes these timings a lot (TRL's most): glibc's unless one is preloaded
+            "allocator": os.path.basename(os.environ.get("LD_PRELOAD", "")) or "glibc malloc"}
 
 
 def peak_rss_gib():
