@@ -45,7 +45,8 @@ def machine():
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": torch.__version__, "auto_dtype": str(pick_dtype("auto", "cpu")).removeprefix("torch."),
             # the C allocator changes these timings a lot (TRL's most): glibc's unless one is preloaded
-            "allocator": os.path.basename(os.environ.get("LD_PRELOAD", "")) or "glibc malloc"}
+            "allocator": " ".join(os.path.basename(p) for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split())
+                         or "glibc malloc"}
 
 
 def peak_rss_gib():
@@ -322,7 +323,7 @@ def main():
         elif name == "tta":
             result[name] = bench_tta(model, tok)
         elif name == "tta_seeds":
-            result[name] = [bench_tta(model, tok, steps=8, seed=s, target=0.94) for s in range(1, 5)]
+            result[name] = [bench_tta(model, tok, seed=s, target=0.94) for s in range(1, 5)]
         elif name == "memory":
             result[name] = bench_memory()
         elif name == "trl":

@@ -67,7 +67,8 @@ class TrainConfig:
 
 def option_targets(cfg):
     """{option name: the config object that holds it}: TrainConfig's fields and its GRPOConfig's."""
-    return {f.name: cfg for f in fields(TrainConfig) if f.name != "grpo"} | {f.name: cfg.grpo for f in fields(GRPOConfig)}
+    return ({f.name: cfg for f in fields(TrainConfig) if f.name != "grpo"}
+            | {f.name: cfg.grpo for f in fields(GRPOConfig)})
 
 
 def usage():
