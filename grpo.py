@@ -113,12 +113,15 @@ class SelectedLogprobs(torch.autograd.Function):
         return grad_logits @ weight, grad_logits.t() @ hidden, None
 
 
-def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=512):
+def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=None):
     """token_logprobs(hidden @ weight^T, token_ids) computed only where mask is 1, in chunks of tokens.
 
     hidden (N, T, C), weight (V, C), token_ids and mask (N, T) -> (N, T) fp32, 0 outside the mask.
-    Positions after EOS need no log-prob, and the (N, T, V) logits are never held at once.
+    Positions after EOS need no log-prob, and the (N, T, V) logits are never held at once. Without gradients
+    (reference and old log-probs) chunks of 128 tokens are ~25% faster than 512 on a CPU: the allocator
+    reuses their fp32 log-softmax (25 MB) instead of mapping (and page-faulting) fresh memory every chunk.
     """
+    chunk_tokens = chunk_tokens or (512 if torch.is_grad_enabled() else 128)
     keep = mask.bool() if mask is not None else torch.ones_like(token_ids, dtype=torch.bool)
     h, ids = hidden[keep], token_ids[keep]                                  # (n, C), (n,)
     parts = [SelectedLogprobs.apply(h[i:i + chunk_tokens], weight, ids[i:i + chunk_tokens])

@@ -33,6 +33,14 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
+def rms_norm(x, weight, eps):
+    """(y, r): y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row (B..., 1), in (at least) fp32 whatever
+    x's dtype; y comes back in x's dtype."""
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+    r = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (x32 * r * weight.to(x32.dtype)).to(x.dtype), r
+
+
 class RMSNormFunction(torch.autograd.Function):
     """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, computed in (at least) fp32 whatever x's dtype.
 
@@ -43,10 +51,9 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-        r = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        y, r = rms_norm(x, weight, eps)
         ctx.save_for_backward(x, weight, r)
-        return (x32 * r * weight.to(x32.dtype)).to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -72,7 +79,8 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down):
         gate, up = x @ w_gate.t(), x @ w_up.t()
-        ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
+        if ctx is not None:                   # None: called directly, without autograd (see MLP.forward)
+            ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
         return (F.silu(gate) * up) @ w_down.t()
 
     @staticmethod
@@ -94,6 +102,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if not torch.is_grad_enabled():       # sampling, reference log-probs: no autograd bookkeeping to pay for
+            return rms_norm(x, self.weight, self.eps)[0]
         return RMSNormFunction.apply(x, self.weight, self.eps)
 
 
@@ -225,7 +235,10 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.arch == "gpt2":
             return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
-        return SwiGLUFunction.apply(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+        weights = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+        if not torch.is_grad_enabled():
+            return SwiGLUFunction.forward(None, x, *weights)
+        return SwiGLUFunction.apply(x, *weights)
 
 
 class Block(nn.Module):
@@ -398,7 +411,9 @@ def sample_next(logits, temperature, top_k, top_p, generators):
     one uniform number per row from that row's generator."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    if temperature != 1.0 or top_k is not None or top_p is not None:
+        logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = logits.softmax(-1, dtype=torch.float32)           # one pass from bf16 logits at temperature 1
     u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)

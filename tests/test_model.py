@@ -171,6 +171,36 @@ def test_swiglu_backward_equals_finite_differences_and_autograd():
         assert a.grad.dtype == torch.bfloat16 and torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_grad_forward_equals_the_autograd_forward(dtype):
+    """Without gradients (sampling, reference log-probs) RMSNorm and the MLP skip their autograd Functions: the
+    same kernels on the same values, so the hidden states must be bit-identical to the training forward's."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, n_inner=48, block_size=64))
+    with torch.no_grad():
+        for p in model.parameters():          # norms away from 1, so that their weight is exercised
+            p.add_(torch.randn_like(p) * 0.1)
+    model.to_compute_dtype(dtype)
+    ids = torch.randint(0, 97, (3, 9))
+    with torch.no_grad():
+        fast = model(ids, return_hidden=True)
+    trained = model(ids, return_hidden=True)
+    assert trained.requires_grad and fast.dtype == dtype
+    assert torch.equal(fast, trained.detach())
+
+
+def test_sample_next_at_temperature_one_equals_the_plain_softmax():
+    """The sampler's one-pass softmax from bf16 logits draws what the cast-then-softmax formula draws."""
+    from model import sample_next
+    logits = (torch.randn(6, 500, generator=torch.Generator().manual_seed(0)) * 4).bfloat16()
+    probs = logits.float().softmax(-1)
+    gens = row_generators([1, 2], 3, "cpu")
+    u = torch.cat([torch.rand(1, generator=g) for g in row_generators([1, 2], 3, "cpu")])
+    cdf = probs.cumsum(-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
+    assert torch.equal(sample_next(logits, 1.0, None, None, gens), want)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_compute_dtype_casts_the_matmuls_and_keeps_the_norms_fp32(arch):
     """Oracle: the fp32 model's logits (bf16 rounding allows ~1e-2 here)."""
