@@ -109,7 +109,9 @@ class SelectedLogprobs(torch.autograd.Function):
     def backward(ctx, grad):
         hidden, weight, token_ids, selected, probs = ctx.saved_tensors
         grad_logits = probs * -grad[:, None].to(probs.dtype)                          # -g p
-        grad_logits.scatter_(-1, token_ids[:, None], (-grad * torch.expm1(selected))[:, None].to(probs.dtype))
+        rows = torch.arange(token_ids.size(0), device=token_ids.device)
+        # g (1 - p) on each row's own token; an index_put, where scatter_ copies the whole (n, V) block on a CPU
+        grad_logits[rows, token_ids] = (-grad * torch.expm1(selected)).to(probs.dtype)
         return grad_logits @ weight, grad_logits.t() @ hidden, None
 
 

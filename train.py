@@ -214,12 +214,18 @@ class MasterAdamW:
         self.master = [p if p.dtype == torch.float32 else w.detach().float() for p, w in pairs]
         self.exp_avg = [torch.zeros_like(w) for w in self.master]
         self.exp_avg_sq = [torch.zeros_like(w) for w in self.master]
+        # one slice of fp32 gradient, reused: a fresh 16 MB tensor per slice costs its page faults every step
+        largest = max((p.numel() for p in self.params), default=0)
+        self.grad32 = torch.empty(min(largest, self.SLICE), dtype=torch.float32,
+                                  device=self.params[0].device if self.params else None)
         self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
 
-    @staticmethod
-    def slices(p, size=1 << 22):
+    SLICE = 1 << 22
+
+    @classmethod
+    def slices(cls, p):
         """Slices of p's flat view, 4M numbers each: an fp32 copy of one stays small even for the 28M embedding."""
-        return [slice(i, i + size) for i in range(0, p.numel(), size)]
+        return [slice(i, i + cls.SLICE) for i in range(0, p.numel(), cls.SLICE)]
 
     @torch.no_grad()
     def grad_norm(self):
@@ -239,8 +245,10 @@ class MasterAdamW:
             if p.grad is None:
                 continue
             for part in self.slices(p):
-                g = p.grad.view(-1)[part].float()
-                g = g * scale if scale is not None else g        # not in place: g may be p.grad itself
+                grad = p.grad.view(-1)[part]
+                g = self.grad32[:grad.numel()].copy_(grad)
+                if scale is not None:
+                    g.mul_(scale)
                 # torch's own AdamW update (the formula above) in one fused pass; it counts step t from t - 1
                 adamw([w.view(-1)[part]], [g], [m.view(-1)[part]], [v.view(-1)[part]], [],
                       [torch.tensor(float(self.t - 1), device=w.device)], fused=True, amsgrad=False, beta1=self.betas[0],
