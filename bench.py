@@ -13,6 +13,8 @@ memory   peak resident memory of a 3-step training run (a fresh process), whole 
 tta      held-out greedy accuracy on add1 after each of the first steps of that config (time to accuracy)
 tta_seeds  the same with 4 other sampling seeds, each until it reaches TRL's 94%: how much of tta is luck
 trl      TRL's GRPOTrainer on the same config, fp32 and bf16 (pip install -r requirements-bench.txt; ~10 min on 2 cores)
+ratio    TRL's time per step over ours, both in the auto dtype, measured alternately (ours, TRL, ours, ... 3 TRL
+         runs, ~15 min): a VM whose speed drifts by 20-30% within an hour moves both sides of each ratio alike
 """
 import argparse
 import copy
@@ -293,10 +295,23 @@ def bench_trl(steps=3, dtype_name="fp32"):
     return json.loads(out.stdout.splitlines()[-1])
 
 
+def bench_ratio(model, tok, rounds=3):
+    """TRL's median seconds per step over ours, alternating: ours, TRL, ours, TRL, ..., ours. Each TRL run is
+    compared with the mean of the two runs of ours around it."""
+    dtype_name = "bf16" if pick_dtype("auto", "cpu") == torch.bfloat16 else "fp32"
+    ours, trl = [bench_step(model, tok, dtype_name=dtype_name)["step_s"]], []
+    for _ in range(rounds):
+        trl.append(bench_trl(dtype_name=dtype_name)["step_s_median"])
+        ours.append(bench_step(model, tok, dtype_name=dtype_name)["step_s"])
+    ratios = [round(t / ((a + b) / 2), 2) for t, a, b in zip(trl, ours, ours[1:])]
+    return {"dtype": dtype_name, "ours_step_s": ours, "trl_step_s": trl, "ratios": ratios,
+            "median_ratio": sorted(ratios)[len(ratios) // 2]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="load,sample,fwdbwd,step,memory,tta",
-                    help="comma-separated: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl")
+                    help="comma-separated: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     parts = args.only.split(",")
@@ -328,6 +343,8 @@ def main():
             result[name] = bench_memory()
         elif name == "trl":
             result[name] = {d: bench_trl(dtype_name=d) for d in ("fp32", "bf16")}
+        elif name == "ratio":
+            result[name] = bench_ratio(model, tok)
         else:
             sys.exit(f"error: unknown benchmark {name!r}")
         print(f"  {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
