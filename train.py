@@ -199,6 +199,8 @@ class MasterAdamW:
         w = w (1 - lr wd) - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     """
 
+    SLICE = 1 << 22                # numbers per slice of a tensor that the update upcasts at a time
+
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fp32_weights=None):
         """params: the model's parameters (bf16 or fp32); fp32_weights: their fp32 values in the same order
         (by default the params' own), from before a cast to bf16 (see cast_for_training); they become the
@@ -219,8 +221,6 @@ class MasterAdamW:
         self.grad32 = torch.empty(min(largest, self.SLICE), dtype=torch.float32,
                                   device=self.params[0].device if self.params else None)
         self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
-
-    SLICE = 1 << 22
 
     @classmethod
     def slices(cls, p):
