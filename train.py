@@ -9,7 +9,9 @@ Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; 
 lists them with their defaults.
 
 What each logged column means:
-  reward    mean task reward of this step's B*G sampled completions (= sampled accuracy for 0/1 rewards)
+  reward    mean reward of this step's B*G sampled completions: the weighted components (--reward_weights,
+            task.WeightedReward), each one's mean after it: correct = sampled accuracy by the task's verifier,
+            format = the share answering with exactly the answer ("57")
   ±         mean over groups of the reward std within a group: the signal GRPO learns from
   zero      fraction of groups whose G rewards are all equal: they get A = 0 and teach nothing
   loss      the GRPO loss (with mu = 1 its value is ~ beta*KL: the advantages of a group sum to zero)
@@ -34,17 +36,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from eval import evaluate, format_examples
+from eval import GRADER, evaluate, format_examples
 from grpo import GRPOConfig, completion_logprobs, grpo_loss, rollout, step_metrics
 from load_weights import load_model
 from model import pick_dtype
-from task import get_reward, get_task, make_dataset
+from task import WeightedReward, get_task, make_dataset, parse_weights
 
 
 @dataclass
 class TrainConfig:
     model: str = "smollm2"
-    task: str = "larger"
+    task: str = "larger"           # a task of task.py, or your own: path/to/task.py or path/to/data.jsonl
+    reward_weights: str = "correct:1,format:1"   # components of the reward and their weights (task.py)
+    judge: str = "ref"             # the judge component's model: "ref" (the frozen start) or a checkpoint folder
     steps: int = 30
     batch_prompts: int = 8         # B prompts per step (all ranks together); each gets G = group_size samples
     lr: float = 5e-5
@@ -341,7 +345,8 @@ def save_checkpoint(out_dir, policy, optimizer, step, history, cfg):
 
 
 def format_log(step, steps, m):
-    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f} ±{m['reward_std']:.2f} zero {m['frac_reward_zero_std']:.2f}"
+    parts = "".join(f" {k.removeprefix('reward/')} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
+    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f} ±{m['reward_std']:.2f}{parts} zero {m['frac_reward_zero_std']:.2f}"
             f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip {m['clip_frac']:.2f} | len {m['completion_len']:4.1f}"
             f" | {m['tok_per_s']:5.0f} tok/s {m['s_per_step']:5.1f} s/step")
 
@@ -368,9 +373,25 @@ def plot_history(history, evals, path):
     plt.close(fig)
 
 
+def make_reward(cfg, weights, ref_model, policy, tok, device):
+    """The run's reward function; with a judge component, the judge model it asks (judge.py)."""
+    if weights.get("judge", 0) <= 0:
+        return WeightedReward(weights)
+    from eval import load_policy
+    from judge import make_judge
+    if cfg.judge == "ref":
+        judge_model = ref_model if ref_model is not None else copy.deepcopy(policy).requires_grad_(False)
+    else:
+        judge_model = load_policy(cfg.model, cfg.judge, device)[0].requires_grad_(False)
+    return WeightedReward(weights, judge=make_judge(judge_model, tok))
+
+
 def train(cfg: TrainConfig):
     cfg.grpo.validate()
     get_task(cfg.task)
+    weights = parse_weights(cfg.reward_weights)
+    if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
+        raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
     rank, world = init_distributed(device)
@@ -391,6 +412,7 @@ def train(cfg: TrainConfig):
     # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
     ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
+    reward_fn = make_reward(cfg, weights, ref_model, policy, tok, device)
 
     start, history, evals, state = 0, [], {}, None
     if cfg.resume and (out_dir / "train_state.pt").exists():
@@ -406,10 +428,11 @@ def train(cfg: TrainConfig):
         optimizer.load_state_dict(state["optimizer"])
 
     def held_out(name):
+        log(f"[eval {name}] {len(eval_set)} held-out prompts")
         res = evaluate(policy, tok, eval_set, cfg.eval_samples, cfg.grpo.temperature, cfg.grpo.max_new_tokens,
-                       cfg.grpo.system_prompt)
-        log(f"[eval {name}] held-out greedy accuracy {res['accuracy']:.1%} (mean reward {res['reward']:.3f}, "
-            f"{len(eval_set)} prompts, mean completion {res['completion_chars']:.0f} chars)"
+                       cfg.grpo.system_prompt, reward_fn=reward_fn, progress=log)
+        log(f"[eval {name}] held-out greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
+            f"{res['format']:.1%}, mean reward {res['reward']:.3f}, mean completion {res['completion_chars']:.0f} chars"
             + (f", sampled accuracy {res['sampled_accuracy']:.1%}" if "sampled_accuracy" in res else ""))
         return res
 
@@ -424,7 +447,7 @@ def train(cfg: TrainConfig):
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         prompts, seeds = step_prompts(train_set, cfg, step, rank, world)
-        batch = rollout(policy, tok, prompts, get_reward, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
+        batch = rollout(policy, tok, prompts, reward_fn, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
         loss, kl, clipped = optimize(policy_pass, optimizer, batch, cfg, world)
         metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size)
         metrics["loss"] = loss
@@ -447,9 +470,9 @@ def train(cfg: TrainConfig):
         return None
     after = held_out("after")
     if before is not None:
-        log(f"\nheld-out greedy accuracy: before {before['accuracy']:.1%} -> after {after['accuracy']:.1%} "
-            f"({after['accuracy'] - before['accuracy']:+.1%}); mean completion {before['completion_chars']:.0f} -> "
-            f"{after['completion_chars']:.0f} chars")
+        log(f"\nheld-out greedy accuracy ({GRADER}): before {before['accuracy']:.1%} -> after {after['accuracy']:.1%} "
+            f"({after['accuracy'] - before['accuracy']:+.1%}); exact format {before['format']:.1%} -> "
+            f"{after['format']:.1%}; mean completion {before['completion_chars']:.0f} -> {after['completion_chars']:.0f} chars")
         log("before:\n" + format_examples(before["examples"]))
         evals["before"] = (0, before["accuracy"])
     log("after:\n" + format_examples(after["examples"]))

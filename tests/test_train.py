@@ -24,8 +24,8 @@ def tiny_checkpoint(tmp_path_factory, gpt2_tokenizer_files):
 
 
 def tiny_config(model, out_dir, **kw):
-    kw = {"dtype": "fp32"} | kw
-    cfg = TrainConfig(model=str(model), task="add1", steps=3, batch_prompts=2, n_train=50, n_eval=4,
+    kw = {"dtype": "fp32", "task": "add1", "steps": 3} | kw
+    cfg = TrainConfig(model=str(model), batch_prompts=2, n_train=50, n_eval=4,
                       device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, **kw)
     cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4
     return cfg
@@ -40,6 +40,27 @@ def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys):
     assert all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     assert set(out) == {"before", "after", "history"} and len(out["after"]["examples"]) == 4
+    # each reward component's mean is logged beside the total, which is their weighted mean (weights 1 and 1)
+    assert all(l["reward"] == pytest.approx((l["reward/correct"] + l["reward/format"]) / 2) for l in lines)
+    assert "graded by the task's verifier" in printed and "exact format" in printed
+
+
+@pytest.mark.parametrize("kind", ["py", "jsonl"])
+def test_custom_task_end_to_end(tiny_checkpoint, tmp_path, capsys, monkeypatch, kind):
+    """python train.py --task=path/to/my_task.py (or data.jsonl): a whole run on the tiny model."""
+    import task
+    monkeypatch.setattr(task, "TASKS", dict(task.TASKS))
+    if kind == "py":
+        path = tmp_path / "mine.py"
+        path.write_text("def make_prompt(rng):\n    a = rng.randint(0, 30)\n    return f'What is {a} + 1?', a + 1\n")
+    else:
+        path = tmp_path / "mine.jsonl"
+        path.write_text("".join(json.dumps({"question": f"Say {w}.", "answer": w}) + "\n" for w in "abcdefghij"))
+    out = train(tiny_config(tiny_checkpoint, tmp_path / "run", task=str(path), steps=2, reward_weights="correct:1"))
+    lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2] and all(l["reward"] == l["reward/correct"] for l in lines)
+    assert "format" not in " ".join(lines[0])                       # weight 0: not computed, not logged
+    assert str(path) in capsys.readouterr().out and len(out["after"]["examples"]) >= 2
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -81,6 +102,9 @@ def test_help_lists_every_option_with_its_default(capsys):
     (["--bogus=1"], ["--bogus"]),
     (["--steps=many"], ["many", "--steps"]),
     (["--model=gpt5"], ["gpt5"]),
+    (["--reward_weights=correct:1,style:2"], ["--reward_weights", "'style'"]),
+    (["--reward_weights=correct:-1"], ["--reward_weights", ">= 0"]),
+    (["--task=missing.jsonl"], ["missing.jsonl", "no such file"]),
 ])
 def test_bad_input_is_one_line(args, words):
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
