@@ -128,8 +128,8 @@ def dist_backend(device):
     none for Apple's MPS: gloo and NCCL take CPU and CUDA tensors only (torch.distributed.Backend's
     backend_capability), and a Mac has one GPU anyway, so several processes on it are refused in one line."""
     if device.type == "mps":
-        raise ValueError("--device=mps runs one process: torch.distributed has no backend for MPS tensors; "
-                         "run python train.py, or torchrun with --device=cpu")
+        raise ValueError("torchrun on mps: torch.distributed has no backend for Apple's MPS tensors; run one "
+                         "process (python train.py), or torchrun with --device=cpu")
     return "nccl" if device.type == "cuda" else "gloo"
 
 
