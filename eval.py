@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from load_weights import load_model
-from model import generate, pick_dtype
+from model import generate, pick_device, pick_dtype
 from task import WeightedReward, format_reward, get_reward, get_task, is_correct, make_dataset, parse_weights
 
 GRADER = "the task's verifier"     # what every accuracy below counts (task.py)
@@ -100,14 +100,19 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max_new_tokens", type=int, default=32)
     ap.add_argument("--system_prompt", default=None)
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="auto", help="auto | fp32 | bf16")
+    ap.add_argument("--device", default="auto", help="auto (the first of cuda, mps, cpu that is there) | cuda | "
+                                                     "cuda:N | mps | cpu")
     args = ap.parse_args(argv)
     try:
         get_task(args.task)
         reward_fn = WeightedReward(parse_weights(args.reward_weights))
-        model, tok = load_policy(args.model, args.checkpoint, args.device)
-        model = model.to_compute_dtype(pick_dtype(args.dtype, args.device))
+        device = pick_device(args.device)
+        dtype = pick_dtype(args.dtype, device)
+        print(f"{args.model} in {str(dtype).removeprefix('torch.')}{' (auto)' if args.dtype == 'auto' else ''} "
+              f"on {device}{' (auto: the first of cuda, mps, cpu)' if args.device == 'auto' else ''}")
+        model, tok = load_policy(args.model, args.checkpoint, device)
+        model = model.to_compute_dtype(dtype)
         _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
         res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt,
                        reward_fn=reward_fn)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch.optim.adamw import adamw
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -39,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from eval import GRADER, evaluate, format_examples
 from grpo import GRPOConfig, completion_logprobs, grpo_loss, rollout, step_metrics
 from load_weights import load_model
-from model import pick_dtype
+from model import pick_device, pick_dtype
 from task import WeightedReward, get_task, make_dataset, parse_weights
 
 
@@ -59,7 +60,7 @@ class TrainConfig:
     n_eval: int = 200
     seed: int = 0
     dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (the optimizer keeps fp32 master weights)
-    device: str = "auto"
+    device: str = "auto"           # auto (the first of cuda, mps, cpu that is there) | cuda | cuda:N | mps | cpu
     log_every: int = 1
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
@@ -126,14 +127,25 @@ def check_world(batch_prompts, world):
                          f"use a multiple of {world} (a group of G samples never spans two ranks)")
 
 
+def dist_backend(device):
+    """torch.distributed's backend for this device: NCCL between CUDA GPUs, gloo between CPU processes. There is
+    none for Apple's MPS: gloo and NCCL take CPU and CUDA tensors only (torch.distributed.Backend's
+    backend_capability), and a Mac has one GPU anyway, so several processes on it are refused in one line."""
+    if device.type == "mps":
+        raise ValueError("torchrun on mps: torch.distributed has no backend for Apple's MPS tensors; run one "
+                         "process (python train.py), or torchrun with --device=cpu")
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(device):
     """(rank, world size); initialises torch.distributed when launched by torchrun with more than one process
-    (gloo on a CPU, NCCL on GPUs, one GPU per process: LOCAL_RANK)."""
+    (see dist_backend; one GPU per process: LOCAL_RANK)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return 0, 1
+    backend = dist_backend(device)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -196,7 +208,8 @@ class MasterAdamW:
     """torch.optim.AdamW's update on fp32 master weights of a model that computes in bf16 (or in fp32).
 
     The bf16 model samples, runs the forward and holds bf16 gradients; each step upcasts them a slice at a time,
-    moves the fp32 master weight with torch's fused AdamW kernel and copies it, rounded, back into the model.
+    moves the fp32 master weight with torch's fused AdamW kernel (torch's plain implementation of the same update
+    on a device that has none, see fused_adamw) and copies it, rounded, back into the model.
     Nothing holds fp32 gradients for the whole model, nor a second low-precision copy to sample from. An fp32
     parameter is its own master weight. Per tensor, with g the clipped gradient and t the step:
         m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
@@ -205,10 +218,10 @@ class MasterAdamW:
 
     SLICE = 1 << 22                # numbers per slice of a tensor that the update upcasts at a time
 
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fp32_weights=None):
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fp32_weights=None, fused=None):
         """params: the model's parameters (bf16 or fp32); fp32_weights: their fp32 values in the same order
         (by default the params' own), from before a cast to bf16 (see cast_for_training); they become the
-        master weights, not copies of them."""
+        master weights, not copies of them. fused: use torch's fused kernel (default: where it has one)."""
         params = list(params)
         if fp32_weights is not None and len(fp32_weights) != len(params):
             raise ValueError(f"{len(fp32_weights)} fp32 weights for {len(params)} parameters")
@@ -225,6 +238,7 @@ class MasterAdamW:
         self.grad32 = torch.empty(min(largest, self.SLICE), dtype=torch.float32,
                                   device=self.params[0].device if self.params else None)
         self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
+        self.fused = fused if fused is not None else all(fused_adamw(p.device) for p in self.params)
 
     @classmethod
     def slices(cls, p):
@@ -253,10 +267,12 @@ class MasterAdamW:
                 g = self.grad32[:grad.numel()].copy_(grad)
                 if scale is not None:
                     g.mul_(scale)
-                # torch's own AdamW update (the formula above) in one fused pass; it counts step t from t - 1
-                adamw([w.view(-1)[part]], [g], [m.view(-1)[part]], [v.view(-1)[part]], [],
-                      [torch.tensor(float(self.t - 1), device=w.device)], fused=True, amsgrad=False, beta1=self.betas[0],
-                      beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
+                # torch's own AdamW update (the formula above), in one fused pass where it can; it counts step t
+                # from t - 1, a tensor on the weights' device for the fused kernel, on the CPU for the plain one
+                step = torch.tensor(float(self.t - 1), device=w.device if self.fused else "cpu")
+                adamw([w.view(-1)[part]], [g], [m.view(-1)[part]], [v.view(-1)[part]], [], [step], fused=self.fused,
+                      amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
+                      weight_decay=self.weight_decay, eps=self.eps, maximize=False)
             p.grad = None
             if p is not w:
                 p.copy_(w)
@@ -275,6 +291,16 @@ class MasterAdamW:
         for mine, saved in ((self.exp_avg, state["exp_avg"]), (self.exp_avg_sq, state["exp_avg_sq"])):
             for a, b in zip(mine, saved):
                 a.copy_(b)
+
+
+def fused_adamw(device):
+    """Whether torch has a fused AdamW kernel for this device (torch 2.13: cpu, cuda and mps among others); where
+    it has none, one line says that the update runs torch's plain implementation (the same formula, slower)."""
+    if torch.device(device).type in _get_fused_kernels_supported_devices():
+        return True
+    print(f"note: torch {torch.__version__} has no fused AdamW kernel for {torch.device(device).type}; "
+          f"AdamW runs its plain implementation (the same update, slower)", file=sys.stderr)
+    return False
 
 
 def cast_for_training(policy, dtype, optimizer_class=None, **adamw_args):
@@ -392,7 +418,7 @@ def train(cfg: TrainConfig):
     weights = parse_weights(cfg.reward_weights)
     if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
         raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(cfg.device)
     check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
     rank, world = init_distributed(device)
     if device.type == "cuda" and world > 1:
@@ -401,14 +427,16 @@ def train(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
 
-    policy, tok = load_model(cfg.model, device)
     dtype = pick_dtype(cfg.dtype, device)
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks
         flag = torch.tensor([dtype == torch.bfloat16], dtype=torch.int32, device=collective_device())
         dist.broadcast(flag, 0)
         dtype = torch.bfloat16 if flag.item() else torch.float32
+    policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: {get_task(cfg.task).description}"
-        f" | compute dtype {str(dtype).removeprefix('torch.')} on {device}" + (f" x {world} processes" if world > 1 else ""))
+        f" | compute dtype {str(dtype).removeprefix('torch.')}{' (auto)' if cfg.dtype == 'auto' else ''} on {device}"
+        + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
+        + (f" x {world} processes" if world > 1 else ""))
     # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
     ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)

@@ -89,7 +89,7 @@ import copy, os, time
 import torch
 from grpo import GRPOConfig
 from load_weights import load_model
-from model import pick_dtype
+from model import pick_device, pick_dtype
 from train import cast_for_training
 
 # Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run.
@@ -100,8 +100,8 @@ N_TRAIN, N_EVAL, EVAL_SAMPLES = (100, 5, 2) if SMOKE else (1000, 200, 4)
 cfg = GRPOConfig(group_size=2 if SMOKE else 8, max_new_tokens=8 if SMOKE else 32, beta=0.04, kl_estimator="k3")
 
 torch.manual_seed(SEED)
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-dtype = pick_dtype("auto", device)              # bf16 where it is fast (GPU, AMX CPU), else fp32
+device = pick_device("auto")                    # the first of cuda, mps, cpu that is there
+dtype = pick_dtype("auto", device)              # bf16 where it is fast (CUDA GPU, AMX CPU), else fp32
 policy, tok = load_model("smollm2", device)     # fp32 weights, as loaded
 # the policy samples and trains in the compute dtype; its AdamW keeps the fp32 weights
 optimizer = cast_for_training(policy, dtype, lr=LR, weight_decay=0.0)

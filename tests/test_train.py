@@ -24,16 +24,19 @@ def tiny_checkpoint(tmp_path_factory, gpt2_tokenizer_files):
 
 
 def tiny_config(model, out_dir, **kw):
-    kw = {"dtype": "fp32", "task": "add1", "steps": 3} | kw
+    kw = {"dtype": "fp32", "device": "cpu", "task": "add1", "steps": 3} | kw
     cfg = TrainConfig(model=str(model), batch_prompts=2, n_train=50, n_eval=4,
-                      device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, **kw)
+                      out_dir=str(out_dir), save_every=1, lr=1e-3, **kw)
     cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4
     return cfg
 
 
-def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys):
-    out = train(tiny_config(tiny_checkpoint, tmp_path))
+def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)     # auto must fall through to the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = train(tiny_config(tiny_checkpoint, tmp_path, device="auto"))
     printed = capsys.readouterr().out
+    assert "compute dtype float32 on cpu (auto: the first of cuda, mps, cpu)" in printed
     assert printed.count("step ") >= 3 and "[eval before]" in printed and "[eval after]" in printed
     lines = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [1, 2, 3]
@@ -126,11 +129,13 @@ def random_model(dtype=torch.float32):
     return model.to(dtype)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("clip", [None, 1.0, 1e-3])
-def test_master_adamw_equals_torch_adamw_in_fp32(clip):
-    """Oracle: torch.optim.AdamW after clip_grad_norm_, on the same gradients, over 3 steps."""
+def test_master_adamw_equals_torch_adamw_in_fp32(clip, fused):
+    """Oracle: torch.optim.AdamW after clip_grad_norm_, on the same gradients, over 3 steps; with torch's fused
+    kernel and with its plain implementation (a device without the kernel)."""
     ours, theirs = random_model(), random_model()
-    opt = MasterAdamW(ours.parameters(), lr=1e-2, weight_decay=0.1)
+    opt = MasterAdamW(ours.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
     ref = torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
@@ -143,6 +148,16 @@ def test_master_adamw_equals_torch_adamw_in_fp32(clip):
         ref.step()
     assert all(p.grad is None for p in ours.parameters())
     assert max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters())) <= 1e-6
+
+
+def test_master_adamw_uses_the_fused_kernel_where_torch_has_one(monkeypatch, capsys):
+    import train
+    assert MasterAdamW(random_model().parameters(), lr=1e-3).fused          # torch 2.13 has one for the CPU
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(train, "_get_fused_kernels_supported_devices", lambda: ["cuda"])   # a device without
+    assert not MasterAdamW(random_model().parameters(), lr=1e-3).fused
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "no fused AdamW kernel for cpu" in note, note
 
 
 def test_master_adamw_keeps_fp32_masters_of_a_bf16_model():
