@@ -530,16 +530,15 @@ def cpu_bf16_is_fast():
     if torch._C._cpu._init_amx():
         return True
     import time
-    seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(256, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
-        trials = []
-        for _ in range(7):      # the fastest of several trials: robust to other work on the machine
+    operands = {dtype: (torch.randn(256, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype))
+                for dtype in (torch.float32, torch.bfloat16)}
+    seconds = {dtype: float("inf") for dtype in operands}
+    for _ in range(9):      # the two dtypes in turn, the fastest trial of each: other work on the machine slows
+        for dtype, (a, b) in operands.items():      # both alike instead of whichever ran during a busy spell
             t = time.perf_counter()
             for _ in range(3):
                 a @ b
-            trials.append(time.perf_counter() - t)
-        seconds[dtype] = min(trials)
+            seconds[dtype] = min(seconds[dtype], time.perf_counter() - t)
     return seconds[torch.bfloat16] < 0.8 * seconds[torch.float32]
 
 

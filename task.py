@@ -153,6 +153,7 @@ RELATIONS = [  # (name, pattern), tried in order on the whole text between two n
 ]
 WHICH = r"(?:,?\s*which)?"      # "57, which is larger than 42"
 RELATIONS = [(name, re.compile(WHICH + pattern if name != "=" else pattern, re.I)) for name, pattern in RELATIONS]
+NEGATION_RE = re.compile(r"\b(?:not|n't|never|no)\s*$", re.I)     # "not 57": a number denied, not asserted
 HOLDS = {"=": lambda a, b: a == b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
          ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
 
@@ -226,12 +227,15 @@ def read_claims(text: str) -> tuple[list, bool]:
         "3 + 5 = 8", "3 and 5 make 8"      an equation: must hold; commits to its result, 8
         "57 is larger than 42", "42 < 57"  a comparison: must hold; commits to its larger side, 57
         "3 + 5", "42 and 57"      an expression with no relation only restates the question: commits to nothing
+        "not 57", "isn't 42"      a denied number: the reply does not hold (fails closed, whatever it denies)
     """
     text = words_to_digits(text)
     matches = list(NUMBER_RE.finditer(text))
     commitments, all_hold = [], True
     i = 0
     while i < len(matches):
+        if NEGATION_RE.search(text[max(0, matches[i].start() - 8):matches[i].start()]):
+            all_hold = False
         sides, relations = [([number_value(matches[i].group())], [])], []      # [(values, operators)]
         while i + 1 < len(matches):
             gap = text[matches[i].end():matches[i + 1].start()]
@@ -266,6 +270,7 @@ def verify_number(prompt: Prompt, response: str) -> bool:
     - Numbers: digits of any script ('٥٧', '５７'); decimals by value ("8.0" is 8, "7.5" is not); number words
       ("fifty-seven", up to "nine hundred ninety-nine") only in a reply with no digits at all.
     - Claims must hold: "15 is larger than 43." and "3 + 5 = 9" are wrong whatever they end on.
+    - A denied number ("not 57", "isn't 42") makes the reply wrong: the verifier does not read negations.
     - One answer only: a second different candidate ("57 or 42", "8? No, 9", "8. Or maybe 9", "the answer is 8
       and 1") is wrong; so is a reply that commits to nothing ("3 + 5", "", "I don't know").
     - Known strictness (false negatives): a true aside with another number ("There are 10 letters and 3 r's"),
@@ -559,6 +564,8 @@ AUDIT_CASES: list[tuple[Prompt, str, str, int, int]] = [
     (_LARGER2, "15 is larger than 43.", "false claim ending on the right answer", 0, 0),
     (_LARGER, "42 is larger than 57, so 57.", "false claim, then the right answer", 0, 0),
     (_LARGER, "57 or 42", "hedged", 0, 0),
+    (_LARGER, "Not 57.", "denies the right answer", 0, 0),
+    (_LARGER, "It is not 42, it is 57.", "known false negative: a denial", 1, 0),
     (_LARGER, "42? No, 57", "hedged", 0, 0),
     (_LARGER, "fifty-seven", "right answer in words", 1, 0),
     (_LARGER, "\uff15\uff17", "right answer in fullwidth digits", 1, 0),

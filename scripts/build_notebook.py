@@ -54,11 +54,15 @@ Which is larger, 42 or 57? Answer with just the number.<|im_end|>
 <|im_start|>assistant
 ```
 
-Desired output: `57<|im_end|>`. "The larger number is 57." also earns the reward; "57 is larger than 42."
-does not (its last integer is 42).
+Desired output: `57<|im_end|>`.
 
-**Reward** (`task.py`). Binary: $r = 1$ if the **last integer** in the response equals the answer, else 0.
-The last integer is where a sentence or a worked answer lands; "57? No, 42" ends in 42 and scores 0. No partial credit: GRPO only needs to rank the samples of a group.
+**Reward** (`task.py`). Two components, each a plain function of (prompts, responses), weighted 1 and 1:
+`correct` = 1 if the task's **verifier** accepts the reply, and `format` = 1 if the reply is exactly the
+answer ("57" or "57.") and right; $r = (\text{correct} + \text{format}) / 2$. The verifier fails closed: a
+reply is right only if it commits to the right answer and asserts nothing false, so "57" scores 1,
+"57 is larger than 42." 0.5 (right, not the format asked for), and "15 is larger than 43." (a false claim
+that ends on the right number), "57 or 42" and "42? No, 57" (two candidate answers) score 0. Format is gated on
+correctness: a well-formatted wrong answer earns nothing. Every accuracy below is the verifier's.
 
 **GRPO.** For each of $B$ prompts, sample a group of $G$ completions $o_1..o_G$ from the policy
 $\pi_\theta$, score them, and normalise within the group:
@@ -82,7 +86,8 @@ policy near the frozen starting model $\pi_{\mathrm{ref}}$; per token, with $r =
 **Hypothesis.** The base model is often right when greedy but much less often when sampling at temperature 1,
 so most groups mix right and wrong answers and GRPO has a signal from the first step. We expect the sampled
 training reward to rise, held-out accuracy to beat the base model's, and answers to get shorter (just the
-number), with a small KL to $\pi_{\mathrm{ref}}$."""
+number, which only the format component asks for), with a KL to $\pi_{\mathrm{ref}}$ that grows as the
+answers change style."""
 
 SETUP = """\
 import copy, os, time

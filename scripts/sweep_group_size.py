@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eval import GRADER  # noqa: E402
 from train import TrainConfig, train  # noqa: E402
 
 
@@ -29,7 +30,8 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "results" / "group_size_sweep.json"))
     args = ap.parse_args()
     defaults = TrainConfig()
-    results = {"task": defaults.task, "steps": args.steps, "completions_per_step": args.completions,
+    results = {"command": "python scripts/sweep_group_size.py " + " ".join(sys.argv[1:]), "grader": GRADER,
+               "reward_weights": defaults.reward_weights, "task": defaults.task, "steps": args.steps, "completions_per_step": args.completions,
                "lr": defaults.lr, "beta": defaults.grpo.beta, "runs": []}
     for i, G in enumerate(int(g) for g in args.groups.split(",")):
         cfg = TrainConfig(steps=args.steps, batch_prompts=args.completions // G, eval_before=i == 0,
@@ -44,6 +46,8 @@ def main():
             results["accuracy_before"] = out["before"]["accuracy"]
         results["runs"].append({
             "G": G, "B": cfg.batch_prompts, "accuracy_after": out["after"]["accuracy"],
+            "format_after": out["after"]["format"],
+            "examples_after": [{"question": q, "reply": o, "right": ok} for q, o, _, ok in out["after"]["examples"]],
             "completion_chars_after": out["after"]["completion_chars"],
             "frac_zero_std_groups": statistics.fmean(h["frac_reward_zero_std"] for h in out["history"]),
             "reward_first5": statistics.fmean(rewards[:5]), "reward_last5": statistics.fmean(rewards[-5:]),

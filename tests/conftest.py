@@ -66,3 +66,12 @@ def write_random_gpt2(folder, files, n_layer, n_embd=64, n_head=4, n_positions=1
     (Path(folder) / "vocab.json").write_bytes(Path(encoder_json).read_bytes())
     (Path(folder) / "merges.txt").write_bytes(Path(vocab_bpe).read_bytes())
     return model
+
+
+def fake_torchrun(monkeypatch, world_size):
+    """RANK and WORLD_SIZE as torchrun sets them, but no MASTER_ADDR / MASTER_PORT: a run that gets as far as
+    init_process_group fails there, so a check that must come first shows by what it says."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)

@@ -259,10 +259,8 @@ def test_check_world():
 
 def test_bad_world_size_is_one_line_before_any_rendezvous(monkeypatch):
     """RANK/WORLD_SIZE as torchrun sets them, but no MASTER_ADDR: the check must come before init."""
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    for name in ("MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    from conftest import fake_torchrun          # here: this file also runs as a worker script, without conftest
+    fake_torchrun(monkeypatch, 3)
     with pytest.raises(SystemExit) as e:
         train.main(["--batch_prompts=8", "--device=cpu"])
     msg = str(e.value.code)

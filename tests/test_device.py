@@ -11,7 +11,7 @@ import torch
 import eval as eval_script
 import model
 import train
-from conftest import ROOT, one_line
+from conftest import ROOT, fake_torchrun, one_line
 from model import pick_device, pick_dtype
 
 
@@ -124,10 +124,7 @@ def test_torchrun_on_mps_is_one_line_before_any_rendezvous(machine, monkeypatch)
     import torch.distributed as dist
     machine(cuda=0, mps=True)
     monkeypatch.setattr(train, "load_model", never_load)
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for name in ("MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    fake_torchrun(monkeypatch, 2)
     with pytest.raises(SystemExit) as e:
         train.main(["--device=auto", "--batch_prompts=8"])
     msg = str(e.value.code)
