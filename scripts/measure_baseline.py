@@ -9,7 +9,6 @@ that are exactly the answer ("57"), and the greedy mean reward with the default 
 """
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import machine  # noqa: E402
 from eval import GRADER, evaluate  # noqa: E402
 from load_weights import load_model  # noqa: E402
 from model import pick_dtype  # noqa: E402
@@ -36,7 +36,7 @@ def main(argv=None):
     dtype = pick_dtype("auto", device)
     model.to_compute_dtype(dtype)
     report = {"command": "python scripts/measure_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+              "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "dtype": str(dtype).removeprefix("torch."), "grader": GRADER, "tasks": {}}
     print(f"| task | greedy | sampled (k={args.samples}) | exact format (greedy) | mean reward (greedy) | held-out prompts |")
     print("|---|---|---|---|---|---|")
