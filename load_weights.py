@@ -20,8 +20,8 @@ import numpy as np
 import tiktoken
 import tiktoken.load
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from model import GPT, GPTConfig
 
@@ -184,7 +184,7 @@ def load_smollm2(path=None, cache_dir=CACHE_DIR, verbose=True):
     if weights.exists() and cfg_file.exists() and ranks_file.exists():
         meta = json.loads(cfg_file.read_text())
         cfg = GPTConfig(**meta["model"])
-        state = _load_safetensors(weights)
+        state, _ = read_safetensors(weights)
         ranks, specials = _load_ranks(ranks_file)
         eos, pad = meta["eos_id"], meta["pad_id"]
     else:
@@ -231,7 +231,7 @@ def load_gpt2(folder):
     cfg = GPTConfig(arch="gpt2", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
                     n_head=hf["n_head"], n_kv_head=hf["n_head"], n_embd=hf["n_embd"],
                     n_inner=hf.get("n_inner") or 4 * hf["n_embd"], norm_eps=hf.get("layer_norm_epsilon", 1e-5))
-    state = gpt2_state_dict(_load_safetensors(folder / "model.safetensors"), cfg.n_layer)
+    state = gpt2_state_dict(read_safetensors(folder / "model.safetensors")[0], cfg.n_layer)
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(folder / "merges.txt"), str(folder / "vocab.json"))
     eos = len(ranks)      # <|endoftext|> follows the 50,256 byte-level tokens
     enc = tiktoken.Encoding(folder.name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
@@ -252,19 +252,42 @@ def download_gpt2(name, cache_dir=CACHE_DIR):
 
 # ----------------------------------------------------------------------------- entry point
 
-def _load_safetensors(path):
+def read_safetensors(path, device="cpu"):
+    """(fp32 tensors, metadata) of a safetensors file: the one checked reader of every weight file (GPT-2
+    folders, the SmolLM2 cache, train.py's checkpoints). Half-precision tensors are upcast: the model and
+    MasterAdamW start from fp32. An empty, truncated or non-safetensors file gives one line."""
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"cannot read weight file {path} (truncated or corrupt?): {e}") from None
+        raise ValueError(f"cannot read weight file {path} (empty, truncated or not a safetensors file?): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    upcast = lambda t: t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+    return {k: upcast(t) for k, t in tensors.items()}, metadata
 
 
-def _build(cfg, state):
+def check_fits(model, state, source):
+    """One line unless `state` has exactly the model's tensors with the model's shapes: a file of another
+    model (or another size of it), or one missing layers, is refused rather than loaded in part."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    if missing or unexpected:
+        raise ValueError(f"{source} does not fit the model ({model.cfg.arch}, {model.cfg.n_layer} layers, width "
+                         f"{model.cfg.n_embd}): {len(missing)} tensors missing {missing[:2]}, {len(unexpected)} "
+                         f"unused {unexpected[:2]}")
+    for k in want:
+        if want[k] != have[k]:
+            raise ValueError(f"{source} does not fit the model: {k} is {list(have[k])} there but the model's is "
+                             f"{list(want[k])}")
+    return state
+
+
+def _build(cfg, state, source="checkpoint"):
     with torch.device("meta"):      # no random init: the checkpoint's tensors become the parameters
         model = GPT(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(check_fits(model, state, source), assign=True)
     return model.eval()
 
 

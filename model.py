@@ -514,3 +514,28 @@ def pick_dtype(setting, device):
     if setting not in names:
         raise ValueError(f"unknown dtype {setting!r}; choose one of: auto, fp32, bf16")
     return names[setting]
+
+
+def pick_device(setting="auto"):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> a torch.device that exists here and works, or one ValueError
+    line naming the setting. auto: the GPU when CUDA has one, else the CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device={setting}: unknown device; choose auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={setting}: this machine has no CUDA GPU (or this torch has no CUDA); "
+                         f"use --device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={setting}: there are only {torch.cuda.device_count()} CUDA devices here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={setting}: MPS (Apple GPU) is not available here; use --device=cpu or auto")
+    try:                       # a driver can list a device that then fails: try one tiny tensor on it
+        torch.zeros(1, device=device) + 1
+    except Exception as e:
+        raise ValueError(f"--device={setting}: the device does not work: {str(e).splitlines()[0]}") from None
+    return device
