@@ -139,6 +139,22 @@ def load(folder, device="cpu"):
     return weights, state
 
 
+def weights_path(path):
+    """A run folder (its current checkpoint), a checkpoint folder or a weight file -> the weight file."""
+    path = Path(path)
+    if path.is_dir():
+        path = (current(path) or path) / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    return path
+
+
+def run_config(path):
+    """The settings of the run that wrote a checkpoint (None for a weight file with no config.json beside it)."""
+    folder = weights_path(path).parent
+    return read_config(folder) if (folder / "config.json").exists() else None
+
+
 def flat(config, prefix=""):
     """{'grpo': {'beta': 0.04}} -> {'beta': 0.04}: a nested config's fields by their option names."""
     out = {}

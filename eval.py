@@ -8,13 +8,12 @@ temperature shows what the policy does during training (sampled accuracy = mean 
 """
 import argparse
 import sys
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from load_weights import load_model
-from model import generate, pick_dtype
+from checkpoint import run_config, weights_path
+from load_weights import check_fits, load_model, read_safetensors
+from model import generate, pick_device, pick_dtype
 from task import get_reward, get_task, make_dataset
 
 
@@ -57,22 +56,25 @@ def format_examples(examples, width=70):
     return "\n".join(f"  {clip(q)!s} -> {clip(o)!r} -> {r:.1f}" for q, o, r in examples)
 
 
-def load_policy(model_name="smollm2", checkpoint=None, device="cpu"):
-    """The base model, with a trained checkpoint's weights (a run folder or its model.safetensors) on top."""
-    model, tok = load_model(model_name, device)
+def load_policy(model_name=None, checkpoint=None, device="cpu"):
+    """The base model, with a trained checkpoint's weights (a run folder, a checkpoint folder or a
+    model.safetensors) on top, read and checked by the loader train.py's --resume uses. Without a model name,
+    the one the run was trained from (its config.json), else smollm2."""
     if checkpoint:
-        path = Path(checkpoint)
-        path = path / "model.safetensors" if path.is_dir() else path
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        model.load_state_dict(load_file(str(path), device=str(device)))
+        checkpoint = weights_path(checkpoint)
+        model_name = model_name or (run_config(checkpoint) or {}).get("model")
+    model, tok = load_model(model_name or "smollm2", device)
+    if checkpoint:
+        weights, _ = read_safetensors(checkpoint, device)
+        model.load_state_dict(check_fits(model, weights, checkpoint))
     return model, tok
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--checkpoint", default=None, help="a run folder or model.safetensors written by train.py")
+    ap.add_argument("--model", default=None, help="default: the model of the --checkpoint's run, else smollm2")
+    ap.add_argument("--checkpoint", default=None, help="a run folder (its current checkpoint), a checkpoint folder "
+                                                       "or a model.safetensors written by train.py")
     ap.add_argument("--task", default="larger", help="the task to evaluate (train.py's default: larger)")
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
@@ -81,15 +83,17 @@ def main(argv=None):
     ap.add_argument("--max_new_tokens", type=int, default=32)
     ap.add_argument("--system_prompt", default=None)
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, mps")
     args = ap.parse_args(argv)
     try:
         get_task(args.task)
-        model, tok = load_policy(args.model, args.checkpoint, args.device)
-        model = model.to_compute_dtype(pick_dtype(args.dtype, args.device))
+        device = pick_device(args.device)
+        dtype = pick_dtype(args.dtype, device)
+        model, tok = load_policy(args.model, args.checkpoint, device)
+        model = model.to_compute_dtype(dtype)
         _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
         res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     line = f"{args.task}: greedy accuracy {res['accuracy']:.1%}, mean reward {res['reward']:.3f}"
     if "sampled_accuracy" in res:

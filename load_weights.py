@@ -274,9 +274,9 @@ def check_fits(model, state, source):
     have = {k: tuple(v.shape) for k, v in state.items()}
     missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
     if missing or unexpected:
-        raise ValueError(f"{source} does not fit the model ({model.cfg.arch}, {model.cfg.n_layer} layers, width "
-                         f"{model.cfg.n_embd}): {len(missing)} tensors missing {missing[:2]}, {len(unexpected)} "
-                         f"unused {unexpected[:2]}")
+        raise ValueError(f"{source} does not fit the model ({model.cfg.arch}, n_layer={model.cfg.n_layer}, "
+                         f"n_embd={model.cfg.n_embd}): {len(missing)} tensors missing {missing[:2]}, "
+                         f"{len(unexpected)} unused {unexpected[:2]}")
     for k in want:
         if want[k] != have[k]:
             raise ValueError(f"{source} does not fit the model: {k} is {list(have[k])} there but the model's is "

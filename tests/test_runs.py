@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 import checkpoint
+import eval as eval_module
 import train
 from load_weights import load_model
 from conftest import ROOT, TRAIN_WITH_TOY_REWARD, one_line, tiny_config, toy_reward
@@ -307,3 +309,49 @@ def test_kills_at_random_points_then_resume_equal_an_uninterrupted_run(tiny_chec
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     start_weights = load_model(str(tiny_checkpoint))[0].state_dict()
     assert max((a[k] - start_weights[k]).abs().max().item() for k in a) > 1e-4          # the run learned
+
+
+# ----------------------------------------------------------------------------- eval.py's checked loader
+
+
+@pytest.fixture
+def tiny_run(tiny_checkpoint, tmp_path):
+    run(tiny_checkpoint, tmp_path / "run", steps=1)
+    return tmp_path / "run"
+
+
+def test_eval_takes_the_model_from_the_run(tiny_run, tiny_checkpoint, monkeypatch, capsys):
+    """No --model: the run's own (the tiny GPT-2), not smollm2; and the checkpoint's weights, exactly."""
+    loaded = []
+    real = eval_module.load_model
+    monkeypatch.setattr(eval_module, "load_model", lambda name, device: loaded.append(name) or real(name, device))
+    eval_module.main([f"--checkpoint={tiny_run}", "--task=add1", "--n_eval=4", "--max_new_tokens=4", "--dtype=fp32"])
+    assert loaded == [str(tiny_checkpoint)] and "add1: greedy accuracy" in capsys.readouterr().out
+    model, _ = eval_module.load_policy(checkpoint=tiny_run)
+    weights, _ = checkpoint.load(checkpoint.current(tiny_run))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("empty", ["empty"]), ("truncated", ["truncated"]),
+    ("foreign", ["does not fit", "tensors missing", "unused ['transformer.h.0."]),
+    ("other_size", ["does not fit", "embed.weight is [50257, 16] there but the model's is [50257, 32]"]),
+])
+def test_eval_refuses_a_bad_checkpoint_in_one_line(damage, words, tiny_run, tiny_checkpoint, tmp_path):
+    weights = checkpoint.current(tiny_run) / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(data[:len(data) - 100])
+    elif damage == "foreign":                     # another model's file: transformers' GPT-2 names
+        shutil.copy(tiny_checkpoint / "model.safetensors", weights)
+    else:                                         # our layout, another width
+        small, _ = load_model(str(tiny_checkpoint))
+        save_file({k: v[..., :16].contiguous() if k == "embed.weight" else v for k, v in small.state_dict().items()},
+                  str(weights))
+    with pytest.raises(SystemExit) as e:
+        eval_module.main([f"--checkpoint={tiny_run}", "--task=add1", "--n_eval=4"])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and "\n" not in msg and str(weights) in msg, msg
+    assert all(w in msg for w in words), msg
