@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,11 @@ def read_gguf(path):
     arch = field("general.architecture")
     if arch != "llama":
         raise ValueError(f"{path}: architecture {arch!r} is not supported (only llama)")
+    # the tokenizer built below is SmolLM2's exactly: byte-level BPE ("gpt2") split by the "smollm" pre-tokenizer
+    tokenizer = tuple(field(k) if k in reader.fields else None for k in ("tokenizer.ggml.model", "tokenizer.ggml.pre"))
+    if tokenizer != ("gpt2", "smollm"):
+        raise ValueError(f"{path}: its tokenizer is {tokenizer[0]!r} with pre-tokenizer {tokenizer[1]!r}; tinygrpo "
+                         f"implements only SmolLM2's ('gpt2' byte-level BPE, pre-tokenizer 'smollm')")
     cfg = GPTConfig(
         arch="llama", vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
         block_size=field("llama.context_length"), n_layer=field("llama.block_count"),
@@ -175,29 +181,69 @@ def read_gguf(path):
     return cfg, state, (ranks, specials, eos, pad)
 
 
+def file_crc32(path):
+    """zlib's CRC-32 of a file's bytes (~1 GB/s): catches a cache file damaged on disk, cut short or overwritten."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+CACHE_FILES = ("model.safetensors", "tokenizer.tiktoken", "tokenizer.special.json")
+
+
+def write_cache(cached, cfg, state, ranks, specials, eos, pad):
+    """The cache folder's files, each written under a temporary name and renamed; config.json, with every
+    file's CRC-32, comes last: a folder without a valid one is rebuilt."""
+    tmp = lambda name: cached / f"{name}.tmp-{os.getpid()}"      # two processes may build at once
+    save_file(state, str(tmp("model.safetensors")))
+    os.replace(tmp("model.safetensors"), cached / "model.safetensors")
+    _save_ranks(ranks, specials, cached / "tokenizer.tiktoken")  # and tokenizer.special.json
+    crc = {name: file_crc32(cached / name) for name in CACHE_FILES}
+    tmp("config.json").write_text(json.dumps({"model": vars(cfg), "eos_id": eos, "pad_id": pad, "crc32": crc}))
+    os.replace(tmp("config.json"), cached / "config.json")
+
+
+def read_cache(cached):
+    """(cfg, state, (ranks, specials, eos, pad)) from a cache folder, every file's CRC-32 checked first."""
+    meta = json.loads((cached / "config.json").read_text())
+    if "crc32" not in meta:
+        raise ValueError("it has no checksums: an older version wrote it")
+    for name in CACHE_FILES:
+        if file_crc32(cached / name) != meta.get("crc32", {}).get(name):
+            raise ValueError(f"{name} fails its checksum")
+    ranks, specials = _load_ranks(cached / "tokenizer.tiktoken")
+    return GPTConfig(**meta["model"]), read_safetensors(cached / "model.safetensors")[0], \
+        (ranks, specials, meta["eos_id"], meta["pad_id"])
+
+
 def load_smollm2(path=None, cache_dir=CACHE_DIR, verbose=True):
-    """SmolLM2-135M-Instruct: the first call dequantizes the GGUF (~10 s) and caches fp32 safetensors."""
+    """SmolLM2-135M-Instruct: the first call dequantizes the GGUF (~10 s) and caches fp32 safetensors. A cache
+    that fails to load or fails its checksums is rebuilt, with one line saying so."""
     path = Path(path) if path else find_smollm2_gguf()
     stat = path.stat()
     cached = Path(cache_dir) / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
-    weights, ranks_file, cfg_file = cached / "model.safetensors", cached / "tokenizer.tiktoken", cached / "config.json"
-    if weights.exists() and cfg_file.exists() and ranks_file.exists():
-        meta = json.loads(cfg_file.read_text())
-        cfg = GPTConfig(**meta["model"])
-        state, _ = read_safetensors(weights)
-        ranks, specials = _load_ranks(ranks_file)
-        eos, pad = meta["eos_id"], meta["pad_id"]
-    else:
-        if verbose:
-            print(f"dequantizing {path.name} (first load only) ...", file=sys.stderr)
-        cfg, state, (ranks, specials, eos, pad) = read_gguf(path)
-        cached.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(weights) + ".tmp")
-        os.replace(str(weights) + ".tmp", weights)
-        _save_ranks(ranks, specials, ranks_file)
-        cfg_file.write_text(json.dumps({"model": vars(cfg), "eos_id": eos, "pad_id": pad}))
+    parts = None
+    if cached.exists():
+        try:
+            parts = read_cache(cached)
+        except (ValueError, OSError, KeyError, TypeError) as e:     # missing, unreadable or changed
+            print(f"the weight cache {cached} is damaged ({str(e).splitlines()[0]}): rebuilding it from "
+                  f"{path.name}", file=sys.stderr)
+    elif verbose:
+        print(f"dequantizing {path.name} (first load only) ...", file=sys.stderr)
+    if parts is None:
+        parts = read_gguf(path)
+        try:
+            cached.mkdir(parents=True, exist_ok=True)
+            write_cache(cached, parts[0], parts[1], *parts[2])
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"cannot rebuild the weight cache {cached} ({str(e).splitlines()[0]}): free space or "
+                             f"delete {cached}, or set TINYGRPO_CACHE to another folder") from None
+    cfg, state, (ranks, specials, eos, pad) = parts
     enc = tiktoken.Encoding("smollm2", pat_str=SMOLLM_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
-    return _build(cfg, state), Tokenizer(enc, eos, pad, chat=True)
+    return _build(cfg, state, cached / "model.safetensors"), Tokenizer(enc, eos, pad, chat=True)
 
 
 # ----------------------------------------------------------------------------- GPT-2 from a Hugging Face folder

@@ -71,3 +71,23 @@ def test_empty_prompt():
     with pytest.raises(ValueError) as e:
         generate(model, [])
     one_line(e, "empty")
+
+
+@pytest.mark.parametrize("model,pre", [("llama", "default"), ("gpt2", "llama-bpe"), ("gpt2", "qwen2")])
+def test_gguf_with_another_tokenizer(model, pre, tmp_path):
+    """A llama GGUF whose tokenizer is not SmolLM2's (SentencePiece; Llama 3's or Qwen's pre-tokenizer)."""
+    import gguf
+    import numpy as np
+    path = tmp_path / "other.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("tokenizer.ggml.model", model)
+    writer.add_string("tokenizer.ggml.pre", pre)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError) as e:
+        load_weights.load_smollm2(path, cache_dir=tmp_path / "cache")
+    one_line(e, "other.gguf", repr(model), repr(pre), "'smollm'")
+    assert not (tmp_path / "cache").exists()
