@@ -28,7 +28,7 @@ def complete(model, tok, prompts, num_samples=1, temperature=0.0, max_new_tokens
         ids = [tok.chat_prompt(p.question, system=system_prompt) for p in chunk]
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         out, mask = generate(model, ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                             temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id, seeds=seeds)
+                             temperature=temperature, eos_id=tok.stop_ids, pad_id=tok.pad_id, seeds=seeds)
         texts += [tok.decode_completion(o, m) for o, m in zip(out.tolist(), mask.tolist())]
     return texts
 

@@ -283,7 +283,7 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None, ne
     t0 = time.perf_counter()
     completion_ids, completion_mask = generate(
         policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seeds=seeds)
+        top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.stop_ids, pad_id=tok.pad_id, seeds=seeds)
     prompt_ids, prompt_mask = left_pad(prompt_tokens, tok.pad_id, device)
     texts = [tok.decode_completion(ids, m) for ids, m in zip(completion_ids.tolist(), completion_mask.tolist())]
     t1 = time.perf_counter()
