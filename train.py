@@ -154,6 +154,9 @@ def validate(cfg):
 def check_resumable(cfg):
     """--resume: the settings that decide what the run computes must be the checkpoint's."""
     folder = checkpoint.current(cfg.out_dir)
+    if folder is None and (Path(cfg.out_dir) / "train_state.pt").exists():
+        raise ValueError(f"--resume: {cfg.out_dir} holds a checkpoint of an older tinygrpo (model.safetensors beside "
+                         f"train_state.pt); resume it with that version, or start a fresh run without --resume")
     if folder is None:
         return
     differences = checkpoint.config_differences(checkpoint.read_config(folder), asdict(cfg))

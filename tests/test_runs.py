@@ -166,6 +166,13 @@ def test_resume_with_changed_settings_refuses_before_loading(changed, named, tin
     assert "--resume" in msg and "settings differ" in msg and all(n in msg for n in named), msg
 
 
+def test_resume_of_an_older_layout_refuses(no_model_load, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "train_state.pt").write_bytes(b"")
+    msg = exit_line([f"--out_dir={tmp_path}", "--resume"])
+    assert "older tinygrpo" in msg and str(tmp_path) in msg
+
+
 def test_resume_may_change_steps_and_logging(tiny_checkpoint, tmp_path):
     run(tiny_checkpoint, tmp_path, steps=1)
     out = run(tiny_checkpoint, tmp_path, resume=True, steps=2, log_every=2, save_every=5, eval_samples=1)
