@@ -10,7 +10,8 @@ fwdbwd   forward+backward seconds of 64 sequences of 80 tokens (log-probs of the
 step     seconds per GRPO step on TRL's comparison config (add1, 8 prompts x G=8, 32 tokens, T=1, beta=0.04,
          lr 1e-5, AdamW) with a breakdown by phase
 memory   peak resident memory of a 3-step training run (a fresh process), whole batch and 1 prompt per pass
-tta      held-out greedy accuracy on add1 after each of the first steps of that config (time to accuracy)
+tta      held-out greedy accuracy on add1 (graded by the task's verifier) after each of the first steps of that
+         config (time to accuracy)
 tta_seeds  the same with 4 other sampling seeds, each until it reaches TRL's 94%: how much of tta is luck
 trl      TRL's GRPOTrainer on the same config, fp32 and bf16 (pip install -r requirements-bench.txt; ~10 min on 2 cores)
 ratio    TRL's time per step over ours, both in the auto dtype, measured alternately (ours, TRL, ours, ... 3 TRL

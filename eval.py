@@ -3,8 +3,11 @@
     python eval.py                                   # the base model on the default task
     python eval.py --checkpoint=runs/default --samples=4
 
-Greedy decoding gives one number per prompt (accuracy); sampling k completions per prompt at the training
-temperature shows what the policy does during training (sampled accuracy = mean over the k samples).
+Accuracy is graded by the task's verifier (task.py: right only if the reply commits to the right answer and
+asserts nothing false), whatever the reward's weights; `format` is the share of replies that are exactly the
+answer as the prompt asks ("57"). Greedy decoding gives one number per prompt (accuracy); sampling k
+completions per prompt at the training temperature shows what the policy does during training (sampled
+accuracy = mean over the k samples).
 """
 import argparse
 import sys
@@ -14,7 +17,9 @@ import torch
 from checkpoint import run_config, weights_path
 from load_weights import check_fits, load_model, read_safetensors
 from model import generate, pick_device, pick_dtype
-from task import get_reward, get_task, make_dataset
+from task import WeightedReward, format_reward, get_reward, get_task, is_correct, make_dataset, parse_weights
+
+GRADER = "the task's verifier"     # what every accuracy below counts (task.py)
 
 
 @torch.no_grad()
@@ -34,26 +39,40 @@ def complete(model, tok, prompts, num_samples=1, temperature=0.0, max_new_tokens
 
 
 def evaluate(model, tok, prompts, samples=0, temperature=1.0, max_new_tokens=32, system_prompt=None,
-             n_examples=5, reward_fn=get_reward):
-    """{'accuracy': greedy accuracy, 'reward': greedy mean reward, 'sampled_accuracy' (when samples > 0),
-    'completion_chars': mean greedy completion length in characters, 'examples': [(question, output, reward)]}."""
+             n_examples=5, reward_fn=get_reward, progress=None):
+    """{'accuracy': greedy accuracy (the task's verifier), 'format': share of greedy replies that are exactly the
+    answer, 'reward': greedy mean reward (reward_fn), 'sampled_accuracy' (when samples > 0), 'completion_chars':
+    mean greedy completion length in characters, 'examples': [(question, output, reward, right)]}.
+    progress: a function called with a line of text before each pass (train.py prints it)."""
+    if progress:
+        progress(f"  greedy completions for {len(prompts)} held-out prompts ...")
     greedy = complete(model, tok, prompts, 1, 0.0, max_new_tokens, system_prompt)
     rewards = reward_fn(prompts, greedy)
-    result = {"accuracy": sum(r == 1.0 for r in rewards) / len(prompts),
+    right = [is_correct(p, t) for p, t in zip(prompts, greedy)]
+    result = {"accuracy": sum(right) / len(prompts),
+              "format": sum(format_reward(prompts, greedy)) / len(prompts),
               "reward": sum(rewards) / len(prompts),
               "completion_chars": sum(len(t) for t in greedy) / len(greedy),
-              "examples": [(p.question, t, r) for p, t, r in list(zip(prompts, greedy, rewards))[:n_examples]]}
+              "examples": list(zip([p.question for p in prompts], greedy, rewards, right))[:n_examples]}
     if samples > 0:
+        if progress:
+            progress(f"  {samples} sampled completions each ...")
         sampled = complete(model, tok, prompts, samples, temperature, max_new_tokens, system_prompt)
         repeated = [p for p in prompts for _ in range(samples)]
-        result["sampled_accuracy"] = sum(r == 1.0 for r in reward_fn(repeated, sampled)) / len(sampled)
+        result["sampled_accuracy"] = sum(is_correct(p, t) for p, t in zip(repeated, sampled)) / len(sampled)
     return result
 
 
 def format_examples(examples, width=70):
-    """One line per example: prompt -> output -> reward."""
-    clip = lambda s: (s if len(s) <= width else s[:width - 3] + "...").replace("\n", "\\n")
-    return "\n".join(f"  {clip(q)!s} -> {clip(o)!r} -> {r:.1f}" for q, o, r in examples)
+    """One line per example: prompt -> output -> reward, right or wrong (the verifier). Long outputs keep
+    their end, where an answer usually is."""
+    def clip(s, keep_end=False):
+        s = s.replace("\n", "\\n")
+        if len(s) <= width:
+            return s
+        return "..." + s[-(width - 3):] if keep_end else s[:width - 3] + "..."
+    return "\n".join(f"  {clip(q)} -> {clip(o, keep_end=True)!r} -> {r:.2f} {'right' if ok else 'wrong'}"
+                     for q, o, r, ok in examples)
 
 
 def load_policy(model_name=None, checkpoint=None, device="cpu"):
@@ -76,26 +95,34 @@ def main(argv=None):
     ap.add_argument("--checkpoint", default=None, help="a run folder (its current checkpoint), a checkpoint folder "
                                                        "or a model.safetensors written by train.py")
     ap.add_argument("--task", default="larger", help="the task to evaluate (train.py's default: larger)")
+    ap.add_argument("--reward_weights", default="correct:1,format:1", help="the weights of the mean reward shown")
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
     ap.add_argument("--samples", type=int, default=0, help="also sample k completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max_new_tokens", type=int, default=32)
     ap.add_argument("--system_prompt", default=None)
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, mps")
+    ap.add_argument("--dtype", default="auto", help="auto | fp32 | bf16")
+    ap.add_argument("--device", default="auto", help="auto (the first of cuda, mps, cpu that is there) | cuda | "
+                                                     "cuda:N | mps | cpu")
     args = ap.parse_args(argv)
     try:
         get_task(args.task)
+        reward_fn = WeightedReward(parse_weights(args.reward_weights))
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
+        name = args.model or (f"the model of {args.checkpoint}" if args.checkpoint else "smollm2")
+        print(f"{name} in {str(dtype).removeprefix('torch.')}{' (auto)' if args.dtype == 'auto' else ''} "
+              f"on {device}{' (auto: the first of cuda, mps, cpu)' if args.device == 'auto' else ''}")
         model, tok = load_policy(args.model, args.checkpoint, device)
         model = model.to_compute_dtype(dtype)
         _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
-        res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt)
+        res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt,
+                       reward_fn=reward_fn)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    line = f"{args.task}: greedy accuracy {res['accuracy']:.1%}, mean reward {res['reward']:.3f}"
+    line = (f"{args.task}: greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
+            f"{res['format']:.1%}, mean reward {res['reward']:.3f}")
     if "sampled_accuracy" in res:
         line += f", sampled accuracy {res['sampled_accuracy']:.1%} ({args.samples} per prompt, T={args.temperature})"
     print(f"{line}, mean completion {res['completion_chars']:.0f} chars on {len(eval_set)} held-out prompts")

@@ -17,7 +17,7 @@ Shapes: B prompts, G samples each, N = B*G rows (row i*G + j is sample j of prom
 samples, and the forward passes, which call the model.
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +241,7 @@ class Rollout:
     old_logprobs: torch.Tensor | None    # (N, T) under pi_old, or None when mu = 1 (then pi_old = pi)
     texts: list                     # N decoded completions
     seconds: dict                   # wall time of each phase: sample, reward, logprobs (ref and old)
+    reward_parts: dict = field(default_factory=dict)   # {component name: (N,)} when the reward has components
 
     def parts(self, prompts_per_part):
         """The batch as consecutive parts of prompts_per_part prompts (and their G completions each), each cut
@@ -287,12 +288,14 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None, ne
     prompt_ids, prompt_mask = left_pad(prompt_tokens, tok.pad_id, device)
     texts = [tok.decode_completion(ids, m) for ids, m in zip(completion_ids.tolist(), completion_mask.tolist())]
     t1 = time.perf_counter()
-    rewards = torch.tensor(reward_fn([p for p in prompts for _ in range(G)], texts), dtype=torch.float32,
+    repeated = [p for p in prompts for _ in range(G)]
+    parts = reward_fn.components(repeated, texts) if hasattr(reward_fn, "components") else {}  # task.WeightedReward
+    rewards = torch.tensor(reward_fn.combine(parts) if parts else reward_fn(repeated, texts), dtype=torch.float32,
                            device=device)
 
     t2 = time.perf_counter()
     batch = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, None, completion_mask.clone(),
-                    None, None, texts, {})
+                    None, None, texts, {}, {k: torch.tensor(v, device=device) for k, v in parts.items()})
     if cfg.beta > 0:
         batch.ref_logprobs = logprobs_by_part(ref_model, batch, G, cfg.prompts_per_pass)
     kl_in_reward = cfg.beta > 0 and cfg.kl_mode == "reward"
@@ -338,7 +341,7 @@ def step_metrics(batch, kl, clipped, group_size):
         "kl": ((kl * mask).sum() / mask.sum().clamp(min=1)).item() if kl is not None else 0.0,
         "clip_frac": ((clipped & mask).sum() / mask.sum().clamp(min=1)).item(),
         "completion_len": cm.sum(1).mean().item(),
-    }
+    } | {f"reward/{name}": values.float().mean().item() for name, values in batch.reward_parts.items()}
 
 
 def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):

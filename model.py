@@ -396,7 +396,9 @@ def filter_logits(logits, top_k=None, top_p=None):
 
 def row_generators(seeds, num_samples, device):
     """One torch.Generator per completion row, seeded from (prompt seed, sample index): a prompt's
-    samples do not depend on which other prompts share the batch."""
+    samples do not depend on which other prompts share the batch. Each lives on the model's device (torch has
+    generators for cpu, cuda and, since torch 2.0, mps: pick_device's devices), so a row's uniform is drawn
+    there; the same seed draws different numbers on different kinds of device."""
     gens = []
     for s in seeds:
         for j in range(num_samples):
@@ -486,17 +488,52 @@ def completion_mask(completion_ids, eos_id):
     return (eos_before == 0).long()
 
 
-# ----------------------------------------------------------------------------- precision
+# ----------------------------------------------------------------------------- device and precision
 
-@functools.lru_cache(maxsize=None)
+def pick_device(setting="auto"):
+    """'auto' | 'cuda' | 'cuda:N' | 'mps' | 'cpu' -> torch.device. 'auto' takes the first that is there: an NVIDIA
+    (or ROCm) GPU, then Apple's MPS (the GPU of Apple-silicon laptops), then the CPU. An explicit device that is
+    not there is one line here, before any model is loaded, not a stack trace from deep inside the first .to()."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"--device={setting}: not a device tinygrpo runs on; "
+                         f"choose one of: auto, cuda, cuda:N, mps, cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={setting}: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                         f"use cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device={setting}: there is no GPU {device.index}; this machine has "
+                         f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={setting}: Apple's MPS backend is not available on this machine "
+                         f"(torch.backends.mps.is_available() is False); use cpu or auto")
+    return device
+
+
 def bf16_is_fast(device):
-    """Whether bf16 matmuls beat fp32 here: on GPUs with bf16 support, on CPUs with AMX, and on other CPUs
-    (some have AVX-512 BF16, some emulate bf16 slowly) by timing a model-sized matmul in both dtypes."""
+    """Whether bf16 matmuls beat fp32 here: on CUDA GPUs with bf16 units (compute capability 8.0+, Ampere on; older
+    GPUs only emulate it), never on MPS (see pick_dtype), on CPUs with AMX, and on other CPUs by a timed matmul."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return cpu_bf16_is_fast()
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_fast():
+    """True on CPUs with AMX; on others (some have AVX-512 BF16, some emulate bf16 slowly) when a model-sized
+    matmul is clearly faster in bf16 than in fp32. Measured once per process."""
     if torch._C._cpu._init_amx():
         return True
     import time
@@ -513,36 +550,29 @@ def bf16_is_fast(device):
     return seconds[torch.bfloat16] < 0.8 * seconds[torch.float32]
 
 
+def check_bf16(device):
+    """One line where this device cannot hold bf16 tensors at all."""
+    device = torch.device(device)
+    if device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise ValueError("--dtype=bf16 on mps: PyTorch supports bf16 on Apple's MPS from macOS 14 (Sonoma) on; "
+                         "use --dtype=fp32 or auto")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("--dtype=bf16: this GPU cannot compute in bf16 (torch.cuda.is_bf16_supported() is False); "
+                         "use --dtype=fp32 or auto")
+
+
 def pick_dtype(setting, device):
-    """'auto' | 'bf16' | 'fp32' -> the compute dtype (see GPT.to_compute_dtype; log-probs and losses stay fp32)."""
+    """'auto' | 'bf16' | 'fp32' -> the compute dtype (see GPT.to_compute_dtype; log-probs and losses stay fp32).
+
+    'auto' is bf16 where bf16_is_fast says so (CUDA GPUs with bf16 units, AMX CPUs, CPUs where bf16 times faster),
+    else fp32 (MasterAdamW trains fp32 or bf16, not fp16). On MPS it is fp32: PyTorch supports bf16 there only
+    from macOS 14 on (pytorch/pytorch#119641) and documents no speed gain from it, and we have not measured one
+    on a Mac; --dtype=bf16 still asks for it there."""
     names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
     if setting == "auto":
         return torch.bfloat16 if bf16_is_fast(device) else torch.float32
     if setting not in names:
         raise ValueError(f"unknown dtype {setting!r}; choose one of: auto, fp32, bf16")
+    if names[setting] == torch.bfloat16:
+        check_bf16(device)
     return names[setting]
-
-
-def pick_device(setting="auto"):
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> a torch.device that exists here and works, or one ValueError
-    line naming the setting. auto: the GPU when CUDA has one, else the CPU."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(setting)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device={setting}: unknown device; choose auto, cpu, cuda, cuda:N or mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={setting}: this machine has no CUDA GPU (or this torch has no CUDA); "
-                         f"use --device=cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device={setting}: there are only {torch.cuda.device_count()} CUDA devices here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device={setting}: MPS (Apple GPU) is not available here; use --device=cpu or auto")
-    try:                       # a driver can list a device that then fails: try one tiny tensor on it
-        torch.zeros(1, device=device) + 1
-    except Exception as e:
-        raise ValueError(f"--device={setting}: the device does not work: {str(e).splitlines()[0]}") from None
-    return device

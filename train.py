@@ -9,7 +9,9 @@ Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; 
 lists them with their defaults.
 
 What each logged column means:
-  reward    mean task reward of this step's B*G sampled completions (= sampled accuracy for 0/1 rewards)
+  reward    mean reward of this step's B*G sampled completions: the weighted components (--reward_weights,
+            task.WeightedReward), each one's mean after it: correct = sampled accuracy by the task's verifier,
+            format = the share answering with exactly the answer ("57")
   ±         mean over groups of the reward std within a group: the signal GRPO learns from
   zero      fraction of groups whose G rewards are all equal: they get A = 0 and teach nothing
   loss      the GRPO loss (with mu = 1 its value is ~ beta*KL: the advantages of a group sum to zero)
@@ -31,21 +33,24 @@ from pathlib import Path
 
 import torch
 from torch.optim.adamw import adamw
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 import torch.distributed as dist
 import torch.nn.functional as F
 
 import checkpoint
-from eval import evaluate, format_examples
+from eval import GRADER, evaluate, format_examples
 from grpo import GRPOConfig, completion_logprobs, grpo_loss, rollout, step_metrics
 from load_weights import check_fits, load_model
 from model import pick_device, pick_dtype
-from task import get_reward, get_task, make_dataset
+from task import WeightedReward, get_task, make_dataset, parse_weights
 
 
 @dataclass
 class TrainConfig:
     model: str = "smollm2"
-    task: str = "larger"
+    task: str = "larger"           # a task of task.py, or your own: path/to/task.py or path/to/data.jsonl
+    reward_weights: str = "correct:1,format:1"   # components of the reward and their weights (task.py)
+    judge: str = "ref"             # the judge component's model: "ref" (the frozen start) or a checkpoint folder
     steps: int = 30
     batch_prompts: int = 8         # B prompts per step (all ranks together); each gets G = group_size samples
     lr: float = 5e-5
@@ -56,7 +61,7 @@ class TrainConfig:
     n_eval: int = 200
     seed: int = 0
     dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (the optimizer keeps fp32 master weights)
-    device: str = "auto"
+    device: str = "auto"           # auto (the first of cuda, mps, cpu that is there) | cuda | cuda:N | mps | cpu
     log_every: int = 1
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
@@ -139,6 +144,9 @@ def validate(cfg):
             raise ValueError(f"--{name}={value}: {name} must be {ALLOWED[name][0]}")
     cfg.grpo.validate()
     get_task(cfg.task)
+    weights = parse_weights(cfg.reward_weights)
+    if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
+        raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
     if cfg.batch_prompts > cfg.n_train:
         raise ValueError(f"--batch_prompts={cfg.batch_prompts}: more prompts per step than --n_train={cfg.n_train}")
     check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
@@ -174,14 +182,25 @@ def check_world(batch_prompts, world):
                          f"use a multiple of {world} (a group of G samples never spans two ranks)")
 
 
+def dist_backend(device):
+    """torch.distributed's backend for this device: NCCL between CUDA GPUs, gloo between CPU processes. There is
+    none for Apple's MPS: gloo and NCCL take CPU and CUDA tensors only (torch.distributed.Backend's
+    backend_capability), and a Mac has one GPU anyway, so several processes on it are refused in one line."""
+    if device.type == "mps":
+        raise ValueError("torchrun on mps: torch.distributed has no backend for Apple's MPS tensors; run one "
+                         "process (python train.py), or torchrun with --device=cpu")
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(device):
     """(rank, world size); initialises torch.distributed when launched by torchrun with more than one process
-    (gloo on a CPU, NCCL on GPUs, one GPU per process: LOCAL_RANK)."""
+    (see dist_backend; one GPU per process: LOCAL_RANK)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return 0, 1
+    backend = dist_backend(device)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -244,7 +263,8 @@ class MasterAdamW:
     """torch.optim.AdamW's update on fp32 master weights of a model that computes in bf16 (or in fp32).
 
     The bf16 model samples, runs the forward and holds bf16 gradients; each step upcasts them a slice at a time,
-    moves the fp32 master weight with torch's fused AdamW kernel and copies it, rounded, back into the model.
+    moves the fp32 master weight with torch's fused AdamW kernel (torch's plain implementation of the same update
+    on a device that has none, see fused_adamw) and copies it, rounded, back into the model.
     Nothing holds fp32 gradients for the whole model, nor a second low-precision copy to sample from. An fp32
     parameter is its own master weight. Per tensor, with g the clipped gradient and t the step:
         m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
@@ -253,10 +273,10 @@ class MasterAdamW:
 
     SLICE = 1 << 22                # numbers per slice of a tensor that the update upcasts at a time
 
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fp32_weights=None):
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fp32_weights=None, fused=None):
         """params: the model's parameters (bf16 or fp32); fp32_weights: their fp32 values in the same order
         (by default the params' own), from before a cast to bf16 (see cast_for_training); they become the
-        master weights, not copies of them."""
+        master weights, not copies of them. fused: use torch's fused kernel (default: where it has one)."""
         params = list(params)
         if fp32_weights is not None and len(fp32_weights) != len(params):
             raise ValueError(f"{len(fp32_weights)} fp32 weights for {len(params)} parameters")
@@ -273,6 +293,7 @@ class MasterAdamW:
         self.grad32 = torch.empty(min(largest, self.SLICE), dtype=torch.float32,
                                   device=self.params[0].device if self.params else None)
         self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, weight_decay, 0
+        self.fused = fused if fused is not None else all(fused_adamw(p.device) for p in self.params)
 
     @classmethod
     def slices(cls, p):
@@ -301,10 +322,12 @@ class MasterAdamW:
                 g = self.grad32[:grad.numel()].copy_(grad)
                 if scale is not None:
                     g.mul_(scale)
-                # torch's own AdamW update (the formula above) in one fused pass; it counts step t from t - 1
-                adamw([w.view(-1)[part]], [g], [m.view(-1)[part]], [v.view(-1)[part]], [],
-                      [torch.tensor(float(self.t - 1), device=w.device)], fused=True, amsgrad=False, beta1=self.betas[0],
-                      beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
+                # torch's own AdamW update (the formula above), in one fused pass where it can; it counts step t
+                # from t - 1, a tensor on the weights' device for the fused kernel, on the CPU for the plain one
+                step = torch.tensor(float(self.t - 1), device=w.device if self.fused else "cpu")
+                adamw([w.view(-1)[part]], [g], [m.view(-1)[part]], [v.view(-1)[part]], [], [step], fused=self.fused,
+                      amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
+                      weight_decay=self.weight_decay, eps=self.eps, maximize=False)
             p.grad = None
             if p is not w:
                 p.copy_(w)
@@ -323,6 +346,16 @@ class MasterAdamW:
         for mine, saved in ((self.exp_avg, state["exp_avg"]), (self.exp_avg_sq, state["exp_avg_sq"])):
             for a, b in zip(mine, saved):
                 a.copy_(b)
+
+
+def fused_adamw(device):
+    """Whether torch has a fused AdamW kernel for this device (torch 2.13: cpu, cuda and mps among others); where
+    it has none, one line says that the update runs torch's plain implementation (the same formula, slower)."""
+    if torch.device(device).type in _get_fused_kernels_supported_devices():
+        return True
+    print(f"note: torch {torch.__version__} has no fused AdamW kernel for {torch.device(device).type}; "
+          f"AdamW runs its plain implementation (the same update, slower)", file=sys.stderr)
+    return False
 
 
 def cast_for_training(policy, dtype, optimizer_class=None, **adamw_args):
@@ -396,7 +429,8 @@ def save_checkpoint(out_dir, policy, optimizer, step, history, cfg):
 
 
 def format_log(step, steps, m):
-    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f} ±{m['reward_std']:.2f} zero {m['frac_reward_zero_std']:.2f}"
+    parts = "".join(f" {k.removeprefix('reward/')} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
+    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f} ±{m['reward_std']:.2f}{parts} zero {m['frac_reward_zero_std']:.2f}"
             f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip {m['clip_frac']:.2f} | len {m['completion_len']:4.1f}"
             f" | {m['tok_per_s']:5.0f} tok/s {m['s_per_step']:5.1f} s/step")
 
@@ -423,8 +457,22 @@ def plot_history(history, evals, path):
     plt.close(fig)
 
 
+def make_reward(cfg, weights, ref_model, policy, tok, device):
+    """The run's reward function; with a judge component, the judge model it asks (judge.py)."""
+    if weights.get("judge", 0) <= 0:
+        return WeightedReward(weights)
+    from eval import load_policy
+    from judge import make_judge
+    if cfg.judge == "ref":
+        judge_model = ref_model if ref_model is not None else copy.deepcopy(policy).requires_grad_(False)
+    else:
+        judge_model = load_policy(cfg.model, cfg.judge, device)[0].requires_grad_(False)
+    return WeightedReward(weights, judge=make_judge(judge_model, tok))
+
+
 def train(cfg: TrainConfig):
     device = validate(cfg)
+    reward_weights = parse_weights(cfg.reward_weights)
     rank, world = init_distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -438,22 +486,25 @@ def train(cfg: TrainConfig):
         if moved:
             log(f"{out_dir} held an earlier run: moved it to {moved} (--resume continues a run instead)")
 
-    policy, tok = load_model(cfg.model, device)
     dtype = pick_dtype(cfg.dtype, device)
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks
         flag = torch.tensor([dtype == torch.bfloat16], dtype=torch.int32, device=collective_device())
         dist.broadcast(flag, 0)
         dtype = torch.bfloat16 if flag.item() else torch.float32
+    policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: {get_task(cfg.task).description}"
-        f" | compute dtype {str(dtype).removeprefix('torch.')} on {device}" + (f" x {world} processes" if world > 1 else ""))
+        f" | compute dtype {str(dtype).removeprefix('torch.')}{' (auto)' if cfg.dtype == 'auto' else ''} on {device}"
+        + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
+        + (f" x {world} processes" if world > 1 else ""))
     # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
     ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
+    reward_fn = make_reward(cfg, reward_weights, ref_model, policy, tok, device)
 
     start, history, evals, state = 0, [], {}, None
     if resume_from:
-        weights, state = checkpoint.load(resume_from, device)         # fp32 masters and the optimizer, checked
-        policy.load_state_dict(check_fits(policy, weights, resume_from / "model.safetensors"))
+        master, state = checkpoint.load(resume_from, device)          # fp32 masters and the optimizer, checked
+        policy.load_state_dict(check_fits(policy, master, resume_from / "model.safetensors"))
         start, history = state["step"], state["history"]
         if rank == 0:
             checkpoint.rewrite_log(out_dir, history)                  # steps after the checkpoint run again
@@ -466,10 +517,11 @@ def train(cfg: TrainConfig):
         optimizer.load_state_dict(state["optimizer"])
 
     def held_out(name):
+        log(f"[eval {name}] {len(eval_set)} held-out prompts")
         res = evaluate(policy, tok, eval_set, cfg.eval_samples, cfg.grpo.temperature, cfg.grpo.max_new_tokens,
-                       cfg.grpo.system_prompt)
-        log(f"[eval {name}] held-out greedy accuracy {res['accuracy']:.1%} (mean reward {res['reward']:.3f}, "
-            f"{len(eval_set)} prompts, mean completion {res['completion_chars']:.0f} chars)"
+                       cfg.grpo.system_prompt, reward_fn=reward_fn, progress=log)
+        log(f"[eval {name}] held-out greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
+            f"{res['format']:.1%}, mean reward {res['reward']:.3f}, mean completion {res['completion_chars']:.0f} chars"
             + (f", sampled accuracy {res['sampled_accuracy']:.1%}" if "sampled_accuracy" in res else ""))
         return res
 
@@ -484,7 +536,7 @@ def train(cfg: TrainConfig):
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         prompts, seeds = step_prompts(train_set, cfg, step, rank, world)
-        batch = rollout(policy, tok, prompts, get_reward, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
+        batch = rollout(policy, tok, prompts, reward_fn, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
         loss, kl, clipped = optimize(policy_pass, optimizer, batch, cfg, world)
         metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size)
         metrics["loss"] = loss
@@ -507,9 +559,9 @@ def train(cfg: TrainConfig):
         return None
     after = held_out("after")
     if before is not None:
-        log(f"\nheld-out greedy accuracy: before {before['accuracy']:.1%} -> after {after['accuracy']:.1%} "
-            f"({after['accuracy'] - before['accuracy']:+.1%}); mean completion {before['completion_chars']:.0f} -> "
-            f"{after['completion_chars']:.0f} chars")
+        log(f"\nheld-out greedy accuracy ({GRADER}): before {before['accuracy']:.1%} -> after {after['accuracy']:.1%} "
+            f"({after['accuracy'] - before['accuracy']:+.1%}); exact format {before['format']:.1%} -> "
+            f"{after['format']:.1%}; mean completion {before['completion_chars']:.0f} -> {after['completion_chars']:.0f} chars")
         log("before:\n" + format_examples(before["examples"]))
         evals["before"] = (0, before["accuracy"])
     log("after:\n" + format_examples(after["examples"]))

@@ -3,7 +3,7 @@
     python scripts/build_notebook.py                  # rewrite notebook.ipynb, unexecuted
     python scripts/run_notebook.py                    # rebuild, execute from a clean kernel, render, count
 
-The functions the notebook shows are not copied by hand: a template line `{{task.parse_answer}}` is replaced
+The functions the notebook shows are not copied by hand: a template line `{{task.verify_number}}` is replaced
 by the module's own source (inspect.getsource for functions, the statement's text for a constant), so the
 cells never drift from task.py / grpo.py. tests/test_notebook.py checks every `def` in the cells against the
 modules. Rebuilding keeps the outputs of every code cell whose source is unchanged, so editing the analysis
@@ -89,7 +89,7 @@ import copy, os, time
 import torch
 from grpo import GRPOConfig
 from load_weights import load_model
-from model import pick_dtype
+from model import pick_device, pick_dtype
 from train import cast_for_training
 
 # Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run.
@@ -100,8 +100,8 @@ N_TRAIN, N_EVAL, EVAL_SAMPLES = (100, 5, 2) if SMOKE else (1000, 200, 4)
 cfg = GRPOConfig(group_size=2 if SMOKE else 8, max_new_tokens=8 if SMOKE else 32, beta=0.04, kl_estimator="k3")
 
 torch.manual_seed(SEED)
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-dtype = pick_dtype("auto", device)              # bf16 where it is fast (GPU, AMX CPU), else fp32
+device = pick_device("auto")                    # the first of cuda, mps, cpu that is there
+dtype = pick_dtype("auto", device)              # bf16 where it is fast (CUDA GPU, AMX CPU), else fp32
 policy, tok = load_model("smollm2", device)     # fp32 weights, as loaded
 # the policy samples and trains in the compute dtype; its AdamW keeps the fp32 weights
 optimizer = cast_for_training(policy, dtype, lr=LR, weight_decay=0.0)
@@ -126,24 +126,24 @@ for p in train_set[:3]:
 print("what the model reads:", repr(tok.decode(tok.chat_prompt(train_set[0].question, system=cfg.system_prompt))))"""
 
 REWARD = """\
-{{imports: task.SANITY_CASES, task.sanity_check}}
+{{imports: task.WeightedReward, task.read_claims, task.verifier_for, task.is_exact, task.sanity_check}}
 
-{{task.INT_RE}}
-{{task.MAX_DIGITS}}
-
-
-{{task.parse_answer}}
+{{task.verify_number}}
 
 
-{{task.is_correct}}
+{{task.correct_reward}}
+
+
+{{task.format_reward}}
 
 
 {{task.get_reward}}
 
-# hand-checked cases: question | response | reward (expected)
-assert sanity_check()
-# the same cases through the copy above
-assert get_reward([p for p, _, _ in SANITY_CASES], [r for _, r, _ in SANITY_CASES]) == [e for *_, e in SANITY_CASES]"""
+# The default task's part of the audit (python task.py --audit has every task's): each hard case with each
+# component's reward and the expected one; sanity_check is True iff none disagrees.
+assert sanity_check("larger")
+p = train_set[0]
+print(f"\\n{p.question!r} (answer {p.answer}):", get_reward([p] * 3, [str(p.answer), f"The answer is {p.answer}.", "0"]))"""
 
 GRPO_STEP = """\
 {{imports: grpo.rollout, grpo.step_metrics}}

@@ -92,4 +92,5 @@ def toy_reward(prompts, responses):
 
 
 # python -c TRAIN_WITH_TOY_REWARD --flags... (with tests/ on PYTHONPATH): train.py's main() on toy_reward
-TRAIN_WITH_TOY_REWARD = "import sys, conftest, train; train.get_reward = conftest.toy_reward; train.main(sys.argv[1:])"
+TRAIN_WITH_TOY_REWARD = ("import sys, conftest, train; train.make_reward = lambda *a: conftest.toy_reward; "
+                         "train.main(sys.argv[1:])")

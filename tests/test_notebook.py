@@ -19,7 +19,7 @@ MODULES = ["task.py", "grpo.py", "eval.py", "model.py", "train.py", "load_weight
 KINDS = ["markdown", "markdown", "code", "code", "code", "code", "code", "code", "markdown"]
 HEADER = {"format": {"html": {"code-fold": True}}, "jupyter": "python3"}
 # cell index -> what the lesson must show pasted there
-PASTED = {4: {"parse_answer", "is_correct", "get_reward", "INT_RE", "MAX_DIGITS"},
+PASTED = {4: {"verify_number", "correct_reward", "format_reward", "get_reward"},
           5: {"group_advantages", "token_logprobs", "kl_per_token", "ppo_clip_loss", "aggregate_loss", "grpo_step"}}
 RUN_IT = "execute it with `python scripts/run_notebook.py` (rebuilds, runs from a clean kernel, renders)"
 
@@ -114,17 +114,18 @@ def test_the_lesson_functions_are_pasted(nb):
 def test_a_drifted_copy_is_caught():
     defs = module_definitions()
     source = (ROOT / "task.py").read_text()
-    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "parse_answer")
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "verify_number")
     original = ast.get_source_segment(source, node)
     assert pasted_mismatches(original, defs) == []
     assert pasted_mismatches("# a comment\n" + original.replace("    pass", "    pass  # same code"), defs) == []
-    for changed in [original.replace('digits.lstrip("0")', 'digits.lstrip("1")'),      # code
-                    original.replace("This is THE answer rule", "This is the answer rule"),   # docstring
-                    original.replace("def parse_answer(text: str)", "def parse_answer(text)")]:  # signature
+    for changed in [original.replace("all_hold and len(", "all_hold or len("),            # code
+                    original.replace("Right iff every claim", "Right if every claim"),       # docstring
+                    original.replace("def verify_number(prompt: Prompt, response: str)",
+                                     "def verify_number(prompt, response)")]:             # signature
         assert changed != original
-        assert [name for name, _ in pasted_mismatches(changed, defs)] == ["parse_answer"]
+        assert [name for name, _ in pasted_mismatches(changed, defs)] == ["verify_number"]
     assert pasted_mismatches("def helper_only_here():\n    pass\n", defs)[0][0] == "helper_only_here"
-    assert pasted_mismatches("MAX_DIGITS = 4301\n", defs, {"MAX_DIGITS"})[0][0] == "MAX_DIGITS"
+    assert pasted_mismatches("MAX_DIGITS = 101\n", defs, {"MAX_DIGITS"})[0][0] == "MAX_DIGITS"
 
 
 def test_the_generator_pastes_module_source():

@@ -26,7 +26,7 @@ from conftest import ROOT, TRAIN_WITH_TOY_REWARD, one_line, tiny_config, toy_rew
 @pytest.fixture(autouse=True)
 def learning(monkeypatch):
     """Runs of the tiny model on toy_reward: they learn, so equal weights after a resume mean something."""
-    monkeypatch.setattr(train, "get_reward", toy_reward)
+    monkeypatch.setattr(train, "make_reward", lambda *a: toy_reward)
 
 
 def tiny_argv(model, out_dir, *extra):
@@ -58,7 +58,7 @@ def exit_line(argv):
     ("--lr=0", "> 0"), ("--lr=nan", "finite"), ("--beta=inf", "finite"), ("--grad_clip=-1", ">= 0"),
     ("--weight_decay=-0.1", ">= 0"), ("--eval_samples=-1", ">= 0"), ("--seed=-3", ">= 0"), ("--steps=none", "value"),
     ("--group_size=1", ">= 2"), ("--max_new_tokens=0", ">= 1"), ("--prompts_per_pass=0", ">= 1"),
-    ("--adv_eps=0", "> 0"), ("--device=foo", "cpu, cuda"), ("--device=mps", "MPS"), ("--dtype=fp16", "bf16"),
+    ("--adv_eps=0", "> 0"), ("--device=foo", "cuda, cuda:N"), ("--device=mps", "MPS"), ("--dtype=fp16", "bf16"),
 ])
 def test_bad_setting_is_one_line_before_any_loading(arg, allowed, no_model_load, tmp_path):
     name, _, value = arg[2:].partition("=")

@@ -7,60 +7,119 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import task  # noqa: E402
-from task import (SANITY_CASES, TASKS, Prompt, get_reward, get_task,  # noqa: E402
-                  make_dataset, parse_answer, sanity_check)
+from task import (AUDIT_CASES, TASKS, Prompt, WeightedReward, audit, correct_reward, format_reward,  # noqa: E402
+                  get_reward, get_task, is_correct, load_task_file, make_dataset, parse_weights, read_claims,
+                  sanity_check, words_to_digits)
+
+LARGER = Prompt("Which is larger, 42 or 57? Answer with just the number.", 57, "larger")
 
 
-@pytest.mark.parametrize("prompt,response,expected", SANITY_CASES,
-                         ids=[repr(r)[:30] for _, r, _ in SANITY_CASES])
-def test_sanity_case(prompt, response, expected):
-    assert get_reward([prompt], [response]) == [expected]
+@pytest.mark.parametrize("prompt,response,kind,want_correct,want_format", AUDIT_CASES,
+                         ids=[f"{p.task}:{r[:25]!r}" for p, r, *_ in AUDIT_CASES])
+def test_audit_row(prompt, response, kind, want_correct, want_format):
+    """Every audit row: each component as a fair grader would score it, except the documented known rows,
+    where the verifier is stricter (if one starts passing, update its row)."""
+    got = (correct_reward([prompt], [response])[0], format_reward([prompt], [response])[0])
+    if kind.startswith("known"):
+        assert got[0] < want_correct
+    else:
+        assert got == (want_correct, want_format)
 
 
-def test_sanity_check_passes_compactly():
+def test_audit_counts_and_prints_every_row():
     lines = []
-    assert sanity_check(print_fn=lines.append) is True
-    assert len(lines) == len(SANITY_CASES)
-    assert all("\n" not in line and len(line) < 140 for line in lines)
+    assert audit(print_fn=lines.append) == (0, 0)
+    rows = [l for l in lines if l.startswith("  '") or l.startswith('  "')]
+    assert len(rows) == len(AUDIT_CASES)
+    assert "0 false positives, 0 false negatives" in lines[-1] and "known" in lines[-1]
+    assert all(len(l) < 150 for l in "\n".join(lines).splitlines())
+    assert {p.task for p, *_ in AUDIT_CASES} == set(TASKS)          # every task has its part
 
 
-def test_sanity_check_reports_mismatch(monkeypatch):
-    monkeypatch.setattr(task, "SANITY_CASES", [(Prompt("q", 1), "2", 1.0)])
-    assert sanity_check(print_fn=lambda s: None) is False
+def test_audit_reports_a_lenient_verifier(monkeypatch):
+    """A verifier that pays the last integer (the old rule) shows up as false positives in the audit."""
+    last_integer = lambda p, r: bool(re.findall(r"\d+", r)) and int(re.findall(r"\d+", r)[-1]) == p.answer
+    monkeypatch.setitem(TASKS, "larger", task.Task("larger", "d", task.make_larger, last_integer))
+    fp, fn = audit([c for c in AUDIT_CASES if c[0].task == "larger"], print_fn=lambda s: None)
+    assert fp >= 2
+    assert sanity_check("larger", print_fn=lambda s: None) is False
+
+
+def test_the_issue_examples_score_as_a_fair_grader_would():
+    assert get_reward([Prompt("Which is larger, 15 or 43? Answer with just the number.", 43, "larger")],
+                      ["15 is larger than 43."]) == [0.0]
+    assert get_reward([LARGER], ["57 is larger than 42."]) == [0.5]
+    assert get_reward([LARGER], ["57"]) == [1.0]
+
+
+def test_get_reward_range_and_errors():
+    responses = [r for p, r, *_ in AUDIT_CASES]
+    rewards = get_reward([p for p, *_ in AUDIT_CASES], responses)
+    assert all(0.0 <= r <= 1.0 for r in rewards) and {0.0, 0.5, 1.0} <= set(rewards)
+    assert get_reward([], []) == []
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        get_reward([LARGER, LARGER], ["57"])
+
+
+def test_format_alone_never_pays():
+    """A wrong answer in exactly the requested format earns nothing, under any weights."""
+    for weights in [None, {"correct": 1, "format": 0.5}, {"format": 1}, {"correct": 0, "format": 3}]:
+        assert WeightedReward(weights)([LARGER], ["42"]) == [0.0]
+        assert WeightedReward(weights)([LARGER], ["57"]) == [1.0]
+
+
+def test_weights_and_components():
+    r = WeightedReward({"correct": 1, "format": 0.5})
+    parts = r.components([LARGER, LARGER, LARGER], ["57", "The larger number is 57.", "42"])
+    assert parts == {"correct": [1.0, 1.0, 0.0], "format": [1.0, 0.0, 0.0]}
+    assert r.combine(parts) == [1.0, pytest.approx(1 / 1.5), 0.0]
+    assert WeightedReward({"correct": 1})([LARGER], ["57 is larger than 42."]) == [1.0]
+    assert set(WeightedReward({"correct": 1, "format": 0}).components([LARGER], ["57"])) == {"correct"}
+    with pytest.raises(ValueError, match="judge model"):
+        WeightedReward({"judge": 1})
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("8", 8), ("8.", 8), ("The answer is 8.", 8), ("3 + 5 = 8", 8), ("3 + 5", 5),
-    ("", None), ("   \n\t ", None), ("no digits here", None), ("eight", None),
-    ("-3", -3), ("x=-3", -3), ("--3", -3), ("answer: -12.", -12),
-    ("5-3", 3), ("10-20", 20), ("3 - 5", 5), ("- 5", 5), ("8-", 8),
-    ("\u22128", 8),                       # Unicode minus sign is not a sign
-    ("1,000", 0), ("7.5", 5), ("8.0", 0), ("-0", 0), ("08", 8), ("000", 0),
-    ("\u0663", None), ("\uff18", None), ("7 and \u0663", 7),
-    ("8? No, 9", 9), ("9? No, 8", 8), ("a1b2c3", 3), ("x42y", 42),
-    ("12345678901234567890", 12345678901234567890),
-    ("The sum is 13.\n\nFinal answer: 13", 13),
+    ("correct:1,format:0.5", {"correct": 1.0, "format": 0.5}),
+    ("correct:2", {"correct": 2.0}), (" correct:1 , judge:0.5 ", {"correct": 1.0, "judge": 0.5})])
+def test_parse_weights(text, expected):
+    assert parse_weights(text) == expected
+
+
+@pytest.mark.parametrize("text,words", [
+    ("correct:1,style:1", ["'style'", "correct, format, judge"]), ("correct", ["'correct'", ">= 0"]),
+    ("correct:-1", [">= 0"]), ("correct:x", ["'correct:x'"]), ("correct:0", ["positive"]), ("", ["positive"])])
+def test_parse_weights_errors(text, words):
+    with pytest.raises(ValueError) as e:
+        parse_weights(text)
+    msg = str(e.value)
+    assert "\n" not in msg and "--reward_weights" in msg and all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize("text,commitments,holds", [
+    ("57", [57], True), ("57 is larger than 42.", [57], True), ("42 < 57", [57], True),
+    ("15 is larger than 43", [43], False), ("3 + 5 = 8", [8], True), ("3 + 5 = 9", [9], False),
+    ("2 + 3 * 4 = 14", [14], True), ("10 - 4 = 6", [6], True), ("10-4 = 6", [6], True), ("x = -3", [-3], True),
+    ("3 + 5", [], True), ("57 or 42", [57, 42], True), ("8/0 = 1", [], False), ("7 < 19 < 42", [42], True),
+    ("57 is not larger than 42", [57], False), ("2.5 + 2.5 = 5", [5], True), ("", [], True),
+    ("the larger one is fifty-seven", [57], True), ("one hundred and ninety-eight", [198], True),
 ])
-def test_parse_answer_table(text, expected):
-    assert parse_answer(text) == expected
+def test_read_claims(text, commitments, holds):
+    assert read_claims(text) == (commitments, holds)
 
 
-def test_parse_answer_long_inputs():
+def test_number_words_only_without_digits():
+    assert words_to_digits("seven and twenty-one") == "7 and 21"
+    assert words_to_digits("which one is larger? 57") == "which one is larger? 57"
+    assert words_to_digits("Which one? seventeen") == "Which one? 17"
+    assert words_to_digits("someone often") == "someone often"      # no number inside words
+
+
+def test_verifiers_are_linear_on_long_replies():
     n = 1_000_000
-    assert parse_answer("a" * n + "8") == 8
-    assert parse_answer("1 " * (n // 2) + "-7") == -7
-    assert parse_answer("-" * n) is None
-    assert parse_answer("0" * n + "5") == 5          # leading zeros are not significant
-    assert parse_answer("9" * n) is None             # too long to ever be an answer
-    assert parse_answer("9" * 4300) == int("9" * 4300)
-
-
-def test_get_reward():
-    p = Prompt("What is 3 + 5? Answer with just the number.", 8)
-    assert get_reward([p, p, p], ["8", "9", ""]) == [1.0, 0.0, 0.0]
-    assert get_reward([], []) == []
-    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
-        get_reward([p, p], ["8"])
+    assert is_correct(LARGER, "a" * n + "57")
+    assert not is_correct(LARGER, "9" * n)                          # a number far too long equals nothing
+    assert not is_correct(LARGER, "57 " + "-" * n + " 42")
 
 
 def recompute(name: str, question: str) -> int:
@@ -83,6 +142,15 @@ def recompute(name: str, question: str) -> int:
         c, word = re.fullmatch(r"How many times does the letter '([a-z])' appear in '([a-z]+)'" + suffix,
                                question).groups()
         return word.count(c)
+    if name == "reverse":
+        word = re.fullmatch(r"Write the word '([a-z]+)' backwards\. Answer with just the reversed word\.", question).group(1)
+        assert 4 <= len(word) <= 7 and word != word[::-1]
+        return word[::-1]
+    if name == "sort":
+        numbers = re.fullmatch(r"Sort these numbers from smallest to largest: ([\d, ]+)\. Answer with just the "
+                               r"sorted numbers, separated by commas\.", question).group(1).split(", ")
+        assert 3 <= len(numbers) <= 5
+        return tuple(sorted(map(int, numbers)))
     raise AssertionError(f"no recompute for {name}")
 
 
@@ -90,11 +158,12 @@ def recompute(name: str, question: str) -> int:
 def test_task_answers_are_correct(name):
     train, evals = make_dataset(name, seed=1)
     for p in train + evals:
-        assert isinstance(p.answer, int) and recompute(name, p.question) == p.answer
+        assert recompute(name, p.question) == p.answer and p.task == name
+        assert is_correct(p, task.answer_text(p.answer))               # the answer itself passes its verifier
 
 
 def test_task_registry():
-    assert {"add1", "add2", "larger", "count_items", "count_letter"} <= set(TASKS)
+    assert {"add1", "add2", "larger", "count_items", "count_letter", "reverse", "sort"} <= set(TASKS)
     for name, t in TASKS.items():
         assert t.name == name and t.description and "\n" not in t.description
     assert get_task("add2") is TASKS["add2"]
@@ -114,7 +183,7 @@ def test_get_task_unknown():
     assert all(name in msg for name in TASKS)
 
 
-@pytest.mark.parametrize("name", [n for n in TASKS if n != "add1"])
+@pytest.mark.parametrize("name", [n for n in TASKS if n not in ("add1", "reverse")])
 def test_make_dataset_full_tasks(name):
     train, evals = make_dataset(name)
     assert len(train) == 1000 and len(evals) == 200

@@ -19,15 +19,39 @@ from model import GPT, GPTConfig
 from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, main, optimize, parse_args, train
 
 
-def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys):
-    out = train(tiny_config(tiny_checkpoint, tmp_path))
+def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)     # auto must fall through to the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = train(tiny_config(tiny_checkpoint, tmp_path, device="auto"))
     printed = capsys.readouterr().out
+    assert "compute dtype float32 on cpu (auto: the first of cuda, mps, cpu)" in printed
     assert printed.count("step ") >= 3 and "[eval before]" in printed and "[eval after]" in printed
     lines = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     assert set(out) == {"before", "after", "history"} and len(out["after"]["examples"]) == 4
+    # each reward component's mean is logged beside the total, which is their weighted mean (weights 1 and 1)
+    assert all(l["reward"] == pytest.approx((l["reward/correct"] + l["reward/format"]) / 2) for l in lines)
+    assert "graded by the task's verifier" in printed and "exact format" in printed
+
+
+@pytest.mark.parametrize("kind", ["py", "jsonl"])
+def test_custom_task_end_to_end(tiny_checkpoint, tmp_path, capsys, monkeypatch, kind):
+    """python train.py --task=path/to/my_task.py (or data.jsonl): a whole run on the tiny model."""
+    import task
+    monkeypatch.setattr(task, "TASKS", dict(task.TASKS))
+    if kind == "py":
+        path = tmp_path / "mine.py"
+        path.write_text("def make_prompt(rng):\n    a = rng.randint(0, 30)\n    return f'What is {a} + 1?', a + 1\n")
+    else:
+        path = tmp_path / "mine.jsonl"
+        path.write_text("".join(json.dumps({"question": f"Say {w}.", "answer": w}) + "\n" for w in "abcdefghij"))
+    out = train(tiny_config(tiny_checkpoint, tmp_path / "run", task=str(path), steps=2, reward_weights="correct:1"))
+    lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2] and all(l["reward"] == l["reward/correct"] for l in lines)
+    assert "format" not in " ".join(lines[0])                       # weight 0: not computed, not logged
+    assert str(path) in capsys.readouterr().out and len(out["after"]["examples"]) >= 2
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -35,7 +59,7 @@ def test_resume_continues_exactly(tiny_checkpoint, tmp_path, dtype, monkeypatch)
     """A run stopped after step 2 and resumed to step 3 ends with the same weights as one run of 3 steps
     (in bf16 too: the checkpoint holds the fp32 master weights, not the bf16 model's rounding of them).
     On toy_reward, which the tiny model earns now and then: with no reward at all nothing would move."""
-    monkeypatch.setattr(train_module, "get_reward", toy_reward)
+    monkeypatch.setattr(train_module, "make_reward", lambda *a: toy_reward)
     train(tiny_config(tiny_checkpoint, tmp_path / "whole", dtype=dtype))
     cfg = tiny_config(tiny_checkpoint, tmp_path / "split", dtype=dtype)
     cfg.steps = 2
@@ -75,6 +99,9 @@ def test_help_lists_every_option_with_its_default(capsys):
     (["--model=gpt5"], ["gpt5"]),
     (["--temperature=-1"], ["--temperature=-1.0", ">= 0"]),
     (["--device=foo"], ["--device=foo", "cpu"]),
+    (["--reward_weights=correct:1,style:2"], ["--reward_weights", "'style'"]),
+    (["--reward_weights=correct:-1"], ["--reward_weights", ">= 0"]),
+    (["--task=missing.jsonl"], ["missing.jsonl", "no such file"]),
 ])
 def test_bad_input_is_one_line(args, words):
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -96,11 +123,13 @@ def random_model(dtype=torch.float32):
     return model.to(dtype)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("clip", [None, 1.0, 1e-3])
-def test_master_adamw_equals_torch_adamw_in_fp32(clip):
-    """Oracle: torch.optim.AdamW after clip_grad_norm_, on the same gradients, over 3 steps."""
+def test_master_adamw_equals_torch_adamw_in_fp32(clip, fused):
+    """Oracle: torch.optim.AdamW after clip_grad_norm_, on the same gradients, over 3 steps; with torch's fused
+    kernel and with its plain implementation (a device without the kernel)."""
     ours, theirs = random_model(), random_model()
-    opt = MasterAdamW(ours.parameters(), lr=1e-2, weight_decay=0.1)
+    opt = MasterAdamW(ours.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
     ref = torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
@@ -113,6 +142,16 @@ def test_master_adamw_equals_torch_adamw_in_fp32(clip):
         ref.step()
     assert all(p.grad is None for p in ours.parameters())
     assert max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters())) <= 1e-6
+
+
+def test_master_adamw_uses_the_fused_kernel_where_torch_has_one(monkeypatch, capsys):
+    import train
+    assert MasterAdamW(random_model().parameters(), lr=1e-3).fused          # torch 2.13 has one for the CPU
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(train, "_get_fused_kernels_supported_devices", lambda: ["cuda"])   # a device without
+    assert not MasterAdamW(random_model().parameters(), lr=1e-3).fused
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "no fused AdamW kernel for cpu" in note, note
 
 
 def test_master_adamw_keeps_fp32_masters_of_a_bf16_model():

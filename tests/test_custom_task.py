@@ -1,0 +1,110 @@
+"""Your own task without editing the project: a .py module or a .jsonl file, and one line for a bad one."""
+import json
+
+import pytest
+
+import task
+from conftest import one_line
+from task import Prompt, get_reward, get_task, is_correct, make_dataset
+
+MODULE = '''
+description = "double a number"
+
+def make_prompt(rng):
+    n = rng.randint(1, 500)
+    return f"What is twice {n}? Answer with just the number.", 2 * n
+'''
+
+
+@pytest.fixture(autouse=True)
+def keep_registry(monkeypatch):
+    """Loading a task file registers it in task.TASKS; each test gets the registry back as it was."""
+    monkeypatch.setattr(task, "TASKS", dict(task.TASKS))
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_module_task(tmp_path):
+    path = tmp_path / "double.py"
+    path.write_text(MODULE)
+    t = get_task(str(path))
+    assert t.description == "double a number"
+    train, held_out = make_dataset(str(path), n_train=50, n_eval=10)
+    assert len(train) == 50 and len(held_out) == 10
+    assert not {p.question for p in train} & {p.question for p in held_out}
+    p = held_out[0]
+    assert p.task == str(path) and p.answer % 2 == 0
+    # no verify() in the module: the numeric verifier, by the answer's type
+    assert get_reward([p, p, p], [str(p.answer), f"The answer is {p.answer}.", f"{p.answer} or 3"]) == [1.0, 0.5, 0.0]
+
+
+def test_module_task_with_its_own_verifier(tmp_path):
+    path = tmp_path / "yesno.py"
+    path.write_text("def make_prompt(rng):\n    n = rng.randint(1, 99)\n"
+                    "    return f'Is {n} even? Answer yes or no.', 'yes' if n % 2 == 0 else 'no'\n"
+                    "def verify(prompt, response):\n    return response.lower().startswith(prompt.answer)\n")
+    _, held_out = make_dataset(str(path), n_train=20, n_eval=5)
+    p = held_out[0]
+    assert is_correct(p, p.answer.upper() + ", because ...")        # the module's rule, not the default one
+    assert not is_correct(p, "maybe")
+
+
+def test_jsonl_task(tmp_path):
+    rows = [{"question": f"Capital of country {i}?", "answer": f"City{i}"} for i in range(30)]
+    rows += [{"question": f"Numbers {i}, {i + 2}, {i + 1} in order?", "answer": [i, i + 1, i + 2]} for i in range(10)]
+    rows += [{"question": "What is 6 * 7?", "answer": 42}]
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    train, held_out = make_dataset(path, n_train=100, n_eval=20, seed=0)
+    assert len(held_out) == 8                                     # 20% of 41 distinct questions, as for add1
+    assert not {p.question for p in train} & {p.question for p in held_out}
+    assert {p.question for p in train} | {p.question for p in held_out} <= {r["question"] for r in rows}
+    assert len({p.question for p in train}) > 25                 # train draws (with repeats) from the other 33
+    by_q = {p.question: p for p in train + held_out}
+    assert get_reward([by_q["Capital of country 3?"]] * 3, ["City3", "The answer is city3.", "City33"]) == [1.0, 0.5, 0.0]
+    assert get_reward([by_q["Numbers 4, 6, 5 in order?"]] * 2, ["4, 5, 6", "4, 6, 5"]) == [1.0, 0.0]
+    assert get_reward([by_q["What is 6 * 7?"]] * 2, ["42", "6 * 7 = 43"]) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("rows,words", [
+    ([], ["0 question(s)", "at least 2"]),
+    ([{"question": "a?", "answer": 1}], ["1 question(s)"]),
+    ([{"question": "a?"}, {"question": "b?", "answer": 2}], [":1:", '"answer"']),
+    (["{not json", {"question": "b?", "answer": 2}], [":1:", "not JSON"]),
+    ([{"question": "a?", "answer": 1}, {"question": "a?", "answer": 1}], [":2:", "repeats the question of line 1"]),
+    ([{"question": "", "answer": 1}, {"question": "b?", "answer": 2}], [":1:", "non-empty"]),
+    ([{"question": "a?", "answer": 1.5}, {"question": "b?", "answer": 2}], [":1:", "integer, a string or a list"]),
+    ([{"question": "a?", "answer": True}, {"question": "b?", "answer": 2}], [":1:", "integer, a string or a list"]),
+])
+def test_bad_jsonl_gives_one_line(tmp_path, rows, words):
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError) as e:
+        get_task(path)
+    one_line(e, *words)
+
+
+@pytest.mark.parametrize("source,words", [
+    ("x = 1\n", ["no make_prompt(rng)"]),
+    ("make_prompt = 3\n", ["no make_prompt(rng)"]),
+    ("def make_prompt(rng):\n    return 'q', 1\nverify = 'yes'\n", ["verify must be a function"]),
+    ("import not_a_module_anywhere\n", ["importing it failed", "ModuleNotFoundError"]),
+    ("def make_prompt(rng:\n", ["importing it failed", "SyntaxError"]),
+])
+def test_bad_module_gives_one_line(tmp_path, source, words):
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    with pytest.raises(ValueError) as e:
+        get_task(str(path))
+    one_line(e, str(path), *words)
+
+
+def test_missing_task_file(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        get_task(str(tmp_path / "nope.jsonl"))
+    one_line(e, "nope.jsonl", "no such file")
+
+
+def test_prompt_without_task_is_graded_by_answer_type():
+    assert get_reward([Prompt("q", 8), Prompt("q", "abc"), Prompt("q", (1, 2))], ["8", "ABC", "1, 2"]) == [1.0, 0.5, 1.0]

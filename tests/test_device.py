@@ -1,0 +1,154 @@
+"""Device and dtype choice for every kind of machine, on this CPU: the availability checks are patched.
+
+What cannot run here (a CUDA GPU, Apple's MPS) is only chosen here; model.pick_device, model.pick_dtype and
+train.dist_backend say on what evidence each choice rests."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eval as eval_script
+import model
+import train
+from conftest import ROOT, one_line
+from model import pick_device, pick_dtype
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """machine(cuda=n GPUs, mps=bool, ...): patch what torch reports about this machine."""
+    def patch(cuda=0, mps=False, bf16_native=True, bf16_emulated=True, macos14=True, cpu_bf16_fast=False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True:
+                            cuda > 0 and (bf16_native or including_emulation and bf16_emulated))
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos14 or major < 14)
+        monkeypatch.setattr(model, "cpu_bf16_is_fast", lambda: cpu_bf16_fast)
+    return patch
+
+
+# ----------------------------------------------------------------------------- --device
+
+@pytest.mark.parametrize("cuda,mps,want", [(1, True, "cuda"), (2, False, "cuda"), (0, True, "mps"), (0, False, "cpu")])
+def test_auto_takes_cuda_then_mps_then_cpu(machine, cuda, mps, want):
+    machine(cuda=cuda, mps=mps)
+    assert pick_device("auto") == torch.device(want)
+
+
+def test_explicit_devices_that_are_there(machine):
+    machine(cuda=2, mps=True)
+    assert [pick_device(s) for s in ("cuda", "cuda:1", "mps", "cpu")] == \
+        [torch.device("cuda"), torch.device("cuda", 1), torch.device("mps"), torch.device("cpu")]
+
+
+@pytest.mark.parametrize("setting,cuda,mps,words", [
+    ("mps", 1, False, ["--device=mps", "MPS", "torch.backends.mps.is_available() is False", "cpu or auto"]),
+    ("cuda", 0, True, ["--device=cuda", "torch.cuda.is_available() is False", "cpu or auto"]),
+    ("cuda:0", 0, False, ["--device=cuda:0", "torch.cuda.is_available() is False"]),
+    ("cuda:2", 2, False, ["--device=cuda:2", "no GPU 2", "cuda:0 to cuda:1"]),
+    ("foo", 1, True, ["--device=foo", "auto, cuda, cuda:N, mps, cpu"]),
+    ("xpu", 1, True, ["--device=xpu", "auto, cuda, cuda:N, mps, cpu"]),
+])
+def test_a_device_that_is_not_there_is_one_line(machine, setting, cuda, mps, words):
+    machine(cuda=cuda, mps=mps)
+    with pytest.raises(ValueError) as e:
+        pick_device(setting)
+    one_line(e, *words)
+
+
+# ----------------------------------------------------------------------------- --dtype
+
+@pytest.mark.parametrize("device,kw,want", [
+    ("cuda", dict(cuda=1, bf16_native=True), torch.bfloat16),                        # Ampere and later
+    ("cuda", dict(cuda=1, bf16_native=False, bf16_emulated=True), torch.float32),    # e.g. a T4: emulated bf16
+    ("cuda:1", dict(cuda=2, bf16_native=False, bf16_emulated=False), torch.float32),
+    ("mps", dict(mps=True, macos14=True), torch.float32),                            # see pick_dtype: unmeasured
+    ("mps", dict(mps=True, macos14=False), torch.float32),
+    ("cpu", dict(cpu_bf16_fast=True), torch.bfloat16),                               # AMX, or bf16 timed faster
+    ("cpu", dict(cpu_bf16_fast=False), torch.float32),
+])
+def test_auto_dtype_per_device(machine, device, kw, want):
+    machine(**kw)
+    assert pick_dtype("auto", torch.device(device)) == want
+
+
+def test_explicit_bf16_where_the_device_has_it(machine):
+    machine(cuda=1, mps=True, bf16_native=False, bf16_emulated=True, macos14=True)
+    for device in ("cuda", "mps", "cpu"):
+        assert pick_dtype("bf16", torch.device(device)) == torch.bfloat16
+        assert pick_dtype("fp32", torch.device(device)) == torch.float32
+
+
+@pytest.mark.parametrize("device,kw,words", [
+    ("mps", dict(mps=True, macos14=False), ["--dtype=bf16", "mps", "macOS 14", "--dtype=fp32"]),
+    ("cuda", dict(cuda=1, bf16_native=False, bf16_emulated=False),
+     ["--dtype=bf16", "is_bf16_supported()", "--dtype=fp32"]),
+])
+def test_bf16_where_the_device_has_none_is_one_line(machine, device, kw, words):
+    machine(**kw)
+    with pytest.raises(ValueError) as e:
+        pick_dtype("bf16", torch.device(device))
+    one_line(e, *words)
+
+
+# ----------------------------------------------------------------------------- torch.distributed
+
+def test_distributed_backend_per_device():
+    assert train.dist_backend(torch.device("cuda", 1)) == "nccl"
+    assert train.dist_backend(torch.device("cpu")) == "gloo"
+    with pytest.raises(ValueError) as e:
+        train.dist_backend(torch.device("mps"))
+    one_line(e, "torchrun on mps", "one process", "--device=cpu")
+
+
+# ----------------------------------------------------------------------------- the command lines
+
+def never_load(*args, **kwargs):
+    raise AssertionError("a model was loaded before the device was checked")
+
+
+def test_train_device_mps_without_mps_is_one_line_before_any_model_loads(machine, monkeypatch):
+    machine(cuda=0, mps=False)
+    monkeypatch.setattr(train, "load_model", never_load)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--device=mps"])
+    msg = str(e.value.code)
+    assert "\n" not in msg and msg.startswith("error: --device=mps") and "is_available() is False" in msg, msg
+
+
+def test_torchrun_on_mps_is_one_line_before_any_rendezvous(machine, monkeypatch):
+    """RANK/WORLD_SIZE as torchrun sets them, no MASTER_ADDR: the refusal must come before init_process_group."""
+    import torch.distributed as dist
+    machine(cuda=0, mps=True)
+    monkeypatch.setattr(train, "load_model", never_load)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--device=auto", "--batch_prompts=8"])
+    msg = str(e.value.code)
+    assert "\n" not in msg and "torchrun on mps" in msg, msg
+    assert not dist.is_initialized()
+
+
+def test_eval_device_mps_without_mps_is_one_line_before_any_model_loads(machine, monkeypatch):
+    machine(cuda=0, mps=False)
+    monkeypatch.setattr(eval_script, "load_model", never_load)
+    with pytest.raises(SystemExit) as e:
+        eval_script.main(["--device=mps"])
+    msg = str(e.value.code)
+    assert "\n" not in msg and msg.startswith("error: --device=mps"), msg
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS: --device=mps would train")
+def test_python_train_device_mps_exits_with_one_line():
+    """The real command line on this machine (no patching): a non-zero exit and one line on stderr."""
+    out = subprocess.run([sys.executable, "train.py", "--device=mps"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: --device=mps"), out.stderr
+    assert out.stdout == ""                  # nothing ran: no model line, no evaluation
