@@ -584,8 +584,12 @@ def main(argv=None):
     try:
         cfg = parse_args(argv)
         return train(cfg)
-    except (ValueError, OSError) as e:          # bad input or a full/read-only disk: one line, no traceback
+    except ValueError as e:                     # bad input, or a save that failed: one line, no traceback
         sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)
+    except OSError as e:                        # a missing file, or a full or read-only disk (log.jsonl, the plot)
+        last = checkpoint.current(cfg.out_dir) if cfg and Path(cfg.out_dir).is_dir() else None
+        sys.exit((f"error: {e}" + (f"; the last checkpoint, {last}, is intact: continue with --resume" if last else ""))
+                 if os.environ.get("RANK", "0") == "0" else 1)
     except KeyboardInterrupt:
         last = checkpoint.current(cfg.out_dir) if cfg else None
         print(f"interrupted: " + (f"continue from {last} with --resume" if last else "no checkpoint saved yet"),

@@ -362,3 +362,16 @@ def test_eval_refuses_a_bad_checkpoint_in_one_line(damage, words, tiny_run, tiny
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg and str(weights) in msg, msg
     assert all(w in msg for w in words), msg
+
+
+def test_full_disk_while_logging_names_the_last_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    """A write of log.jsonl that fails (disk full) after step 1's checkpoint: one line, the checkpoint named."""
+    real_dumps = train.json.dumps
+
+    def dumps_then_full(obj, *a, **k):               # the log line of step 2 (json is the checkpoint's too)
+        if isinstance(obj, dict) and obj.get("step") == 2 and "loss" in obj:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_dumps(obj, *a, **k)
+    monkeypatch.setattr(train.json, "dumps", dumps_then_full)
+    msg = exit_line(tiny_argv(tiny_checkpoint, tmp_path))
+    assert "No space left on device" in msg and f"{tmp_path / 'checkpoint-000001'}, is intact" in msg, msg
