@@ -131,14 +131,25 @@ def test_resume_cleans_what_a_killed_save_left(tiny_checkpoint, tmp_path):
     assert not any(p.exists() for p in leftovers) and checkpoint.current(tmp_path).name == "checkpoint-000002"
 
 
+@pytest.fixture(scope="module")
+def runs_of_1_and_2_steps(tiny_checkpoint, tmp_path_factory):
+    """Two finished runs of the tiny model (1 and 2 steps), made once: tests damage copies of them."""
+    folder = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "make_reward", lambda *a: toy_reward)
+        for steps in (1, 2):
+            run(tiny_checkpoint, folder / f"steps{steps}", steps=steps)
+    return folder / "steps1", folder / "steps2"
+
+
 @pytest.mark.parametrize("damage", ["mixed", "weights_truncated", "state_truncated", "weights_empty"])
-def test_resume_refuses_a_damaged_checkpoint(damage, tiny_checkpoint, tmp_path):
-    run(tiny_checkpoint, tmp_path / "a", steps=1)
-    run(tiny_checkpoint, tmp_path / "b", steps=2)
+def test_resume_refuses_a_damaged_checkpoint(damage, tiny_checkpoint, runs_of_1_and_2_steps, tmp_path):
+    one_step = runs_of_1_and_2_steps[0]
+    shutil.copytree(runs_of_1_and_2_steps[1], tmp_path / "b")
     folder = checkpoint.current(tmp_path / "b")
     weights, state = folder / "model.safetensors", folder / "train_state.pt"
     if damage == "mixed":                 # new optimizer state beside the weights of another step
-        shutil.copy(checkpoint.current(tmp_path / "a") / "model.safetensors", weights)
+        shutil.copy(checkpoint.current(one_step) / "model.safetensors", weights)
     elif damage == "weights_empty":
         weights.write_bytes(b"")
     else:
@@ -322,9 +333,9 @@ def test_kills_at_random_points_then_resume_equal_an_uninterrupted_run(tiny_chec
 
 
 @pytest.fixture
-def tiny_run(tiny_checkpoint, tmp_path):
-    run(tiny_checkpoint, tmp_path / "run", steps=1)
-    return tmp_path / "run"
+def tiny_run(runs_of_1_and_2_steps, tmp_path):
+    """A copy of a finished 1-step run of the tiny model."""
+    return shutil.copytree(runs_of_1_and_2_steps[0], tmp_path / "run")
 
 
 def test_eval_takes_the_model_from_the_run(tiny_run, tiny_checkpoint, monkeypatch, capsys):
