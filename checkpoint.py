@@ -45,9 +45,10 @@ def fsync(path):
 
 
 def write_weights(weights, path, step):
+    """The weights, with their step in the file's metadata (train_state.pt holds it too: resume compares)."""
     try:
         save_file(weights, str(path), metadata={"step": str(step)})
-    except SafetensorError as e:        # how safetensors reports a failed write (a full disk): as the OSError it is
+    except SafetensorError as e:        # safetensors reports a failed write (a full disk) so: it is an OSError
         raise OSError(str(e).removeprefix("Error while serializing: ")) from None
 
 

@@ -151,12 +151,27 @@ def validate(cfg):
         raise ValueError(f"--batch_prompts={cfg.batch_prompts}: more prompts per step than --n_train={cfg.n_train}")
     check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
     device = pick_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist_backend(device)                      # torchrun on a device with no backend is refused here too
+    check_device_works(device, cfg.device)
     pick_dtype(cfg.dtype, device)
     if cfg.resume:
         check_resumable(cfg)
     if os.environ.get("RANK", "0") == "0":        # only rank 0 writes the run folder
         checkpoint.check_writable(cfg.out_dir)
     return device
+
+
+def check_device_works(device, setting):
+    """One line when torch lists a device that then fails on a first tensor (a broken driver, a GPU that another
+    program holds), rather than a traceback once the model is on its way there."""
+    if device.type == "cuda" and device.index is None:   # under torchrun, this process's own GPU, not GPU 0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        torch.ones(1, device=device).add_(1).cpu()
+    except Exception as e:
+        raise ValueError(f"--device={setting}: {device} is there but does not work: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
 
 
 def check_resumable(cfg):

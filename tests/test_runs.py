@@ -73,6 +73,14 @@ def test_cuda_without_a_gpu_is_one_line(no_model_load, monkeypatch, tmp_path):
     assert "--device=cuda" in msg and "no CUDA GPU" in msg
 
 
+def test_a_device_that_is_there_but_fails_is_one_line(no_model_load, monkeypatch, tmp_path):
+    """torch says CUDA is available, but the first tensor on it fails (a broken driver): one line, no load."""
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train.torch.cuda, "device_count", lambda: 1)
+    msg = exit_line(["--device=cuda", f"--out_dir={tmp_path}"])
+    assert msg.startswith("error: --device=cuda: cuda:0 is there but does not work: "), msg
+
+
 def test_more_prompts_than_the_train_set(no_model_load, tmp_path):
     msg = exit_line(["--batch_prompts=16", "--n_train=8", f"--out_dir={tmp_path}"])
     assert "--batch_prompts=16" in msg and "--n_train=8" in msg
