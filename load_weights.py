@@ -109,10 +109,10 @@ def bpe_ranks_from_vocab(tokens, special_ids):
     return {bytes(dec[c] for c in tok): i for i, tok in enumerate(tokens) if i not in special_ids}
 
 
-def _save_ranks(ranks, specials, path):
+def _ranks_text(ranks):
+    """tiktoken's file format: one 'base64(token bytes) rank' line per token (read back by _load_ranks)."""
     lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in sorted(ranks.items(), key=lambda x: x[1])]
-    path.write_text("\n".join(lines) + "\n")
-    path.with_suffix(".special.json").write_text(json.dumps(specials))
+    return "\n".join(lines) + "\n"
 
 
 def _load_ranks(path):
@@ -206,15 +206,16 @@ CACHE_FILES = ("model.safetensors", "tokenizer.tiktoken", "tokenizer.special.jso
 
 
 def write_cache(cached, cfg, state, ranks, specials, eos, pad):
-    """The cache folder's files, each written under a temporary name and renamed; config.json, with every
-    file's CRC-32, comes last: a folder without a valid one is rebuilt."""
-    tmp = lambda name: cached / f"{name}.tmp-{os.getpid()}"      # two processes may build at once
+    """The cache folder's files, each written under a temporary name and renamed into place, config.json (with
+    every file's CRC-32) last: a reader sees whole files, and a folder whose files do not match it is rebuilt."""
+    tmp = lambda name: cached / f"{name}.tmp-{os.getpid()}"      # two processes may build (or read) at once
     save_file(state, str(tmp("model.safetensors")))
-    os.replace(tmp("model.safetensors"), cached / "model.safetensors")
-    _save_ranks(ranks, specials, cached / "tokenizer.tiktoken")  # and tokenizer.special.json
-    crc = {name: file_crc32(cached / name) for name in CACHE_FILES}
+    tmp("tokenizer.tiktoken").write_text(_ranks_text(ranks))
+    tmp("tokenizer.special.json").write_text(json.dumps(specials))
+    crc = {name: file_crc32(tmp(name)) for name in CACHE_FILES}
     tmp("config.json").write_text(json.dumps({"model": vars(cfg), "eos_id": eos, "pad_id": pad, "crc32": crc}))
-    os.replace(tmp("config.json"), cached / "config.json")
+    for name in CACHE_FILES + ("config.json",):
+        os.replace(tmp(name), cached / name)
 
 
 def read_cache(cached):
