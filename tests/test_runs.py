@@ -291,9 +291,13 @@ def test_sigint_exit_status_is_130(tiny_checkpoint, tmp_path):
     checkpoint.load(checkpoint.current(tmp_path))
 
 
+# each fsync of a save 20 ms slower: a save of the tiny model lasts long enough to be caught in the act
+SLOW_SAVES = "import checkpoint, time; fsync = checkpoint.fsync; checkpoint.fsync = lambda p: time.sleep(0.02) or fsync(p); "
+
+
 def start(model, out_dir, *extra, **popen):
     """train.py's main() on toy_reward in a subprocess: 6 steps of the tiny model, a checkpoint after each."""
-    return subprocess.Popen([sys.executable, "-u", "-c", TRAIN_WITH_TOY_REWARD,
+    return subprocess.Popen([sys.executable, "-u", "-c", SLOW_SAVES + TRAIN_WITH_TOY_REWARD,
                              *tiny_argv(model, out_dir, "--steps=6", *extra)], cwd=ROOT, stderr=subprocess.DEVNULL,
                             text=True, env=os.environ | {"PYTHONPATH": str(ROOT / "tests")}, **popen)
 
