@@ -3,6 +3,7 @@
     python train.py                                    # the default experiment
     python train.py --task=larger --group_size=4 --beta=0 --steps=50
     python train.py --resume                           # continue runs/default from its last checkpoint
+                                                       # (the run folder and its checkpoints: checkpoint.py)
     torchrun --nproc_per_node=2 train.py               # the same run on 2 processes (DistributedDataParallel)
 
 Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; `python train.py --help`
@@ -495,9 +496,10 @@ def train(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     resume_from = checkpoint.current(out_dir) if cfg.resume else None
-    if rank == 0:
-        checkpoint.clean_leftovers(out_dir)
-        moved = checkpoint.set_aside(out_dir) if resume_from is None else None
+    if rank == 0 and resume_from:
+        checkpoint.clean_leftovers(out_dir)       # what killed saves left
+    elif rank == 0:                               # a fresh run: an earlier one there is kept whole, moved aside
+        moved = checkpoint.set_aside(out_dir)
         if moved:
             log(f"{out_dir} held an earlier run: moved it to {moved} (--resume continues a run instead)")
 

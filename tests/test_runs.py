@@ -398,3 +398,16 @@ def test_full_disk_while_logging_names_the_last_checkpoint(tiny_checkpoint, tmp_
     monkeypatch.setattr(train.json, "dumps", dumps_then_full)
     msg = exit_line(tiny_argv(tiny_checkpoint, tmp_path))
     assert "No space left on device" in msg and f"{tmp_path / 'checkpoint-000001'}, is intact" in msg, msg
+
+
+def test_a_broken_run_folder_is_refused_on_resume_and_kept_whole_by_a_fresh_run(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "latest").write_text("checkpoint-000004")          # a folder changed by hand: its checkpoint is gone
+    (out / "log.jsonl").write_text('{"step": 1}\n')
+    (out / "checkpoint-000005.tmp-7").mkdir()
+    msg = exit_line(tiny_argv(tiny_checkpoint, out, "--resume"))
+    assert "names checkpoint-000004, which is missing" in msg, msg
+    run(tiny_checkpoint, out, steps=1)
+    assert sorted(p.name for p in (tmp_path / "run.1").iterdir()) == ["checkpoint-000005.tmp-7", "latest", "log.jsonl"]
+    assert steps_logged(out) == [1]
