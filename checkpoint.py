@@ -106,13 +106,17 @@ def current(out_dir):
 
 
 def clean_leftovers(out_dir):
-    """Delete what killed saves left: *.tmp-* (and the old layout's *.tmp) and checkpoints that are not current."""
+    """Delete what killed saves left: *.tmp-* (and the old layout's *.tmp), and checkpoint folders that `latest`
+    does not name (none when `latest` is missing or broken: then they may be all that is left of the run)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return
-    keep = current(out_dir) if (out_dir / LATEST).is_file() else None
+    try:
+        keep = current(out_dir)
+    except ValueError:
+        keep = None
     for p in out_dir.iterdir():
-        stale = ".tmp-" in p.name or p.name.endswith(".tmp") or (p.name.startswith("checkpoint-") and p != keep)
+        stale = ".tmp-" in p.name or p.name.endswith(".tmp") or (keep and p.name.startswith("checkpoint-") and p != keep)
         if stale:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 

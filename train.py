@@ -496,10 +496,9 @@ def train(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     resume_from = checkpoint.current(out_dir) if cfg.resume else None
-    if rank == 0 and resume_from:
+    if rank == 0:
         checkpoint.clean_leftovers(out_dir)       # what killed saves left
-    elif rank == 0:                               # a fresh run: an earlier one there is kept whole, moved aside
-        moved = checkpoint.set_aside(out_dir)
+        moved = checkpoint.set_aside(out_dir) if resume_from is None else None   # a fresh run keeps an earlier one
         if moved:
             log(f"{out_dir} held an earlier run: moved it to {moved} (--resume continues a run instead)")
 
@@ -609,7 +608,7 @@ def main(argv=None):
                  if os.environ.get("RANK", "0") == "0" else 1)
     except KeyboardInterrupt:
         last = checkpoint.current(cfg.out_dir) if cfg else None
-        print(f"interrupted: " + (f"continue from {last} with --resume" if last else "no checkpoint saved yet"),
+        print("interrupted: " + (f"continue from {last} with --resume" if last else "no checkpoint saved yet"),
               file=sys.stderr)
         sys.exit(130)                           # the shell's status for a run stopped by Ctrl-C (128 + SIGINT)
 

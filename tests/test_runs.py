@@ -400,7 +400,7 @@ def test_full_disk_while_logging_names_the_last_checkpoint(tiny_checkpoint, tmp_
     assert "No space left on device" in msg and f"{tmp_path / 'checkpoint-000001'}, is intact" in msg, msg
 
 
-def test_a_broken_run_folder_is_refused_on_resume_and_kept_whole_by_a_fresh_run(tiny_checkpoint, tmp_path):
+def test_a_broken_run_folder_is_refused_on_resume_and_moved_aside_by_a_fresh_run(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "latest").write_text("checkpoint-000004")          # a folder changed by hand: its checkpoint is gone
@@ -408,6 +408,7 @@ def test_a_broken_run_folder_is_refused_on_resume_and_kept_whole_by_a_fresh_run(
     (out / "checkpoint-000005.tmp-7").mkdir()
     msg = exit_line(tiny_argv(tiny_checkpoint, out, "--resume"))
     assert "names checkpoint-000004, which is missing" in msg, msg
+    (out / "checkpoint-000003").mkdir()                        # not named by latest, but maybe all there is
     run(tiny_checkpoint, out, steps=1)
-    assert sorted(p.name for p in (tmp_path / "run.1").iterdir()) == ["checkpoint-000005.tmp-7", "latest", "log.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "run.1").iterdir()) == ["checkpoint-000003", "latest", "log.jsonl"]
     assert steps_logged(out) == [1]
