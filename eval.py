@@ -11,12 +11,11 @@ accuracy = mean over the k samples).
 """
 import argparse
 import sys
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from load_weights import load_model
+from checkpoint import run_config, weights_path
+from load_weights import check_fits, load_model, read_safetensors
 from model import generate, pick_device, pick_dtype
 from task import WeightedReward, format_reward, get_reward, get_task, is_correct, make_dataset, parse_weights
 
@@ -34,7 +33,7 @@ def complete(model, tok, prompts, num_samples=1, temperature=0.0, max_new_tokens
         ids = [tok.chat_prompt(p.question, system=system_prompt) for p in chunk]
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         out, mask = generate(model, ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                             temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id, seeds=seeds)
+                             temperature=temperature, eos_id=tok.stop_ids, pad_id=tok.pad_id, seeds=seeds)
         texts += [tok.decode_completion(o, m) for o, m in zip(out.tolist(), mask.tolist())]
     return texts
 
@@ -76,22 +75,25 @@ def format_examples(examples, width=70):
                      for q, o, r, ok in examples)
 
 
-def load_policy(model_name="smollm2", checkpoint=None, device="cpu"):
-    """The base model, with a trained checkpoint's weights (a run folder or its model.safetensors) on top."""
-    model, tok = load_model(model_name, device)
+def load_policy(model_name=None, checkpoint=None, device="cpu"):
+    """The base model, with a trained checkpoint's weights (a run folder, a checkpoint folder or a
+    model.safetensors) on top, read and checked by the loader train.py's --resume uses. Without a model name,
+    the one the run was trained from (its config.json), else smollm2."""
     if checkpoint:
-        path = Path(checkpoint)
-        path = path / "model.safetensors" if path.is_dir() else path
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        model.load_state_dict(load_file(str(path), device=str(device)))
+        checkpoint = weights_path(checkpoint)
+        model_name = model_name or (run_config(checkpoint) or {}).get("model")
+    model, tok = load_model(model_name or "smollm2", device)
+    if checkpoint:
+        weights, _ = read_safetensors(checkpoint, device)
+        model.load_state_dict(check_fits(model, weights, checkpoint))
     return model, tok
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--checkpoint", default=None, help="a run folder or model.safetensors written by train.py")
+    ap.add_argument("--model", default=None, help="default: the model of the --checkpoint's run, else smollm2")
+    ap.add_argument("--checkpoint", default=None, help="a run folder (its current checkpoint), a checkpoint folder "
+                                                       "or a model.safetensors written by train.py")
     ap.add_argument("--task", default="larger", help="the task to evaluate (train.py's default: larger)")
     ap.add_argument("--reward_weights", default="correct:1,format:1", help="the weights of the mean reward shown")
     ap.add_argument("--n_eval", type=int, default=200)
@@ -109,14 +111,15 @@ def main(argv=None):
         reward_fn = WeightedReward(parse_weights(args.reward_weights))
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
-        print(f"{args.model} in {str(dtype).removeprefix('torch.')}{' (auto)' if args.dtype == 'auto' else ''} "
+        name = args.model or (f"the model of {args.checkpoint}" if args.checkpoint else "smollm2")
+        print(f"{name} in {str(dtype).removeprefix('torch.')}{' (auto)' if args.dtype == 'auto' else ''} "
               f"on {device}{' (auto: the first of cuda, mps, cpu)' if args.device == 'auto' else ''}")
         model, tok = load_policy(args.model, args.checkpoint, device)
         model = model.to_compute_dtype(dtype)
         _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
         res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt,
                        reward_fn=reward_fn)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     line = (f"{args.task}: greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
             f"{res['format']:.1%}, mean reward {res['reward']:.3f}")

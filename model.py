@@ -431,7 +431,8 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
     is then copied to its num_samples rows (row i*G + j is sample j of prompt i). Rows that have sampled EOS
     leave the batch (a quarter at a time), so that the decoding steps cost what the rows still running need.
     Returns completion_ids (N, T) padded with pad_id after EOS and completion_mask (N, T), 1 on generated
-    tokens up to and including EOS; N = len(prompts) * G.
+    tokens up to and including EOS; N = len(prompts) * G. eos_id: the id that ends a completion, or a sequence
+    of them (Tokenizer.stop_ids), or None.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -460,7 +461,7 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         out[rows, t] = tok
         if eos_id is not None:
-            done |= tok == eos_id
+            done |= torch.isin(tok, stop_tensor(eos_id, device))
         if done.all() or t == max_new_tokens - 1:
             break
         if 4 * done.sum() >= len(rows):         # a quarter of the rows has ended: stop computing them
@@ -472,11 +473,17 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
     return out, completion_mask(out, eos_id)
 
 
+def stop_tensor(eos_id, device):
+    """An EOS id, or a sequence of ids that each end a completion, as a tensor for torch.isin."""
+    return torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=device)
+
+
 def completion_mask(completion_ids, eos_id):
-    """(N, T) mask: 1 on every token up to and including the first EOS, 0 after it."""
+    """(N, T) mask: 1 on every token up to and including the first EOS (any of them, for a sequence of stop
+    ids), 0 after it."""
     if eos_id is None:
         return torch.ones_like(completion_ids)
-    is_eos = (completion_ids == eos_id).long()
+    is_eos = torch.isin(completion_ids, stop_tensor(eos_id, completion_ids.device)).long()
     eos_before = is_eos.cumsum(-1) - is_eos       # EOS tokens strictly before position t
     return (eos_before == 0).long()
 

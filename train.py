@@ -3,6 +3,7 @@
     python train.py                                    # the default experiment
     python train.py --task=larger --group_size=4 --beta=0 --steps=50
     python train.py --resume                           # continue runs/default from its last checkpoint
+                                                       # (the run folder and its checkpoints: checkpoint.py)
     torchrun --nproc_per_node=2 train.py               # the same run on 2 processes (DistributedDataParallel)
 
 Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; `python train.py --help`
@@ -23,6 +24,7 @@ What each logged column means:
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import sys
@@ -35,11 +37,11 @@ from torch.optim.adamw import adamw
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+import checkpoint
 from eval import GRADER, evaluate, format_examples
 from grpo import GRPOConfig, completion_logprobs, grpo_loss, rollout, step_metrics
-from load_weights import load_model
+from load_weights import check_fits, load_model
 from model import pick_device, pick_dtype
 from task import WeightedReward, get_task, make_dataset, parse_weights
 
@@ -116,6 +118,75 @@ def convert(name, value, current):
     except ValueError:
         raise ValueError(f"bad value {value!r} for --{name} (expected {type(current).__name__})") from None
     return value
+
+
+# what each of TrainConfig's numeric options may be (GRPOConfig.validate checks its own)
+ALLOWED = {
+    "steps": (">= 1", lambda v: v >= 1), "batch_prompts": (">= 1", lambda v: v >= 1),
+    "lr": ("> 0", lambda v: v > 0), "weight_decay": (">= 0", lambda v: v >= 0),
+    "grad_clip": (">= 0 (0 or none: no clipping)", lambda v: v is None or v >= 0),
+    "mu": (">= 1", lambda v: v >= 1), "n_train": (">= 1", lambda v: v >= 1), "n_eval": (">= 1", lambda v: v >= 1),
+    "seed": (">= 0", lambda v: v >= 0), "log_every": (">= 1", lambda v: v >= 1),
+    "eval_samples": (">= 0", lambda v: v >= 0), "save_every": (">= 1", lambda v: v >= 1),
+}
+
+
+def validate(cfg):
+    """Every setting checked before anything is loaded: one line naming the option, its value and what it may
+    be. Returns the device to run on."""
+    defaults = option_targets(TrainConfig())
+    for name, obj in option_targets(cfg).items():
+        value, default = getattr(obj, name), getattr(defaults[name], name)
+        if value is None and default is not None:
+            raise ValueError(f"--{name}=none: {name} needs a value (default {default})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name}={value}: {name} must be a finite number")
+        if name in ALLOWED and not ALLOWED[name][1](value):
+            raise ValueError(f"--{name}={value}: {name} must be {ALLOWED[name][0]}")
+    cfg.grpo.validate()
+    get_task(cfg.task)
+    weights = parse_weights(cfg.reward_weights)
+    if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
+        raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
+    if cfg.batch_prompts > cfg.n_train:
+        raise ValueError(f"--batch_prompts={cfg.batch_prompts}: more prompts per step than --n_train={cfg.n_train}")
+    check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
+    device = pick_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist_backend(device)                      # torchrun on a device with no backend is refused here too
+    check_device_works(device, cfg.device)
+    pick_dtype(cfg.dtype, device)
+    if cfg.resume:
+        check_resumable(cfg)
+    if os.environ.get("RANK", "0") == "0":        # only rank 0 writes the run folder
+        checkpoint.check_writable(cfg.out_dir)
+    return device
+
+
+def check_device_works(device, setting):
+    """One line when torch lists a device that then fails on a first tensor (a broken driver, a GPU that another
+    program holds), rather than a traceback once the model is on its way there."""
+    if device.type == "cuda" and device.index is None:   # under torchrun, this process's own GPU, not GPU 0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        torch.ones(1, device=device).add_(1).cpu()
+    except Exception as e:
+        raise ValueError(f"--device={setting}: {device} is there but does not work: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+
+
+def check_resumable(cfg):
+    """--resume: the settings that decide what the run computes must be the checkpoint's."""
+    folder = checkpoint.current(cfg.out_dir)
+    if folder is None and (Path(cfg.out_dir) / "train_state.pt").exists():
+        raise ValueError(f"--resume: {cfg.out_dir} holds a checkpoint of an older tinygrpo (model.safetensors beside "
+                         f"train_state.pt); resume it with that version, or start a fresh run without --resume")
+    if folder is None:
+        return
+    differences = checkpoint.config_differences(checkpoint.read_config(folder), asdict(cfg))
+    if differences:
+        raise ValueError(f"--resume: settings differ from those of {folder}: {'; '.join(differences)} "
+                         f"(only {', '.join(checkpoint.MAY_CHANGE_ON_RESUME)} may change; start a fresh run instead)")
 
 
 # ----------------------------------------------------------------------------- distributed (torchrun)
@@ -360,14 +431,17 @@ def step_prompts(train_set, cfg, step, rank, world):
 
 
 def save_checkpoint(out_dir, policy, optimizer, step, history, cfg):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()},
-              str(out_dir / "model.safetensors.tmp"))
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": asdict(cfg)},
-               out_dir / "train_state.pt.tmp")
-    # rename both only once both are written, so that a crash mid-save leaves the last good checkpoint
-    os.replace(out_dir / "model.safetensors.tmp", out_dir / "model.safetensors")
-    os.replace(out_dir / "train_state.pt.tmp", out_dir / "train_state.pt")
+    """checkpoint.save of this step; a failed save (disk full, read-only) stops the run in one line, with the
+    last good checkpoint still current."""
+    weights = {k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()}
+    state = {"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": asdict(cfg)}
+    try:
+        checkpoint.save(out_dir, weights, state, asdict(cfg))
+    except OSError as e:
+        last = checkpoint.current(out_dir)
+        raise ValueError(f"could not save the checkpoint of step {step} in {out_dir} ({e.strerror or e}); "
+                         + (f"the last good one, {last}, is intact: free space and continue with --resume"
+                            if last else "there is no earlier checkpoint")) from None
 
 
 def format_log(step, steps, m):
@@ -413,19 +487,20 @@ def make_reward(cfg, weights, ref_model, policy, tok, device):
 
 
 def train(cfg: TrainConfig):
-    cfg.grpo.validate()
-    get_task(cfg.task)
-    weights = parse_weights(cfg.reward_weights)
-    if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
-        raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
-    device = pick_device(cfg.device)
-    check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
+    device = validate(cfg)
+    reward_weights = parse_weights(cfg.reward_weights)
     rank, world = init_distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     log = print if rank == 0 else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
+    resume_from = checkpoint.current(out_dir) if cfg.resume else None
+    if rank == 0:
+        checkpoint.clean_leftovers(out_dir)       # what killed saves left
+        moved = checkpoint.set_aside(out_dir) if resume_from is None else None   # a fresh run keeps an earlier one
+        if moved:
+            log(f"{out_dir} held an earlier run: moved it to {moved} (--resume continues a run instead)")
 
     dtype = pick_dtype(cfg.dtype, device)
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks
@@ -440,14 +515,16 @@ def train(cfg: TrainConfig):
     # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
     ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
-    reward_fn = make_reward(cfg, weights, ref_model, policy, tok, device)
+    reward_fn = make_reward(cfg, reward_weights, ref_model, policy, tok, device)
 
     start, history, evals, state = 0, [], {}, None
-    if cfg.resume and (out_dir / "train_state.pt").exists():
-        state = torch.load(out_dir / "train_state.pt", weights_only=False, map_location=device)
-        policy.load_state_dict(load_file(str(out_dir / "model.safetensors"), device=str(device)))  # fp32 masters
+    if resume_from:
+        master, state = checkpoint.load(resume_from, device)          # fp32 masters and the optimizer, checked
+        policy.load_state_dict(check_fits(policy, master, resume_from / "model.safetensors"))
         start, history = state["step"], state["history"]
-        log(f"resumed from {out_dir} at step {start}")
+        if rank == 0:
+            checkpoint.rewrite_log(out_dir, history)                  # steps after the checkpoint run again
+        log(f"resumed from {resume_from} at step {start}")
     elif cfg.resume:
         log(f"no checkpoint in {out_dir}: starting from scratch")
     # the policy samples and trains in the compute dtype; the optimizer keeps the fp32 weights
@@ -507,7 +584,8 @@ def train(cfg: TrainConfig):
     evals["after"] = (cfg.steps, after["accuracy"])
     if history:
         plot_history(history, evals, out_dir / "reward_curve.png")
-        log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; weights: {out_dir / 'model.safetensors'}")
+        log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; weights: "
+            f"{checkpoint.current(out_dir) / 'model.safetensors'}")
     if world > 1:
         dist.destroy_process_group()
     return {"before": before, "after": after, "history": history}
@@ -518,13 +596,21 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(usage())
         return None
+    cfg = None
     try:
         cfg = parse_args(argv)
         return train(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:                     # bad input, or a save that failed: one line, no traceback
         sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)
+    except OSError as e:                        # a missing file, or a full or read-only disk (log.jsonl, the plot)
+        last = checkpoint.current(cfg.out_dir) if cfg and Path(cfg.out_dir).is_dir() else None
+        sys.exit((f"error: {e}" + (f"; the last checkpoint, {last}, is intact: continue with --resume" if last else ""))
+                 if os.environ.get("RANK", "0") == "0" else 1)
     except KeyboardInterrupt:
-        sys.exit("interrupted: continue with --resume (from the last checkpoint)")
+        last = checkpoint.current(cfg.out_dir) if cfg else None
+        print("interrupted: " + (f"continue from {last} with --resume" if last else "no checkpoint saved yet"),
+              file=sys.stderr)
+        sys.exit(130)                           # the shell's status for a run stopped by Ctrl-C (128 + SIGINT)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,34 @@ def write_random_gpt2(folder, files, n_layer, n_embd=64, n_head=4, n_positions=1
     return model
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, gpt2_tokenizer_files):
+    """A random GPT-2 of 1 layer, width 32, with the real vocabulary: train.py end to end in seconds."""
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    write_random_gpt2(folder, gpt2_tokenizer_files, n_layer=1, n_embd=32, n_head=2, n_positions=128)
+    return folder
+
+
+def tiny_config(model, out_dir, **kw):
+    """train.TrainConfig of a 3-step run of the tiny model, a checkpoint every step."""
+    from train import TrainConfig
+    cfg = TrainConfig(**dict(model=str(model), task="add1", steps=3, batch_prompts=2, n_train=50, n_eval=4,
+                             device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, dtype="fp32") | kw)
+    cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4
+    return cfg
+
+
+def toy_reward(prompts, responses):
+    """A reward the tiny random model earns now and then (it never earns a task's), so that its runs learn:
+    1.0 when the reply's length in characters is a multiple of 3."""
+    return [float(len(r) % 3 == 0) for r in responses]
+
+
+# python -c TRAIN_WITH_TOY_REWARD --flags... (with tests/ on PYTHONPATH): train.py's main() on toy_reward
+TRAIN_WITH_TOY_REWARD = ("import sys, conftest, train; train.make_reward = lambda *a: conftest.toy_reward; "
+                         "train.main(sys.argv[1:])")
+
+
 def fake_torchrun(monkeypatch, world_size):
     """RANK and WORLD_SIZE as torchrun sets them, but no MASTER_ADDR / MASTER_PORT: a run that gets as far as
     init_process_group fails there, so a check that must come first shows by what it says."""

@@ -47,7 +47,7 @@ def perturbed(model, scale=0.05, seed=1):
 
 class FakeTok:
     """Just what rollout needs: characters -> ids in [2, V), EOS = 1, PAD = 0; decode = ids as words."""
-    eos_id, pad_id = EOS, PAD
+    eos_id, pad_id, stop_ids = EOS, PAD, (EOS,)
 
     def __init__(self, vocab=16):
         self.vocab = vocab

@@ -10,25 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint
 import grpo
-from conftest import ROOT, write_random_gpt2
+import train as train_module
+from conftest import ROOT, tiny_config, toy_reward
+from load_weights import load_model
 from model import GPT, GPTConfig
 from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, main, optimize, parse_args, train
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, gpt2_tokenizer_files):
-    folder = tmp_path_factory.mktemp("tiny_gpt2")
-    write_random_gpt2(folder, gpt2_tokenizer_files, n_layer=1, n_embd=32, n_head=2, n_positions=128)
-    return folder
-
-
-def tiny_config(model, out_dir, **kw):
-    kw = {"dtype": "fp32", "device": "cpu", "task": "add1", "steps": 3} | kw
-    cfg = TrainConfig(model=str(model), batch_prompts=2, n_train=50, n_eval=4,
-                      out_dir=str(out_dir), save_every=1, lr=1e-3, **kw)
-    cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4
-    return cfg
 
 
 def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -67,9 +55,11 @@ def test_custom_task_end_to_end(tiny_checkpoint, tmp_path, capsys, monkeypatch, 
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_resume_continues_exactly(tiny_checkpoint, tmp_path, dtype):
+def test_resume_continues_exactly(tiny_checkpoint, tmp_path, dtype, monkeypatch):
     """A run stopped after step 2 and resumed to step 3 ends with the same weights as one run of 3 steps
-    (in bf16 too: the checkpoint holds the fp32 master weights, not the bf16 model's rounding of them)."""
+    (in bf16 too: the checkpoint holds the fp32 master weights, not the bf16 model's rounding of them).
+    On toy_reward, which the tiny model earns now and then: with no reward at all nothing would move."""
+    monkeypatch.setattr(train_module, "make_reward", lambda *a: toy_reward)
     train(tiny_config(tiny_checkpoint, tmp_path / "whole", dtype=dtype))
     cfg = tiny_config(tiny_checkpoint, tmp_path / "split", dtype=dtype)
     cfg.steps = 2
@@ -77,10 +67,12 @@ def test_resume_continues_exactly(tiny_checkpoint, tmp_path, dtype):
     resumed = tiny_config(tiny_checkpoint, tmp_path / "split", resume=True, dtype=dtype)
     out = train(resumed)
     assert [h["step"] for h in out["history"]] == [1, 2, 3]
-    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
-    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    a = load_file(str(checkpoint.current(tmp_path / "whole") / "model.safetensors"))
+    b = load_file(str(checkpoint.current(tmp_path / "split") / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in a.values())
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    start = load_model(str(tiny_checkpoint))[0].state_dict()
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4
 
 
 def test_parse_args_sets_both_configs():
@@ -105,6 +97,8 @@ def test_help_lists_every_option_with_its_default(capsys):
     (["--bogus=1"], ["--bogus"]),
     (["--steps=many"], ["many", "--steps"]),
     (["--model=gpt5"], ["gpt5"]),
+    (["--temperature=-1"], ["--temperature=-1.0", ">= 0"]),
+    (["--device=foo"], ["--device=foo", "cpu"]),
     (["--reward_weights=correct:1,style:2"], ["--reward_weights", "'style'"]),
     (["--reward_weights=correct:-1"], ["--reward_weights", ">= 0"]),
     (["--task=missing.jsonl"], ["missing.jsonl", "no such file"]),
