@@ -94,7 +94,8 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="default: the model of the --checkpoint's run, else smollm2")
     ap.add_argument("--checkpoint", default=None, help="a run folder (its current checkpoint), a checkpoint folder "
                                                        "or a model.safetensors written by train.py")
-    ap.add_argument("--task", default="larger", help="the task to evaluate (train.py's default: larger)")
+    ap.add_argument("--task", default=None, help="the task to evaluate (default: the --checkpoint run's task, else "
+                                                 "larger); a task name or a .py / .jsonl task file")
     ap.add_argument("--reward_weights", default="correct:1,format:1", help="the weights of the mean reward shown")
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
@@ -107,6 +108,8 @@ def main(argv=None):
                                                      "cuda:N | mps | cpu")
     args = ap.parse_args(argv)
     try:
+        run = (run_config(args.checkpoint) or {}) if args.checkpoint else {}
+        args.task = args.task or run.get("task", "larger")
         get_task(args.task)
         reward_fn = WeightedReward(parse_weights(args.reward_weights))
         device = pick_device(args.device)

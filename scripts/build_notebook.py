@@ -242,45 +242,42 @@ print(format_examples(tuned["examples"]))"""
 ANALYSIS = """\
 ## Analysis
 
-**Did it learn?** Yes. Held-out greedy accuracy went from 62.5% (base model) to 95.5% on
-200 prompts never seen in training, and sampled accuracy (temperature 1) from 21.6% to
-93.0%. The training reward (sampled, B x G = 64 completions a step) rose from 0.19 (mean of steps 1-4) in the
-first steps to 0.94 (steps 21-24) in the last. The command-line default (`python train.py`, 30 steps) gives
-62.5% -> 98.5% on the same 200 held-out prompts in 3 min 54 s on a 2-core CPU.
+**Did it learn?** Yes. Graded by the task's verifier (a reply counts only if it commits to the right answer
+and asserts nothing false), held-out greedy accuracy went from 45.5% (base model) to 96.0% on 200 prompts
+never seen in training, and sampled accuracy (temperature 1) from 8.3% to 96.3%. The greedy mean reward after
+training equals the accuracy (0.960): every right answer is exactly the number, which scores 1 only with the
+format component. The training reward (sampled, B x G = 64 completions a step) rose from 0.14 (mean of steps
+1-4) to 0.93 (steps 21-24). The command-line default (`python train.py`, 30 steps, the same 200 prompts)
+gives {{default_run}} (README).
 
-**Dynamics.** Most of the gain comes in the first ~16 steps, as the policy stops explaining and starts
-answering: mean completion length fell from 12.4 (steps 1-4) to 8.4 (steps 21-24) tokens. Once most groups
-answer correctly, more and more groups have G equal rewards (the `zero` share in the log), whose advantages
-are 0: learning slows by itself. The KL to the reference was 0.39 per token over steps 1-4 and 0.52 over
-steps 5-8, then stayed between 0.33 and 0.41: with beta = 0.04 the KL term is small next to the policy term,
-so it slows the drift rather than stopping it.
+**Dynamics.** The base model rarely answers right when sampling (8.3%), so in the first step almost every
+group is all zeros (cell 5: one right sample in 64) and teaches nothing; the few right samples are enough,
+and the reward climbs fastest between steps 8 and 16. Answers shrink from 16.1 tokens (steps 1-4) to 3.8 (steps
+21-24): "63" and EOS. The KL to the reference rises with that change of style, from 0.30 per token (steps 1-4)
+to 2.2 (steps 17-20), far above the "small KL" we expected: the reference model never answers with a bare
+number, so every token of one is improbable under pi_ref. With beta = 0.04 the KL term costs about 0.06 of
+loss at that point, small next to the advantage term of groups that still mix right and wrong, so it slows
+the drift rather than preventing it; once most groups are all right, their advantages are 0 and the KL term
+is all that is left to pull back (2.2 -> 1.5 over the last 4 steps).
 
-**Reward hacking?** The reward reads the *last integer* of the answer, so a policy can score by ending on
-the right number for the wrong reason. The base model shows the loophole: "15 is larger than 43." is wrong but
-scores 1 because it ends in 43, and "57 is larger than 42." is right but scores 0. Here, after training, the
-answers are the bare number ("63") or a short template ending in it ("The answer is 43."), which is the
-behaviour the prompt asks for; no empty answers, no lists of numbers, no padding (lengths fell, not rose).
-But a run can land on the loophole instead: one command-line run of the same recipe (one commit before this
-notebook's code) answered "163 is 63." and "17 is larger than 71.": false or garbled sentences that end on
-the right number, which its 99.5% accuracy counted as correct, while the final code's run answers "The larger
-of the two is 63.". Which style a run lands on depends on its sampled trajectory; the rubric rewards them
-all, so only reading the answers, or a stricter rubric, tells them apart.
+**Reward hacking?** The reward is built against the hacks this task invites, and the audit in cell 4 shows
+the holes it closes: a false comparison ending on the right number ("15 is larger than 43.", which the base
+model writes and a last-integer rule would pay), two candidate answers ("57 or 42"), a denial ("Not 57."). A
+format-only reward would be hacked by well-formatted wrong numbers, so format pays only on a right answer.
+What the trained model does: all five examples in cell 7 are the bare right number, its answers are 2
+characters long on average, and none is empty or a list. The remaining 4% are wrong numbers in the right
+format, which score 0. What the reward cannot see: it pays "57" whether the model compared the numbers or
+learned a shortcut; the held-out questions (unseen pairs) are what show it compares. The verifier's known
+strictness (a true aside with another number, a correction "not 42, it is 57") costs right answers a reward
+but never pays a wrong one.
 
-**Effect of group size G** (`scripts/sweep_group_size.py`; raw results in `results/group_size_sweep.json`).
-Every run samples the same number of completions per step (B x G = 64), so a larger G means fewer prompts:
+**Effect of group size G** (`scripts/sweep_group_size.py`; raw results, with each run's example replies, in
+`results/group_size_sweep.json`). Every run samples the same number of completions per step (B x G = 64), so
+a larger G means fewer prompts:
 
 {{sweep_table}}
 
-At a fixed budget of 64 completions a step, G = 4 and G = 8 learned best here. With G = 2, a group is often
-all right or all wrong (the highest share of zero-variance groups), so many samples teach nothing and the
-baseline of each group (the mean of 2 rewards) is noisy: the training reward rose least. With G = 16 the
-fewest groups are wasted, but a step covers only 4 questions, so the reward curve is the noisiest, and its
-held-out answers game the last-integer rule: "48 is larger than 61." and "75 is larger than 75." are false
-sentences that end on the right number and score 1, which is why its 96.5% overstates it. G = 4 drifted
-furthest from the reference (KL 1.33 at its last step, 0.3-0.5 for the others). Steps with fewer distinct
-prompts were also cheaper (a prompt is prefilled once for its whole group): see the s / step column. This is
-one seed on 200 held-out prompts (a standard error of about 1.5 points near 95%), so differences of a point or
-two are noise; the ordering of the training curves is the clearer signal."""
+{{sweep_analysis}}"""
 
 CELLS = [HEADER, PLAN, SETUP, DATA, REWARD, GRPO_STEP, TRAIN, EVALUATE, ANALYSIS]
 
@@ -370,12 +367,12 @@ def sweep_table():
     res = json.loads(SWEEP.read_text())
     rows = [f"| {r['G']} | {r['B']} | {r['reward_first5']:.2f} -> {r['reward_last5']:.2f} | "
             f"{r['frac_zero_std_groups']:.0%} | {r['reward_curve_noise']:.3f} | {r['accuracy_after']:.1%} | "
-            f"{r['s_per_step']:.1f} |" for r in res["runs"]]
+            f"{r['format_after']:.1%} | {r['kl_last']:.2f} |" for r in res["runs"]]
     head = ("| G | B | train reward, first 5 -> last 5 steps | zero-variance groups | reward-curve noise | "
-            "held-out greedy accuracy | s / step |\n|---|---|---|---|---|---|---|")
+            "held-out greedy accuracy | exact format | KL, last step |\n|---|---|---|---|---|---|---|---|")
     return "\n".join([head] + rows) + (f"\n\nBase model: {res['accuracy_before']:.1%}. {res['steps']} steps of "
                                        f"{res['completions_per_step']} completions each (B x G), task {res['task']}, "
-                                       f"lr {res['lr']}, beta {res['beta']}, seed 0.")
+                                       f"lr {res['lr']}, beta {res['beta']}, seed 0, graded by {res['grader']}.")
 
 
 def fill(template):

@@ -103,3 +103,15 @@ def fake_torchrun(monkeypatch, world_size):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+
+
+def refused_before_rendezvous(argv, *words):
+    """Under fake_torchrun, train.main(argv) exits with one line naming each of `words`, and before any process
+    group is started."""
+    import torch.distributed as dist
+    import train
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    msg = str(e.value.code)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+    assert not dist.is_initialized()

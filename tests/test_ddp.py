@@ -259,13 +259,9 @@ def test_check_world():
 
 def test_bad_world_size_is_one_line_before_any_rendezvous(monkeypatch):
     """RANK/WORLD_SIZE as torchrun sets them, but no MASTER_ADDR: the check must come before init."""
-    from conftest import fake_torchrun          # here: this file also runs as a worker script, without conftest
+    from conftest import fake_torchrun, refused_before_rendezvous   # here: this file also runs as a worker script
     fake_torchrun(monkeypatch, 3)
-    with pytest.raises(SystemExit) as e:
-        train.main(["--batch_prompts=8", "--device=cpu"])
-    msg = str(e.value.code)
-    assert "\n" not in msg and "batch_prompts=8" in msg, msg
-    assert not dist.is_initialized()
+    refused_before_rendezvous(["--batch_prompts=8", "--device=cpu"], "batch_prompts=8")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import eval as eval_script
 import model
 import train
-from conftest import ROOT, fake_torchrun, one_line
+from conftest import ROOT, fake_torchrun, one_line, refused_before_rendezvous
 from model import pick_device, pick_dtype
 
 
@@ -121,15 +121,10 @@ def test_train_device_mps_without_mps_is_one_line_before_any_model_loads(machine
 
 def test_torchrun_on_mps_is_one_line_before_any_rendezvous(machine, monkeypatch):
     """RANK/WORLD_SIZE as torchrun sets them, no MASTER_ADDR: the refusal must come before init_process_group."""
-    import torch.distributed as dist
     machine(cuda=0, mps=True)
     monkeypatch.setattr(train, "load_model", never_load)
     fake_torchrun(monkeypatch, 2)
-    with pytest.raises(SystemExit) as e:
-        train.main(["--device=auto", "--batch_prompts=8"])
-    msg = str(e.value.code)
-    assert "\n" not in msg and "torchrun on mps" in msg, msg
-    assert not dist.is_initialized()
+    refused_before_rendezvous(["--device=auto", "--batch_prompts=8"], "torchrun on mps")
 
 
 def test_eval_device_mps_without_mps_is_one_line_before_any_model_loads(machine, monkeypatch):

@@ -151,13 +151,13 @@ def test_yaml_header(nb):
 
 def test_plan_states_the_formulas(nb):
     plan = nb.cells[1].source
-    for needed in ["SmolLM2-135M-Instruct", "134.5M", "A_i", "k_1", "k_3", r"\beta", "/2", "last integer"]:
+    for needed in ["SmolLM2-135M-Instruct", "134.5M", "A_i", "k_1", "k_3", r"\beta", "/2", "verifier", "fails closed", "format"]:
         assert needed in plan, f"cell 1 lacks {needed!r}"
 
 
 def test_analysis_has_no_placeholders(nb):
     """The lead fills cell 8 (in scripts/build_notebook.py) with the run's and the sweep's numbers."""
-    left = re.findall(r"TODO[^\n]{0,40}|NB_[A-Z_]+|SWEEP_CONCLUSION", nb.cells[8].source)
+    left = re.findall(r"TODO[^\n]{0,40}|NB_[A-Z_]+|SWEEP_CONCLUSION|\{\{\w+\}\}", nb.cells[8].source)
     assert not left, f"cell 8 still has placeholders: {left[:3]}"
 
 

@@ -351,11 +351,12 @@ def tiny_run(runs_of_1_and_2_steps, tmp_path):
 
 
 def test_eval_takes_the_model_from_the_run(tiny_run, tiny_checkpoint, monkeypatch, capsys):
-    """No --model: the run's own (the tiny GPT-2), not smollm2; and the checkpoint's weights, exactly."""
+    """No --model, no --task: the run's own (the tiny GPT-2, add1), not smollm2 and larger; and the checkpoint's
+    weights, exactly."""
     loaded = []
     real = eval_module.load_model
     monkeypatch.setattr(eval_module, "load_model", lambda name, device: loaded.append(name) or real(name, device))
-    eval_module.main([f"--checkpoint={tiny_run}", "--task=add1", "--n_eval=4", "--max_new_tokens=4", "--dtype=fp32"])
+    eval_module.main([f"--checkpoint={tiny_run}", "--n_eval=4", "--max_new_tokens=4", "--dtype=fp32"])
     assert loaded == [str(tiny_checkpoint)] and "add1: greedy accuracy" in capsys.readouterr().out
     model, _ = eval_module.load_policy(checkpoint=tiny_run)
     weights, _ = checkpoint.load(checkpoint.current(tiny_run))
