@@ -64,11 +64,26 @@ def agreement(judged, verdicts):
             "judge_yes_verifier_no": sum(a and not b for a, b in zip(says_yes, verdicts)),
             "judge_no_verifier_yes": sum(b and not a for a, b in zip(says_yes, verdicts)),
             "mean_judge_if_right": _mean([p for p, v in zip(judged, verdicts) if v]),
-            "mean_judge_if_wrong": _mean([p for p, v in zip(judged, verdicts) if not v])}
+            "mean_judge_if_wrong": _mean([p for p, v in zip(judged, verdicts) if not v]),
+            "auc": ranking_auc(judged, verdicts)}
+
+
+def ranking_auc(judged, verdicts):
+    """P(a right reply gets a higher judge probability than a wrong one), ties half: 0.5 is a judge that cannot
+    tell them apart at all, whatever its threshold; None without both kinds."""
+    right = [p for p, v in zip(judged, verdicts) if v]
+    wrong = [p for p, v in zip(judged, verdicts) if not v]
+    if not right or not wrong:
+        return None
+    return sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong))
 
 
 def _mean(xs):
     return sum(xs) / len(xs) if xs else None
+
+
+def _fmt(x):
+    return "-" if x is None else f"{x:.3f}"
 
 
 def main(argv=None):
@@ -108,8 +123,8 @@ def main(argv=None):
         a = report[name]
         print(f"{name} replies: the judge agrees with the verifier on {a['agreement']:.1%} of {a['n']} "
               f"(judge yes / verifier no: {a['judge_yes_verifier_no']}, judge no / verifier yes: "
-              f"{a['judge_no_verifier_yes']}); mean P(Yes) on right replies {a['mean_judge_if_right']}, "
-              f"on wrong ones {a['mean_judge_if_wrong']}")
+              f"{a['judge_no_verifier_yes']}); mean P(Yes) on right replies {_fmt(a['mean_judge_if_right'])}, "
+              f"on wrong ones {_fmt(a['mean_judge_if_wrong'])}; ranking AUC {_fmt(a['auc'])}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"written to {args.out}")

@@ -248,7 +248,8 @@ never seen in training, and sampled accuracy (temperature 1) from 8.3% to 96.3%.
 training equals the accuracy (0.960): every right answer is exactly the number, which scores 1 only with the
 format component. The training reward (sampled, B x G = 64 completions a step) rose from 0.14 (mean of steps
 1-4) to 0.93 (steps 21-24). The command-line default (`python train.py`, 30 steps, the same 200 prompts)
-gives {{default_run}} (README).
+gives 45.5% -> 96.5% on the same 200 held-out prompts, exact format 0% -> 96.5%, in 4 min 02 s on a
+2-core CPU (README).
 
 **Dynamics.** The base model rarely answers right when sampling (8.3%), so in the first step almost every
 group is all zeros (cell 5: one right sample in 64) and teaches nothing; the few right samples are enough,
@@ -277,7 +278,19 @@ a larger G means fewer prompts:
 
 {{sweep_table}}
 
-{{sweep_analysis}}"""
+With 64 completions a step and 20 steps, every group size learned the comparison (94-100% of held-out
+answers right, from 45.5%), but only G = 2 and G = 8 learned the format: G = 4 settled on "The larger number
+is 63." (100% right, 0% exact) and G = 16 on "63 is larger." (96.5%, 0%), each at a training reward of
+about 0.5 (their last-5 means, 0.48 and 0.47). Once one style is right in every sample of a group, the
+group's rewards are all 0.5 and its advantages 0: a bare number is reinforced only if one turns up in a
+group that still mixes. Which style wins is decided by such chance events early on, and one seed per G cannot
+tell that luck from an effect of G. G = 2 drifted furthest from the reference (KL 5.3 per token at its last
+step, 0.6-1.0 for the others): its baseline is the one other sample, so its advantages are always +-0.71 or 0,
+and its updates the least averaged. The share of zero-variance groups was lowest for G = 16 (49%, 63-71% for
+the others), as expected with more samples per group; G = 8's reward curve was the noisiest but reached the
+highest reward (0.99 over its last 5 steps). One seed, 200 held-out prompts (a standard error of about 1.5
+points near 95%): differences of a few points are noise; the styles the runs ended in are the clearer
+signal."""
 
 CELLS = [HEADER, PLAN, SETUP, DATA, REWARD, GRPO_STEP, TRAIN, EVALUATE, ANALYSIS]
 

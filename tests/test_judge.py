@@ -48,3 +48,6 @@ def test_agreement_counts():
     a = agreement([0.9, 0.2, 0.7, 0.4], [True, True, False, False])
     assert a["agreement"] == 0.5 and a["judge_yes_verifier_no"] == 1 and a["judge_no_verifier_yes"] == 1
     assert a["mean_judge_if_right"] == pytest.approx(0.55) and a["mean_judge_if_wrong"] == pytest.approx(0.55)
+    assert a["auc"] == 0.5                          # right 0.9 > both wrong, right 0.2 < both: 2 of 4 pairs
+    assert agreement([0.9, 0.8, 0.1], [True, True, False])["auc"] == 1.0
+    assert agreement([0.3, 0.3], [True, False])["auc"] == 0.5 and agreement([0.3], [True])["auc"] is None
