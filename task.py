@@ -467,9 +467,15 @@ def load_task_file(path: str) -> Task:
             raise ValueError(f"--task={path}: verify must be a function (prompt, response) -> bool")
 
         def make(rng, make_prompt=module.make_prompt):
-            p = make_prompt(rng)
+            try:
+                p = make_prompt(rng)
+            except Exception as e:
+                raise ValueError(f"--task={path}: make_prompt failed: {type(e).__name__}: {e}") from None
+            if not (isinstance(p, Prompt) or (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str))):
+                raise ValueError(f"--task={path}: make_prompt returned {p!r:.60}, not a (question, answer) pair")
             question, answer = (p.question, p.answer) if isinstance(p, Prompt) else p
             return Prompt(question, tuple(answer) if isinstance(answer, list) else answer, path)
+        make(random.Random(0))                    # a broken generator says so now, before any model is loaded
         task = Task(path, getattr(module, "description", f"custom task {file.name}"), make, verify or by_answer_type)
     TASKS[path] = task
     return task
@@ -478,7 +484,10 @@ def load_task_file(path: str) -> Task:
 def read_jsonl_task(file: Path, name: str) -> list[Prompt]:
     """The prompts of a .jsonl task file; one line naming the problem for a bad file."""
     records, first_line = [], {}
-    lines = file.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -100,6 +100,26 @@ def test_bad_module_gives_one_line(tmp_path, source, words):
     one_line(e, str(path), *words)
 
 
+@pytest.mark.parametrize("body,words", [
+    ("    return 'just a question'\n", ["make_prompt returned", "not a (question, answer) pair"]),
+    ("    return 1 / 0\n", ["make_prompt failed", "ZeroDivisionError"]),
+])
+def test_bad_make_prompt_gives_one_line(tmp_path, body, words):
+    path = tmp_path / "mine.py"
+    path.write_text("def make_prompt(rng):\n" + body)
+    with pytest.raises(ValueError) as e:
+        get_task(str(path))                         # train.py checks the task before loading any model
+    one_line(e, str(path), *words)
+
+
+def test_jsonl_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"question": "caf\u00e9?", "answer": 1}\n'.encode("latin-1"))
+    with pytest.raises(ValueError) as e:
+        get_task(str(path))
+    one_line(e, "not UTF-8")
+
+
 def test_missing_task_file(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         get_task(str(tmp_path / "nope.jsonl"))

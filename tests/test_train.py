@@ -36,6 +36,18 @@ def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monke
     assert "graded by the task's verifier" in printed and "exact format" in printed
 
 
+@pytest.mark.parametrize("beta", [0.04, 0.0])
+def test_judge_component_in_a_run(tiny_checkpoint, tmp_path, beta):
+    """--reward_weights=correct:1,judge:1: the frozen reference judges (a frozen copy when beta = 0 has none);
+    the judge's mean is logged and the total is the weights' mean of the two."""
+    cfg = tiny_config(tiny_checkpoint, tmp_path, steps=1, reward_weights="correct:1,judge:1")
+    cfg.grpo.beta = beta
+    train(cfg)
+    line = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert 0.0 < line["reward/judge"] < 1.0
+    assert line["reward"] == pytest.approx((line["reward/correct"] + line["reward/judge"]) / 2)
+
+
 @pytest.mark.parametrize("kind", ["py", "jsonl"])
 def test_custom_task_end_to_end(tiny_checkpoint, tmp_path, capsys, monkeypatch, kind):
     """python train.py --task=path/to/my_task.py (or data.jsonl): a whole run on the tiny model."""
@@ -102,6 +114,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     (["--reward_weights=correct:1,style:2"], ["--reward_weights", "'style'"]),
     (["--reward_weights=correct:-1"], ["--reward_weights", ">= 0"]),
     (["--task=missing.jsonl"], ["missing.jsonl", "no such file"]),
+    (["--reward_weights=correct:1,judge:1", "--judge=nope"], ["--judge=nope", "no such checkpoint"]),
 ])
 def test_bad_input_is_one_line(args, words):
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
