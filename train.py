@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import checkpoint
 from eval import GRADER, evaluate, format_examples
 from grpo import GRPOConfig, completion_logprobs, grpo_loss, rollout, step_metrics
-from load_weights import check_fits, load_model
+from load_weights import check_fits, load_model, resolve_model
 from model import pick_device, pick_dtype
 from task import WeightedReward, get_task, make_dataset, parse_weights
 
@@ -144,6 +144,7 @@ def validate(cfg):
         if name in ALLOWED and not ALLOWED[name][1](value):
             raise ValueError(f"--{name}={value}: {name} must be {ALLOWED[name][0]}")
     cfg.grpo.validate()
+    resolve_model(cfg.model)                      # a mistyped --model, before an earlier run is moved aside
     get_task(cfg.task)
     weights = parse_weights(cfg.reward_weights)
     if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():

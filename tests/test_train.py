@@ -109,6 +109,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     (["--bogus=1"], ["--bogus"]),
     (["--steps=many"], ["many", "--steps"]),
     (["--model=gpt5"], ["gpt5"]),
+    (["--model=distilgpt2"], ["distilgpt2 is not downloaded"]),
     (["--temperature=-1"], ["--temperature=-1.0", ">= 0"]),
     (["--device=foo"], ["--device=foo", "cpu"]),
     (["--reward_weights=correct:1,style:2"], ["--reward_weights", "'style'"]),
@@ -116,13 +117,20 @@ def test_help_lists_every_option_with_its_default(capsys):
     (["--task=missing.jsonl"], ["missing.jsonl", "no such file"]),
     (["--reward_weights=correct:1,judge:1", "--judge=nope"], ["--judge=nope", "no such checkpoint"]),
 ])
-def test_bad_input_is_one_line(args, words):
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_bad_input_is_one_line(args, words, tmp_path):
+    """One line, and an earlier run in the out_dir left where it is (it is moved aside only once the settings
+    are known to be good)."""
+    earlier = tmp_path / "run"
+    (earlier / "checkpoint-000001").mkdir(parents=True)
+    (earlier / "log.jsonl").write_text('{"step": 1}\n')
+    proc = subprocess.run([sys.executable, "train.py", f"--out_dir={earlier}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:"), err
     for w in words:
         assert w in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (earlier / "log.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------- optimizer and parts
