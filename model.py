@@ -456,12 +456,13 @@ def generate(model, prompts, num_samples=1, max_new_tokens=32, temperature=1.0, 
     out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
     rows = torch.arange(N, device=device)       # the rows of `out` still in the batch, which shrinks as rows end
     done = torch.zeros(N, dtype=torch.bool, device=device)
+    stops = stop_tensor(eos_id, device) if eos_id is not None else None     # once, not once per token
     for t in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_k, top_p, gens)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         out[rows, t] = tok
-        if eos_id is not None:
-            done |= torch.isin(tok, stop_tensor(eos_id, device))
+        if stops is not None:
+            done |= torch.isin(tok, stops)
         if done.all() or t == max_new_tokens - 1:
             break
         if 4 * done.sum() >= len(rows):         # a quarter of the rows has ended: stop computing them
