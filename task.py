@@ -144,15 +144,14 @@ MAX_DIGITS = 100          # no answer is longer; a longer run reads as a number 
 # What may stand between two numbers, read as one claim: an operator joins them into an expression
 # ("3 + 5", "the sum of 3 and 5"), a relation states something checkable ("= 8", "is larger than 42").
 OPERATOR_RE = re.compile(r"\s*(\+|plus|and|-|−|minus|\*|×|x|times|/|÷|divided by)\s*", re.I)
-RELATIONS = [  # (name, pattern), tried in order on the whole text between two numbers
-    ("<=", r"\s*(?:is\s+)?not\s+(?:larger|bigger|greater|more|higher)\s+than\s*|\s*(?:<=|≤)\s*"),
-    (">=", r"\s*(?:is\s+)?not\s+(?:smaller|less|lower|fewer)\s+than\s*|\s*(?:>=|≥)\s*"),
-    (">", r"\s*(?:is\s+)?(?:larger|bigger|greater|more|higher)\s+than\s*|\s*>\s*"),
-    ("<", r"\s*(?:is\s+)?(?:smaller|less|lower|fewer)\s+than\s*|\s*<\s*"),
-    ("=", r"\s*(?:=|is equal to|equals|is|makes?|gives)\s*"),
-]
 WHICH = r"(?:,?\s*which)?"      # "57, which is larger than 42"
-RELATIONS = [(name, re.compile(WHICH + pattern if name != "=" else pattern, re.I)) for name, pattern in RELATIONS]
+RELATIONS = [(name, re.compile(pattern, re.I)) for name, pattern in [   # tried in order on the text between two numbers
+    ("<=", WHICH + r"\s*(?:is\s+)?not\s+(?:larger|bigger|greater|more|higher)\s+than\s*|\s*(?:<=|≤)\s*"),
+    (">=", WHICH + r"\s*(?:is\s+)?not\s+(?:smaller|less|lower|fewer)\s+than\s*|\s*(?:>=|≥)\s*"),
+    (">", WHICH + r"\s*(?:is\s+)?(?:larger|bigger|greater|more|higher)\s+than\s*|\s*>\s*"),
+    ("<", WHICH + r"\s*(?:is\s+)?(?:smaller|less|lower|fewer)\s+than\s*|\s*<\s*"),
+    ("=", r"\s*(?:=|is equal to|equals|is|makes?|gives)\s*"),
+]]
 NEGATION_RE = re.compile(r"\b(?:not|n't|never|no)\s*$", re.I)     # "not 57": a number denied, not asserted
 HOLDS = {"=": lambda a, b: a == b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
          ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
