@@ -89,7 +89,7 @@ def _fmt(x):
 def main(argv=None):
     from eval import complete, load_policy
     from load_weights import load_model
-    from model import pick_dtype
+    from model import pick_device, pick_dtype
     from task import get_task, is_correct, make_dataset
 
     ap = argparse.ArgumentParser(description="Agreement of the LLM judge with the task's verifier.")
@@ -101,13 +101,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         get_task(args.task)
-        judge, tok = load_model(args.model, "cpu")
-        dtype = pick_dtype("auto", torch.device("cpu"))
+        device = pick_device("auto")                # as train.py and eval.py: cuda, then mps, then cpu
+        dtype = pick_dtype("auto", device)
+        judge, tok = load_model(args.model, device)
         judge = judge.to_compute_dtype(dtype)
         _, eval_set = make_dataset(args.task, n_eval=args.n_eval)
         policies = {"base": judge}
         if args.checkpoint:
-            policies["trained"] = load_policy(args.model, args.checkpoint, "cpu")[0].to_compute_dtype(dtype)
+            policies["trained"] = load_policy(args.model, args.checkpoint, device)[0].to_compute_dtype(dtype)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     report = {"command": "python judge.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -13,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import machine  # noqa: E402
 from eval import GRADER, evaluate  # noqa: E402
 from load_weights import load_model  # noqa: E402
-from model import pick_dtype  # noqa: E402
+from model import pick_device, pick_dtype  # noqa: E402
 from task import TASKS, make_dataset  # noqa: E402
 
 
@@ -31,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--out", default="results/baseline.json")
     args = ap.parse_args(argv)
-    device = torch.device("cpu")
+    device = pick_device("auto")                    # as train.py and eval.py: cuda, then mps, then cpu
     model, tok = load_model("smollm2", device)
     dtype = pick_dtype("auto", device)
     model.to_compute_dtype(dtype)
