@@ -42,18 +42,20 @@ def evaluate(model, tok, prompts, samples=0, temperature=1.0, max_new_tokens=32,
              n_examples=5, reward_fn=get_reward, progress=None):
     """{'accuracy': greedy accuracy (the task's verifier), 'format': share of greedy replies that are exactly the
     answer, 'reward': greedy mean reward (reward_fn), 'sampled_accuracy' (when samples > 0), 'completion_chars':
-    mean greedy completion length in characters, 'examples': [(question, output, reward, right)]}.
+    mean greedy completion length in characters, 'examples': the first n_examples [(question, output, reward, right)],
+    'wrong_examples': the first n_examples of those that are wrong}.
     progress: a function called with a line of text before each pass (train.py prints it)."""
     if progress:
         progress(f"  greedy completions for {len(prompts)} held-out prompts ...")
     greedy = complete(model, tok, prompts, 1, 0.0, max_new_tokens, system_prompt)
     rewards = reward_fn(prompts, greedy)
     right = [is_correct(p, t) for p, t in zip(prompts, greedy)]
+    examples = list(zip([p.question for p in prompts], greedy, rewards, right))
     result = {"accuracy": sum(right) / len(prompts),
               "format": sum(format_reward(prompts, greedy)) / len(prompts),
               "reward": sum(rewards) / len(prompts),
               "completion_chars": sum(len(t) for t in greedy) / len(greedy),
-              "examples": list(zip([p.question for p in prompts], greedy, rewards, right))[:n_examples]}
+              "examples": examples[:n_examples], "wrong_examples": [e for e in examples if not e[3]][:n_examples]}
     if samples > 0:
         if progress:
             progress(f"  {samples} sampled completions each ...")
