@@ -345,7 +345,39 @@ def step_metrics(batch, kl, clipped, group_size):
 
 
 def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):
-    """One GRPO step without an optimizer step: rollout, then the loss (mu = 1). Returns (loss, metrics, batch)."""
-    batch = rollout(policy, tok, prompts, reward_fn, cfg, ref_model, seeds)
-    loss, kl, clipped = grpo_loss(policy, batch, cfg)
-    return loss, step_metrics(batch, kl, clipped, cfg.group_size) | {"loss": loss.item()}, batch
+    """One GRPO step without the optimizer step, written out from the functions above: the notebook runs this.
+    Returns (loss, metrics, batch). train.py runs the same math as rollout() + grpo_loss(), which are batched for
+    speed (the prompt run once per group, part by part, mu passes); tests/test_grpo.py checks that they agree.
+    Shapes: B prompts, N = B*G completions of T tokens."""
+    G, device = cfg.group_size, policy.embed.weight.device
+    prompt_tokens = encode_prompts(tok, prompts, cfg.system_prompt)
+    with torch.no_grad():       # 1. sample G completions per prompt: ids (N, T), mask 1 up to and including EOS
+        completion_ids, completion_mask = generate(
+            policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.stop_ids, pad_id=tok.pad_id, seeds=seeds)
+    texts = [tok.decode_completion(ids, m) for ids, m in zip(completion_ids.tolist(), completion_mask.tolist())]
+    # 2. score each completion: r (N,)
+    rewards = torch.tensor(reward_fn([p for p in prompts for _ in range(G)], texts), dtype=torch.float32, device=device)
+    # 3. log pi(o_it | q, o_i<t) of every generated token under the policy (with gradient) and pi_ref: (N, T)
+    prompt_ids, prompt_mask = left_pad(prompt_tokens, tok.pad_id, device)
+    logprobs = plain_completion_logprobs(policy, prompt_ids, prompt_mask, completion_ids, G)
+    kl = ref_logprobs = None
+    if cfg.beta > 0:
+        with torch.no_grad():
+            ref_logprobs = plain_completion_logprobs(ref_model, prompt_ids, prompt_mask, completion_ids, G)
+        kl = kl_per_token(logprobs, ref_logprobs, cfg.kl_estimator)                          # (N, T)
+    # 4. group-relative advantages A_i (N,), of r_i - beta * sum_t KL_it when the KL is a reward penalty
+    shaped = rewards - cfg.beta * (kl.detach() * completion_mask).sum(1) if kl is not None and cfg.kl_mode == "reward" \
+        else rewards
+    advantages = group_advantages(shaped, G, cfg.scale_rewards, cfg.adv_eps)
+    loss_mask = completion_mask.clone()
+    if cfg.drop_zero_std_groups:            # equal rewards: nothing to prefer, left out of the loss
+        loss_mask[zero_std_groups(rewards, G)] = 0
+    # 5. the loss: mu = 1, so pi_old = pi (ratio 1 in value) and its gradient is -A_i grad log pi (+ beta grad KL)
+    per_token, clipped = ppo_clip_loss(logprobs, logprobs.detach(), advantages, cfg.clip_eps)
+    if kl is not None and cfg.kl_mode == "loss":
+        per_token = per_token + cfg.beta * kl
+    loss = aggregate_loss(per_token, loss_mask, cfg.loss_agg, cfg.max_new_tokens)
+    batch = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, advantages, loss_mask,
+                    ref_logprobs, None, texts, {})
+    return loss, step_metrics(batch, kl, clipped, G) | {"loss": loss.item()}, batch

@@ -482,6 +482,31 @@ def test_config_validate_names_the_bad_value(field, value):
     one_line(e, str(value))
 
 
+@pytest.mark.parametrize("settings", [dict(beta=0.0), dict(beta=0.1, loss_agg="token_mean"),
+                                      dict(beta=0.1, kl_mode="reward", kl_estimator="k1"),
+                                      dict(beta=0.1, drop_zero_std_groups=True, loss_agg="seq_sum"),
+                                      dict(beta=0.1, loss_agg="constant", scale_rewards=False)])
+def test_written_out_step_equals_the_batched_path(settings):
+    """Oracle: train.py's path, rollout + grpo_loss (one prompt pass per group, no log-prob after EOS), on the
+    same seeds: the same completions, rewards, advantages and loss, and the same parameter gradients (fp32, 1e-5)."""
+    policy = tiny()
+    ref = perturbed(policy, scale=0.1)
+    cfg = GRPOConfig(group_size=4, max_new_tokens=5, **settings)
+    prompts, seeds = [Prompt("ab", 0), Prompt("xyz", -1), Prompt("hello", 0)], [1, 2, 3]
+    loss, metrics, batch = grpo_step(policy, FakeTok(), prompts, frac_target, cfg, ref_model=ref, seeds=seeds)
+    loss.backward()
+    written = grads(policy).clone()
+    policy.zero_grad()
+    fast = rollout(policy, FakeTok(), prompts, frac_target, cfg, ref_model=ref, seeds=seeds)
+    fast_loss = grpo_loss(policy, fast, cfg)[0]
+    fast_loss.backward()
+    assert batch.texts == fast.texts and torch.equal(batch.rewards, fast.rewards)
+    assert torch.equal(batch.loss_mask, fast.loss_mask)
+    assert (batch.advantages - fast.advantages).abs().max() <= 1e-5
+    assert abs(loss.item() - fast_loss.item()) <= 1e-5 and metrics["loss"] == loss.item()
+    assert (written - grads(policy)).abs().max() <= 1e-5 * max(1.0, written.abs().max().item())
+
+
 def test_grpo_step_empty_prompt_list():
     """Oracle: one line saying the prompt list is empty."""
     with pytest.raises(ValueError) as e:
