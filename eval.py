@@ -17,7 +17,7 @@ import torch
 from checkpoint import run_config, weights_path
 from load_weights import check_fits, load_model, read_safetensors
 from model import generate, pick_device, pick_dtype
-from task import WeightedReward, format_reward, get_reward, get_task, is_correct, make_dataset, parse_weights
+from task import WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset, parse_weights
 
 GRADER = "the task's verifier"     # what every accuracy below counts (task.py)
 
@@ -52,7 +52,7 @@ def evaluate(model, tok, prompts, samples=0, temperature=1.0, max_new_tokens=32,
     right = [is_correct(p, t) for p, t in zip(prompts, greedy)]
     examples = list(zip([p.question for p in prompts], greedy, rewards, right))
     result = {"accuracy": sum(right) / len(prompts),
-              "format": sum(format_reward(prompts, greedy)) / len(prompts),
+              "format": sum(ok and is_exact(p, t) for p, t, ok in zip(prompts, greedy, right)) / len(prompts),
               "reward": sum(rewards) / len(prompts),
               "completion_chars": sum(len(t) for t in greedy) / len(greedy),
               "examples": examples[:n_examples], "wrong_examples": [e for e in examples if not e[3]][:n_examples]}

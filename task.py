@@ -408,9 +408,13 @@ class WeightedReward:
 
 
 def get_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
-    """The reward with the default weights: 1.0 for exactly the right answer ("57"), 0.5 for a right answer in
-    a true sentence ("57 is larger than 42."), 0.0 for anything wrong, false or hedged."""
-    return WeightedReward()(prompts, responses)
+    """r = (correct + format) / 2, the default --reward_weights written out (WeightedReward computes any
+    weighting): 1.0 for exactly the right answer ("57"), 0.5 for a right answer in a true sentence ("57 is larger
+    than 42."), 0.0 for anything wrong, false or hedged."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    correct, exact = correct_reward(prompts, responses), format_reward(prompts, responses)
+    return [(c + f) / 2 for c, f in zip(correct, exact)]
 
 
 # ----------------------------------------------------------------------------- tasks and datasets

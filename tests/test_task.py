@@ -61,6 +61,12 @@ def test_get_reward_range_and_errors():
         get_reward([LARGER, LARGER], ["57"])
 
 
+def test_get_reward_is_the_default_weighted_reward():
+    """Oracle: WeightedReward with the default weights (what train.py uses) on every audit case."""
+    prompts, responses = [p for p, *_ in AUDIT_CASES], [r for _, r, *_ in AUDIT_CASES]
+    assert get_reward(prompts, responses) == WeightedReward()(prompts, responses)
+
+
 def test_format_alone_never_pays():
     """A wrong answer in exactly the requested format earns nothing, under any weights."""
     for weights in [None, {"correct": 1, "format": 0.5}, {"format": 1}, {"correct": 0, "format": 3}]:
