@@ -385,13 +385,14 @@ class WeightedReward:
     """reward = sum_k w_k * component_k / sum_k w_k, in [0, 1]; callable like get_reward.
 
     components() returns each component's rewards too, so that a run can log each one's mean beside the total
-    (TRL's rewards/<name>/mean). `judge` is a component function (judge.make_judge); needed iff weighted."""
+    (TRL's rewards/<name>/mean). `judge` is a component function (judge.make_judge); needed iff weighted.
+    `functions` replaces COMPONENTS' functions by name (the notebook grades with its own copies)."""
 
-    def __init__(self, weights: dict[str, float] | None = None, judge=None):
+    def __init__(self, weights: dict[str, float] | None = None, judge=None, functions=None):
         self.weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         if self.weights.get("judge", 0) > 0 and judge is None:
             raise ValueError("the judge component needs a judge model (see judge.py)")
-        self.functions = COMPONENTS | ({"judge": judge} if judge is not None else {})
+        self.functions = COMPONENTS | (functions or {}) | ({"judge": judge} if judge is not None else {})
 
     def components(self, prompts: list[Prompt], responses: list[str]) -> dict[str, list[float]]:
         if len(prompts) != len(responses):
@@ -646,12 +647,13 @@ def _short(text: str, n: int) -> str:
     return r if len(r) <= n else r[:n - 3] + "..."
 
 
-def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print) -> tuple[int, int]:
+def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print, functions=None) -> tuple[int, int]:
     """Grade every audit case with each component, one row each, and return (false positives, false
     negatives): replies the reward pays more than a fair grader would (the expected values), and less. A row
-    whose kind starts with "known" is a documented strictness of the verifier: marked and counted apart."""
+    whose kind starts with "known" is a documented strictness of the verifier: marked and counted apart.
+    functions: {component name: function} to grade with instead of COMPONENTS' (see WeightedReward)."""
     cases = AUDIT_CASES if cases is None else cases
-    reward = WeightedReward(weights)
+    reward = WeightedReward(weights, functions=functions)
     false_pos = false_neg = known = 0
     task = None
     for prompt, response, kind, want_correct, want_format in cases:
@@ -677,9 +679,9 @@ def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print) -> 
     return false_pos, false_neg
 
 
-def sanity_check(task: str = "larger", print_fn: Callable[[str], None] = print) -> bool:
+def sanity_check(task: str = "larger", print_fn: Callable[[str], None] = print, functions=None) -> bool:
     """One task's part of the audit; True iff the verifier and format agree with every expected value."""
-    return audit([c for c in AUDIT_CASES if c[0].task == task], print_fn=print_fn) == (0, 0)
+    return audit([c for c in AUDIT_CASES if c[0].task == task], print_fn=print_fn, functions=functions) == (0, 0)
 
 
 def main(argv=None):

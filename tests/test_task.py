@@ -45,6 +45,16 @@ def test_audit_reports_a_lenient_verifier(monkeypatch):
     assert sanity_check("larger", print_fn=lambda s: None) is False
 
 
+def test_audit_grades_with_the_functions_given():
+    """The notebook audits its own pasted copies: a lenient correct component given by name is the one graded."""
+    cases = [c for c in AUDIT_CASES if c[0].task == "larger"]
+    lenient = lambda prompts, replies: [float(str(p.answer) in r) for p, r in zip(prompts, replies)]
+    assert audit(cases, print_fn=lambda s: None) == (0, 0)
+    assert audit(cases, print_fn=lambda s: None, functions={"correct": lenient})[0] >= 2
+    assert sanity_check("larger", print_fn=lambda s: None, functions={"correct": lenient}) is False
+    assert sanity_check("larger", print_fn=lambda s: None, functions={"correct": correct_reward}) is True
+
+
 def test_the_issue_examples_score_as_a_fair_grader_would():
     assert get_reward([Prompt("Which is larger, 15 or 43? Answer with just the number.", 43, "larger")],
                       ["15 is larger than 43."]) == [0.0]
