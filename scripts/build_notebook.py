@@ -97,8 +97,10 @@ from load_weights import load_model
 from model import pick_device, pick_dtype
 from train import cast_for_training
 
-# Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run.
+# Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run; TINYGRPO_NB_MODEL runs the cells on
+# another model (the tests use a tiny random one).
 SMOKE = os.environ.get("TINYGRPO_NB_SMOKE") == "1"
+MODEL = os.environ.get("TINYGRPO_NB_MODEL", "smollm2")
 TASK, SEED, LR = "larger", 0, 5e-5
 STEPS, BATCH_PROMPTS, LOG_EVERY = (2, 2, 1) if SMOKE else (24, 8, 4)
 N_TRAIN, N_EVAL, EVAL_SAMPLES = (100, 5, 2) if SMOKE else (1000, 200, 4)
@@ -107,13 +109,13 @@ cfg = GRPOConfig(group_size=2 if SMOKE else 8, max_new_tokens=8 if SMOKE else 32
 torch.manual_seed(SEED)
 device = pick_device("auto")                    # the first of cuda, mps, cpu that is there
 dtype = pick_dtype("auto", device)              # bf16 where it is fast (CUDA GPU, AMX CPU), else fp32
-policy, tok = load_model("smollm2", device)     # fp32 weights, as loaded
+policy, tok = load_model(MODEL, device)         # fp32 weights, as loaded
 # the policy samples and trains in the compute dtype; its AdamW keeps the fp32 weights
 optimizer = cast_for_training(policy, dtype, lr=LR, weight_decay=0.0)
 ref_model = copy.deepcopy(policy).requires_grad_(False)   # frozen pi_ref: the KL term, and cell 7's baseline
 
 print(("SMOKE RUN (tiny settings) | " if SMOKE else "") + f"device {device}, compute dtype {dtype}")
-print(f"SmolLM2-135M-Instruct: {policy.num_params():,} parameters")
+print(f"{MODEL}: {policy.num_params():,} parameters")
 print("architecture:", ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(policy.cfg).items()))
 print(f"steps {STEPS}, B = {BATCH_PROMPTS} prompts x G = {cfg.group_size} samples, lr {LR}, "
       f"beta {cfg.beta} ({cfg.kl_estimator}), max {cfg.max_new_tokens} new tokens")"""
@@ -131,7 +133,8 @@ for p in train_set[:3]:
 print("what the model reads:", repr(tok.decode(tok.chat_prompt(train_set[0].question, system=cfg.system_prompt))))"""
 
 REWARD = """\
-{{imports: task.WeightedReward, task.read_claims, task.verifier_for, task.is_exact, task.sanity_check}}
+from dataclasses import replace
+{{imports: task.TASKS, task.read_claims, task.is_correct, task.is_exact, task.sanity_check}}
 
 {{task.verify_number}}
 
@@ -144,24 +147,33 @@ REWARD = """\
 
 {{task.get_reward}}
 
+
+# From here on the task checks its replies with the verify_number above (task.TASKS holds task.py's copy),
+# and the audit grades with the components above: this notebook runs the functions it shows.
+TASKS[TASK] = replace(TASKS[TASK], verify=verify_number)
 # The default task's part of the audit (python task.py --audit has every task's): each hard case with each
 # component's reward and the expected one; sanity_check is True iff none disagrees.
-assert sanity_check("larger")
+assert sanity_check(TASK, functions={"correct": correct_reward, "format": format_reward})
 p = train_set[0]
 print(f"\\n{p.question!r} (answer {p.answer}):", get_reward([p] * 3, [str(p.answer), f"The answer is {p.answer}.", "0"]))"""
 
 GRPO_STEP = """\
-{{imports: grpo.rollout, grpo.step_metrics}}
+{{imports: grpo.Rollout, model.generate, model.left_pad}}
 
-# rollout (sampling, rewards, advantages), step_metrics (what we log) and completion_logprobs (forward passes)
-# are imported; they call
-# grpo.py's own copies of the functions below, which tests/test_notebook.py checks are identical.
-
+# Every function this step calls is defined in this cell or cell 4, except the model's own primitives:
+# generate (the KV-cache sampler), left_pad, the decoder's forward, and the tokenizer. train.py runs the same
+# math batched for speed (grpo.rollout + grpo.grpo_loss; tests/test_grpo.py checks that they agree).
 
 {{grpo.group_advantages}}
 
 
+{{grpo.zero_std_groups}}
+
+
 {{grpo.token_logprobs}}
+
+
+{{grpo.plain_completion_logprobs}}
 
 
 {{grpo.kl_per_token}}
@@ -173,7 +185,10 @@ GRPO_STEP = """\
 {{grpo.aggregate_loss}}
 
 
-{{grpo.grpo_loss}}
+{{grpo.step_metrics}}
+
+
+{{grpo.encode_prompts}}
 
 
 {{grpo.grpo_step}}
@@ -183,7 +198,7 @@ GRPO_STEP = """\
 prompts = train_set[:BATCH_PROMPTS]
 loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)
 G = cfg.group_size
-print("rewards per group:", " ".join("".join(str(int(r)) for r in g) for g in batch.rewards.view(-1, G).tolist()))
+print("rewards per group:", " | ".join(" ".join(f"{r:g}" for r in g) for g in batch.rewards.view(-1, G).tolist()))
 print(f"advantages {tuple(batch.advantages.shape)}; group 0: {[round(a, 2) for a in batch.advantages[:G].tolist()]}")
 print(f"completions {tuple(batch.completion_ids.shape)}; first: {batch.texts[0]!r}")
 loss.backward()
@@ -200,16 +215,15 @@ import matplotlib.pyplot as plt
 rng, history, t0 = random.Random(SEED), [], time.time()
 for step in range(1, STEPS + 1):
     prompts = rng.sample(train_set, BATCH_PROMPTS)
-    batch = rollout(policy, tok, prompts, get_reward, cfg, ref_model)
-    loss, kl, clipped = grpo_loss(policy, batch, cfg)
+    loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)   # cell 5's step
     loss.backward()
     optimizer.step(max_grad_norm=1.0)     # clip, AdamW on the fp32 masters, copy them into the policy, free grads
-    history.append(step_metrics(batch, kl, clipped, G) | {"loss": loss.item(), "step": step})
+    history.append(metrics | {"step": step})
     if step % LOG_EVERY == 0 or step == STEPS:
         last = history[-LOG_EVERY:]
-        avg = {key: fmean(h[key] for h in last) for key in ("reward", "loss", "kl", "completion_len")}
-        print(f"step {step:3d} | reward {avg['reward']:.3f} | loss {avg['loss']:+.4f} | kl {avg['kl']:.4f} | "
-              f"len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
+        avg = {key: fmean(h[key] for h in last) for key in ("reward", "frac_reward_zero_std", "loss", "kl", "completion_len")}
+        print(f"step {step:3d} | reward {avg['reward']:.3f} zero {avg['frac_reward_zero_std']:.2f} | loss {avg['loss']:+.4f} "
+              f"| kl {avg['kl']:.4f} | len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
 
 rewards = [h["reward"] for h in history]
 k = max(1, len(rewards) // 6)
@@ -222,6 +236,7 @@ ax.legend(loc="lower right", fontsize=8)
 plt.show()"""
 
 EVALUATE = """\
+import json
 from eval import evaluate, format_examples
 
 # greedy accuracy / mean reward, and sampled accuracy (EVAL_SAMPLES per prompt at the training temperature)
@@ -229,15 +244,24 @@ opts = dict(samples=EVAL_SAMPLES, temperature=cfg.temperature, max_new_tokens=cf
             system_prompt=cfg.system_prompt, reward_fn=get_reward)
 base = evaluate(ref_model, tok, eval_set, **opts)       # ref_model: the untouched starting weights
 tuned = evaluate(policy, tok, eval_set, **opts)         # the trained weights, same dtype
-print(f"{f'{len(eval_set)} held-out prompts':30} {'base':>6} {'GRPO':>6}")
-for key, label in [("accuracy", "greedy accuracy"), ("reward", "greedy mean reward"),
+print(f"{f'{len(eval_set)} held-out prompts':30} {'base':>6} {'GRPO':>6}   (graded by the task's verifier)")
+for key, label in [("accuracy", "greedy accuracy"), ("format", "exactly the answer"), ("reward", "greedy mean reward"),
                    ("sampled_accuracy", f"sampled accuracy (k={EVAL_SAMPLES})"),
                    ("completion_chars", "mean answer length (chars)")]:
     print(f"  {label:28} {base[key]:6.3f} {tuned[key]:6.3f}")
 print("\\nbase model:  prompt -> output -> reward")
-print(format_examples(base["examples"]))
+print(format_examples(base["examples"], width=90))
 print("GRPO model:  prompt -> output -> reward")
-print(format_examples(tuned["examples"]))"""
+print(format_examples(tuned["examples"], width=90))
+print("GRPO model, its first wrong answers:")
+print(format_examples(tuned["wrong_examples"][:3], width=90) or "  (none)")
+# what cell 8 quotes, written where scripts/build_notebook.py reads it when it fills in the analysis
+if not SMOKE and MODEL == "smollm2":
+    run = {"command": "python scripts/run_notebook.py", "steps": STEPS, "batch_prompts": BATCH_PROMPTS,
+           "group_size": cfg.group_size, "n_eval": len(eval_set), "history": history,
+           "base": {k: v for k, v in base.items()}, "tuned": {k: v for k, v in tuned.items()}}
+    with open("results/notebook_run.json", "w") as f:
+        json.dump(run, f, indent=1)"""
 
 ANALYSIS = """\
 ## Analysis

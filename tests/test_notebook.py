@@ -5,8 +5,12 @@ Fast: reads the committed notebook; nothing here executes it (scripts/run_notebo
 """
 import ast
 import importlib.util
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -20,7 +24,8 @@ KINDS = ["markdown", "markdown", "code", "code", "code", "code", "code", "code",
 HEADER = {"format": {"html": {"code-fold": True}}, "jupyter": "python3"}
 # cell index -> what the lesson must show pasted there
 PASTED = {4: {"verify_number", "correct_reward", "format_reward", "get_reward"},
-          5: {"group_advantages", "token_logprobs", "kl_per_token", "ppo_clip_loss", "aggregate_loss", "grpo_step"}}
+          5: {"group_advantages", "zero_std_groups", "token_logprobs", "plain_completion_logprobs", "kl_per_token",
+              "ppo_clip_loss", "aggregate_loss", "step_metrics", "encode_prompts", "grpo_step"}}
 RUN_IT = "execute it with `python scripts/run_notebook.py` (rebuilds, runs from a clean kernel, renders)"
 
 
@@ -135,6 +140,25 @@ def test_the_generator_pastes_module_source():
     assert [c.cell_type for c in nb.cells] == KINDS
     for i in PASTED:
         assert pasted_mismatches(nb.cells[i].source, defs, all_constants()) == []
+
+
+def test_no_pasted_function_is_shadowed_at_run_time(tmp_path, tiny_checkpoint):
+    """Run the built notebook's code cells (smoke settings, the tiny random model) under a profiler: every function
+    a cell defines ran, and only as the cell's own copy, never as a module's (a module function calling its
+    module's copy, or a registry holding it, would show the module's file here)."""
+    build = load_script("build_notebook")
+    nb_path, out = tmp_path / "nb.ipynb", tmp_path / "calls.json"
+    nbformat.write(build.build(), str(nb_path))
+    env = os.environ | {"TINYGRPO_NB_SMOKE": "1", "TINYGRPO_NB_MODEL": str(tiny_checkpoint), "OMP_NUM_THREADS": "1",
+                        "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, str(ROOT / "tests" / "notebook_trace.py"), str(nb_path), str(out)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["defined"]) >= set().union(*PASTED.values())
+    for name, cell in result["defined"].items():
+        assert result["calls"][name], f"{name} (cell {cell}) never ran"
+        assert result["calls"][name] == [f"<cell {cell}>"], f"{name}: a module's copy ran: {result['calls'][name]}"
 
 
 # ----------------------------------------------------------------------------- structure
