@@ -66,6 +66,13 @@ def summarise(runs):
     return summary
 
 
+def write(results, path):
+    """The results with their per-G summary, rewritten whole."""
+    results["summary"] = summarise(results["runs"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", default="2,4,8,16")
@@ -108,11 +115,10 @@ def main(argv=None):
             if out["before"] is not None:
                 results["accuracy_before"][str(seed)] = out["before"]["accuracy"]
             results["runs"].append(run_record(G, seed, cfg, out, time.time() - t))
-            results["summary"] = summarise(results["runs"])
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out_path.write_text(json.dumps(results, indent=1) + "\n")
+            write(results, out_path)
             for folder in out_dir.glob("checkpoint-*"):     # 0.5 GB of weights a run: keep only the logs
                 shutil.rmtree(folder)
+    write(results, out_path)
     for G, s in results.get("summary", {}).items():
         print(f"G = {G:>2} ({s['seeds']} seeds): accuracy {s['accuracy_after']['mean']:.1%} "
               f"[{s['accuracy_after']['min']:.1%}, {s['accuracy_after']['max']:.1%}], format "
