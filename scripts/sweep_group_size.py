@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import machine  # noqa: E402
 from eval import GRADER  # noqa: E402
 from train import TrainConfig, train  # noqa: E402
 
@@ -67,7 +68,8 @@ def summarise(runs):
 
 
 def write(results, path):
-    """The results with their per-G summary, rewritten whole."""
+    """The results with their per-G summary, the machine and the date (UTC), rewritten whole."""
+    results |= {"machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
     results["summary"] = summarise(results["runs"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
