@@ -1,8 +1,12 @@
 """Speed figures as JSON (not a test). Each figure names the machine; compare only within one run.
 
-    python bench.py                       # everything below except tta_seeds and trl
-    python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl
-    python bench.py --out=bench.json
+    python bench.py                       # everything below except tta_seeds, trl and ratio
+    python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio
+    python bench.py --out_dir=/tmp/bench  # write the results elsewhere
+
+Each benchmark, once done, is written to results/bench/<benchmark>-<machine>.json (e.g. step-amd-epyc-2threads.json)
+with the machine, the date, the command and the commit; it replaces that benchmark's earlier file for the same
+machine. The dated history of earlier results is results/HISTORY.md.
 
 load     cold (dequantize the GGUF) and warm (cached safetensors) load seconds
 sample   sampled tokens/s at batch 8, 32, 64 with 32 new tokens: ours (fp32, bf16) vs transformers' generate
@@ -22,15 +26,18 @@ import copy
 import json
 import os
 import platform
+import re
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from eval import evaluate
+from eval import GRADER, evaluate
 from grpo import GRPOConfig, rollout
 from load_weights import DEFAULT_SYSTEM, find_smollm2_gguf, load_model, load_smollm2
 from model import generate, pick_dtype
@@ -50,6 +57,46 @@ def machine():
             # the C allocator changes these timings a lot (TRL's most): glibc's unless one is preloaded
             "allocator": " ".join(os.path.basename(p) for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split())
                          or "glibc malloc"}
+
+
+def machine_slug(m):
+    """The machine part of a result's file name, from a machine() record: the GPU's name, else the CPU's with the
+    thread count, and the C allocator where it is not glibc's ('amd-epyc-2threads', 'amd-epyc-2threads-tcmalloc',
+    'nvidia-h200')."""
+    if m["cuda"]:
+        name = m["cuda"]
+    else:   # 'Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz' and 2 threads -> intel-core-i7-8700-2threads
+        name = re.sub(r"\((r|tm)\)|\b(cpu|processor)\b|@.*", " ", m["cpu"], flags=re.I) + f" {m['threads']}threads"
+    if m["allocator"] != "glibc malloc":   # 'libtcmalloc_minimal.so.4' -> tcmalloc
+        name += "".join(" " + re.sub(r"^lib|[_.].*", "", lib) for lib in m["allocator"].split())
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def command_line():
+    """The command that ran this process, with the preloaded allocator if there is one."""
+    preload = f"LD_PRELOAD={os.environ['LD_PRELOAD']} " if os.environ.get("LD_PRELOAD") else ""
+    return preload + shlex.join(["python", os.path.basename(sys.argv[0]), *sys.argv[1:]])
+
+
+def git_commit():
+    """The code's commit ('-dirty' with uncommitted changes), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+    except OSError:   # no git
+        return None
+    return out.stdout.strip() or None
+
+
+def write_result(out_dir, name, result, machine_info, command):
+    """Write one benchmark's result to out_dir/<name>-<machine slug>.json with its machine, date (UTC), command and
+    commit, replacing the file of an earlier run of that benchmark on that machine; returns the path."""
+    record = {"benchmark": name, "machine": machine_info, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+              "command": command, "commit": git_commit(), "result": result}
+    path = Path(out_dir) / f"{name}-{machine_slug(machine_info)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
 
 
 def peak_rss_gib():
@@ -220,7 +267,7 @@ def bench_tta(model, tok, steps=8, dtype_name="auto", seed=0, target=None):
         train_s += run.step(step, seed)["step_s"]
         curve.append({"step": step, "train_s": round(train_s, 1), "accuracy": accuracy()})
     return {"dtype": str(run.dtype).removeprefix("torch."), "eval_prompts": len(run.eval_set), "seed": seed,
-            "curve": curve}
+            "grader": GRADER, "curve": curve}
 
 
 def _trl_worker(steps, dtype_name="fp32", max_completion_length=32):
@@ -313,7 +360,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="load,sample,fwdbwd,step,memory,tta",
                     help="comma-separated: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out_dir", default="results/bench", help="where each benchmark's JSON file goes")
     args = ap.parse_args()
     parts = args.only.split(",")
     try:
@@ -322,6 +369,7 @@ def main():
     except ImportError:
         hf = None
     result = {"machine": machine()}
+    command = command_line()
     model, tok = load_model()
     for name in parts:
         print(f"bench {name} ...", file=sys.stderr)
@@ -348,12 +396,9 @@ def main():
             result[name] = bench_ratio(model, tok)
         else:
             sys.exit(f"error: unknown benchmark {name!r}")
-        print(f"  {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        path = write_result(args.out_dir, name, result[name], result["machine"], command)
+        print(f"  {name}: {time.perf_counter() - t:.0f} s -> {path}", file=sys.stderr)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

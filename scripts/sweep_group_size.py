@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import machine  # noqa: E402
 from eval import GRADER  # noqa: E402
 from train import TrainConfig, train  # noqa: E402
 
@@ -64,6 +65,14 @@ def summarise(runs):
             k: {"mean": statistics.fmean(r[k] for r in mine), "min": min(r[k] for r in mine),
                 "max": max(r[k] for r in mine)} for k in SUMMARISED}
     return summary
+
+
+def write(results, path):
+    """The results with their per-G summary, the machine and the date (UTC), rewritten whole."""
+    results |= {"machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    results["summary"] = summarise(results["runs"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def main(argv=None):
@@ -108,11 +117,10 @@ def main(argv=None):
             if out["before"] is not None:
                 results["accuracy_before"][str(seed)] = out["before"]["accuracy"]
             results["runs"].append(run_record(G, seed, cfg, out, time.time() - t))
-            results["summary"] = summarise(results["runs"])
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out_path.write_text(json.dumps(results, indent=1) + "\n")
+            write(results, out_path)
             for folder in out_dir.glob("checkpoint-*"):     # 0.5 GB of weights a run: keep only the logs
                 shutil.rmtree(folder)
+    write(results, out_path)
     for G, s in results.get("summary", {}).items():
         print(f"G = {G:>2} ({s['seeds']} seeds): accuracy {s['accuracy_after']['mean']:.1%} "
               f"[{s['accuracy_after']['min']:.1%}, {s['accuracy_after']['max']:.1%}], format "
