@@ -6,10 +6,16 @@
 
 Steps: (1) build the cells from scripts/build_notebook.py (unless --no-build: then execute the input notebook
 as it is), (2) run every cell in a fresh python3 kernel with the repository root as working directory and
-write the result to --output, (3) render: `quarto render` when quarto is on PATH, else `jupyter nbconvert`
-to HTML and Markdown, plus `pandoc -t gfm` when pandoc is installed, (4) print the run time and the Markdown
-character count: max(nbconvert Markdown, pandoc GFM), with inline images (data: URIs) left out. Exits 1 if a
-cell fails or the count is >= 40,000.
+write the result to --output, (3) rebuild cell 8 (the analysis), whose numbers are filled in from the results
+files that the run (cell 7: results/notebook_run.json) and the committed scripts wrote, keeping every output,
+(4) render: `quarto render` when quarto is on PATH, else `jupyter nbconvert` to HTML and Markdown, plus
+`pandoc -t gfm` when pandoc is installed, (5) print the run time and the Markdown character count:
+max(nbconvert Markdown, pandoc GFM), with inline images (data: URIs) left out. Exits 1 if a cell fails or the
+count is >= 40,000.
+
+Rendering with nbconvert: cell 0 is Quarto's YAML header (format and options): Quarto consumes it, nbconvert
+shows it as a line of text. nbconvert's HTML loads MathJax (the formulas) from a CDN, so offline they show as TeX
+source; with Debian's libjs-mathjax installed (apt-get install -y libjs-mathjax) the HTML uses that copy instead.
 """
 import argparse
 import re
@@ -24,6 +30,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebook.ipynb"
 MAX_MARKDOWN_CHARS = 40_000
+LOCAL_MATHJAX = Path("/usr/share/javascript/mathjax/MathJax.js")     # Debian's libjs-mathjax
 
 # a base64 data URI (an inline image): `data:image/png;base64,iVBOR...`, up to the closing ) or "
 DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,[A-Za-z0-9+/=\s]*")
@@ -82,9 +89,15 @@ def render(path, out_dir):
         subprocess.run(["quarto", "render", str(path), "--to", "html", "--output-dir", str(out_dir)], check=True)
         written = [out_dir / f"{stem}.html"]
     else:
+        print("rendering with nbconvert (no quarto): cell 0, Quarto's YAML header, shows as text; "
+              + (f"formulas use the local MathJax, {LOCAL_MATHJAX}" if LOCAL_MATHJAX.exists() else
+                 "formulas load MathJax from a CDN (offline they show as TeX; apt-get install -y libjs-mathjax)"))
+        mathjax = [f"--HTMLExporter.mathjax_url=file://{LOCAL_MATHJAX}?config=TeX-AMS_CHTML-full,Safe"] \
+            if LOCAL_MATHJAX.exists() else []
         for fmt in ("html", "markdown"):
             subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", fmt, str(path),
-                            "--output-dir", str(out_dir), "--log-level", "WARN"], check=True)
+                            "--output-dir", str(out_dir), "--log-level", "WARN"] + (mathjax if fmt == "html" else []),
+                           check=True)
         written = [out_dir / f"{stem}.html", out_dir / f"{stem}.md"]
     gfm = pandoc_gfm(path)
     if gfm is not None:
@@ -124,6 +137,11 @@ def main(argv=None):
         if error is not None:
             print(f"FAILED: a cell raised an error:\n{error}", file=sys.stderr)
             return 1
+        if not args.no_build:       # the analysis, with the numbers this run just wrote; outputs kept
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from build_notebook import build
+            nbformat.write(build(keep_outputs_from=path), str(path))
+            print(f"cell 8 filled in from results/ -> {path}")
 
     render_dir = Path(args.render_dir) if args.render_dir else ROOT / "runs" / f"render_{path.stem}"
     for f in render(path, render_dir):

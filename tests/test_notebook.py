@@ -185,6 +185,63 @@ def test_analysis_has_no_placeholders(nb):
     assert not left, f"cell 8 still has placeholders: {left[:3]}"
 
 
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def json_numbers(value):
+    """Every number in a parsed JSON value, as the analysis may print it: 3 -> '3'; 0.9551 -> '1', '0.96',
+    '0.955', '95.5', '96' ... (0-3 decimals, and as a percentage with 0-2), plus the numbers inside its strings."""
+    if isinstance(value, dict):
+        return set().union(set(), *(json_numbers(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(set(), *(json_numbers(v) for v in value))
+    if isinstance(value, str):
+        return set(NUMBER.findall(value))
+    if isinstance(value, bool) or value is None:
+        return set()
+    forms = {str(value)} | {f"{abs(value):.{d}f}" for d in range(4)} | {f"{abs(100 * value):.{d}f}" for d in range(3)}
+    return forms
+
+
+def printed_forms(number):
+    """A printed number and its roundings, as a fraction and as a percentage: '0.9551' -> '0.955', '0.96', '1',
+    '95.5', '96' ..."""
+    decimals = len(number.partition(".")[2])
+    x = float(number)
+    return {number} | {f"{x:.{d}f}" for d in range(decimals)} | {f"{100 * x:.{d}f}" for d in range(max(0, decimals - 1))}
+
+
+def backing_numbers(nb, results=ROOT / "results"):
+    """The numbers that the notebook's outputs print (and their roundings) and the committed results files hold."""
+    known = set()
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") + out.get("data", {}).get("text/plain", "") + out.get("data", {}).get("text/html", "")
+            known |= set().union(set(), *(printed_forms(n) for n in NUMBER.findall(text)))
+    for path in sorted(results.rglob("*.json")):
+        known |= json_numbers(json.loads(path.read_text()))
+    return known
+
+
+def unbacked_numbers(text, known):
+    return sorted(set(NUMBER.findall(text)) - known, key=text.find)
+
+
+def test_every_number_in_the_analysis_is_backed(nb):
+    """Each number cell 8 quotes appears in an output of this notebook or in a committed results file."""
+    missing = unbacked_numbers(nb.cells[8].source, backing_numbers(nb))
+    assert missing == [], f"cell 8 quotes numbers that no output or results file holds: {missing[:10]}"
+
+
+def test_an_unbacked_number_is_caught(nb, tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"accuracy": 0.9551, "runs": [{"G": 16, "reply": "63 is larger."}]}))
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("", outputs=[nbformat.v4.new_output("stream", text="kl 0.3312 | 24 s")]))
+    known = backing_numbers(nb, tmp_path)
+    assert unbacked_numbers("95.5% and 0.96, G = 16, 63; KL 0.33 (0.331), 24 s", known) == []
+    assert unbacked_numbers("accuracy 95.5% -> 97.25%, 12 runs, KL 0.34", known) == ["97.25", "12", "0.34"]
+
+
 # ----------------------------------------------------------------------------- executed
 
 def test_every_code_cell_ran_cleanly(nb):
