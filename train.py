@@ -40,9 +40,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import checkpoint
-import configurator
-from configurator import validate
-from ddp import PolicyLogprobs, broadcast_dtype, init_distributed, local_device, loss_count, mean_across_ranks, step_count
+from configurator import apply_args, usage, validate
+from ddp import (PolicyLogprobs, broadcast_dtype, init_distributed, local_device, loss_count, mean_across_ranks,
+                 step_count)
 from device import pick_dtype
 from eval import GRADER, evaluate, format_examples
 from grpo import GRPOConfig, grpo_loss, rollout, step_metrics
@@ -66,7 +66,7 @@ class TrainConfig:
     grad_clip: float = 1.0         # clip the total gradient norm to this (0 or none: no clipping)
     mu: int = 1                    # optimisation passes over each batch of rollouts
     # data
-    n_train: int = 1000            # training prompts drawn from the task
+    n_train: int = 1000            # training prompts, none of them a held-out one (task.make_dataset)
     n_eval: int = 200              # held-out prompts for the evaluations before and after
     seed: int = 0                  # seeds the train/eval split, each step's prompts and every sample
     # where and in what precision
@@ -85,8 +85,10 @@ class TrainConfig:
 
 def parse_args(argv):
     """A TrainConfig with the --name=value settings of argv (configurator.py)."""
-    return configurator.apply_args(argv, TrainConfig())
+    return apply_args(argv, TrainConfig())
 
+
+# ----------------------------------------------------------------------------- loss, backward, optimizer step
 
 def optimize(policy_pass, optimizer, batch, cfg, world=1):
     """cfg.mu passes over one batch of rollouts; each backpropagates the batch part by part (grpo.Rollout.parts)
@@ -298,7 +300,7 @@ def train(cfg: TrainConfig):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(configurator.usage(__doc__, TrainConfig()))
+        print(usage(__doc__, TrainConfig()))
         return None
     cfg = None
     try:
