@@ -1,13 +1,14 @@
 """Three autograd Functions with their backward written out, to save memory in the training pass.
 
-Autograd keeps every intermediate tensor that a backward could need. These keep only their inputs and one small
-extra each, and rebuild the rest in the backward; the forward is the plain formula, to the bit:
+Autograd keeps every intermediate tensor that a backward could need. These keep their inputs and a little more
+(the norm's 1/RMS per row, the MLP's two projections, the softmax as probabilities) and compute the gradient from
+them; each forward is the plain formula:
     RMSNormFunction    y = x * r * w,  r = 1 / sqrt(mean(x^2) + eps)       model.RMSNorm (Llama)
     SwiGLUFunction     y = (silu(x Wg^T) * (x Wu^T)) Wd^T                   model.MLP (Llama)
     SelectedLogprobs   log_softmax(h W^T)[token]                            grpo.logprobs_from_hidden
 model.py calls the first two only while autograd records (the policy's training pass); sampling and the frozen
-log-probs run its plain lines. tests/test_model.py and tests/test_grpo.py check each backward against finite
-differences and against autograd through the plain formula.
+log-probs run its plain lines, to the same bits. tests/test_model.py checks the norm's and the MLP's backward
+against finite differences and autograd through the plain lines, tests/test_grpo.py the log-prob's against autograd.
 """
 import torch
 import torch.nn.functional as F
