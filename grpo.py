@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from fused import SelectedLogprobs
 from model import generate, left_pad, prefill
 
 
@@ -95,36 +96,9 @@ def token_logprobs(logits, token_ids):
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
 
 
-class SelectedLogprobs(torch.autograd.Function):
-    """log_softmax(hidden @ weight^T)[token] for rows of hidden (n, C), weight (V, C), tokens (n,) -> (n,) fp32.
-
-    The log-softmax runs in fp32 whatever the logits' dtype. The backward is written out,
-        d logp / d logits = onehot(token) - softmax(logits),
-    from the softmax the forward already has (exp of its log-softmax), kept in the compute dtype: no second
-    head matmul and softmax. Only the token's own entry, g (1 - p_token), is taken from the fp32 log-prob:
-    with p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds one (n, V) block per chunk.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, token_ids):
-        logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # (n, V)
-        selected = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
-        if any(ctx.needs_input_grad):               # not for the reference / old log-prob passes
-            ctx.save_for_backward(hidden, weight, token_ids, selected, logprobs.exp_().to(hidden.dtype))
-        return selected
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden, weight, token_ids, selected, probs = ctx.saved_tensors
-        grad_logits = probs * -grad[:, None].to(probs.dtype)                          # -g p
-        rows = torch.arange(token_ids.size(0), device=token_ids.device)
-        # g (1 - p) on each row's own token; an index_put, where scatter_ copies the whole (n, V) block on a CPU
-        grad_logits[rows, token_ids] = (-grad * torch.expm1(selected)).to(probs.dtype)
-        return grad_logits @ weight, grad_logits.t() @ hidden, None
-
-
 def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=None):
-    """token_logprobs(hidden @ weight^T, token_ids) computed only where mask is 1, in chunks of tokens.
+    """token_logprobs(hidden @ weight^T, token_ids) computed only where mask is 1, in chunks of tokens, each by
+    fused.SelectedLogprobs (a backward written out from the forward's own softmax).
 
     hidden (N, T, C), weight (V, C), token_ids and mask (N, T) -> (N, T) fp32, 0 outside the mask.
     Positions after EOS need no log-prob, and the (N, T, V) logits are never held at once. Without gradients

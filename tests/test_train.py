@@ -16,7 +16,9 @@ import train as train_module
 from conftest import ROOT, tiny_config, toy_reward
 from load_weights import load_model
 from model import GPT, GPTConfig
-from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, main, optimize, parse_args, train
+from ddp import PolicyLogprobs
+from optim import MasterAdamW, cast_for_training
+from train import TrainConfig, main, optimize, parse_args, train
 
 
 def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -166,10 +168,10 @@ def test_master_adamw_equals_torch_adamw_in_fp32(clip, fused):
 
 
 def test_master_adamw_uses_the_fused_kernel_where_torch_has_one(monkeypatch, capsys):
-    import train
+    import optim
     assert MasterAdamW(random_model().parameters(), lr=1e-3).fused          # torch 2.13 has one for the CPU
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(train, "_get_fused_kernels_supported_devices", lambda: ["cuda"])   # a device without
+    monkeypatch.setattr(optim, "_get_fused_kernels_supported_devices", lambda: ["cuda"])   # a device without
     assert not MasterAdamW(random_model().parameters(), lr=1e-3).fused
     note = capsys.readouterr().err
     assert note.count("\n") == 1 and "no fused AdamW kernel for cpu" in note, note
