@@ -354,15 +354,17 @@ def step_metrics(batch, kl, clipped, group_size):
     """Scalars to log; each one explained where train.py prints it. kl (N, T) or None, clipped (N, T)."""
     cm = batch.completion_mask.float()
     mask = batch.loss_mask.bool()
-    return {
+    metrics = {
         "reward": batch.rewards.mean().item(),
         "reward_std": batch.rewards.view(-1, group_size).std(dim=1).mean().item(),
         "frac_reward_zero_std": zero_std_groups(batch.rewards, group_size).float().mean().item(),
         "kl": ((kl * mask).sum() / mask.sum().clamp(min=1)).item() if kl is not None else 0.0,
         "clip_frac": ((clipped & mask).sum() / mask.sum().clamp(min=1)).item(),
         "completion_len": cm.sum(1).mean().item(),
-    } | ({"truncated": batch.truncated.float().mean().item()} if batch.truncated is not None else {}) \
-      | {f"reward/{name}": values.float().mean().item() for name, values in batch.reward_parts.items()}
+    } | {f"reward/{name}": values.float().mean().item() for name, values in batch.reward_parts.items()}
+    if batch.truncated is not None:                   # rollout() knows; a Rollout made by hand may not
+        metrics["truncated"] = batch.truncated.float().mean().item()
+    return metrics
 
 
 def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):

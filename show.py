@@ -196,6 +196,7 @@ def shade_group(policy, tok, batch, cfg, group=None, as_html=True):
 
 
 def moving_average(values, k):
+    """The mean of each value and the k - 1 before it (fewer at the start)."""
     return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
 
 

@@ -24,8 +24,9 @@ What each logged column means:
   trunc     truncated: share of the completions cut off at max_new_tokens, mean_i [o_i has no EOS]
             (TRL's clipped_ratio)
   tok/s     sampled tokens per second of the rollout;  s/step: wall time of the whole step
-Every --log_every steps a table shows one group (show.group_table); completions.jsonl in the run folder keeps
-every step's prompts and completions (show.step_record), reward_curve.png the run's picture (show.run_figure).
+Every --log_every steps a table shows one group: the first whose rewards differ, else the first (show.group_table).
+In the run folder, completions.jsonl keeps every step's prompts and completions (show.step_record; under torchrun
+those of rank 0, B / world of the B prompts), reward_curve.png is the run's picture (show.run_figure).
 """
 import contextlib
 import copy
@@ -535,7 +536,7 @@ def train(cfg: TrainConfig):
     if world > 1:
         policy_pass = torch.nn.parallel.DistributedDataParallel(policy_pass)
     jsonl = samples = None
-    if rank == 0:                 # rank 0's prompts only: the others' would cost a gather of every text each step
+    if rank == 0:                 # completions of rank 0's prompts only: the others' would cost a gather each step
         out_dir.mkdir(parents=True, exist_ok=True)
         jsonl = open(out_dir / "log.jsonl", "a" if start else "w")
         samples = open(out_dir / "completions.jsonl", "a" if start else "w")
@@ -552,16 +553,15 @@ def train(cfg: TrainConfig):
         if not all(torch.isfinite(torch.tensor(v)) for v in metrics.values()):
             raise FloatingPointError(f"non-finite metric at step {step}: {metrics}")
         history.append(metrics)
-        record = step_record(step, prompts, batch, cfg.grpo.group_size) if rank == 0 else None
-        if rank == 0:
+        record = step_record(step, prompts, batch, cfg.grpo.group_size)       # this rank's prompts
+        if jsonl:
             jsonl.write(json.dumps(metrics) + "\n")
             jsonl.flush()
             samples.write(json.dumps(record, default=str) + "\n")     # default: an answer of a custom type
             samples.flush()
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(format_log(step, cfg.steps, metrics))
-            if record:
-                log(group_table(record))
+            log(group_table(record))
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
             save_checkpoint(out_dir, policy, optimizer, step, history, cfg)
 
