@@ -22,8 +22,15 @@ What each logged column means:
   loss      the GRPO loss (with mu = 1 its value is ~ beta*KL: the advantages of a group sum to zero)
   kl        mean per-token KL(pi || pi_ref) estimate (k1 or k3) over the generated tokens in the loss
   clip      fraction of tokens whose ratio pi/pi_old was clipped (0 when mu = 1)
+  gnorm     grad_norm: the gradient's L2 norm before clipping to --grad_clip, sqrt(sum over all parameters of g^2)
+            (of the last of the mu passes)
   len       mean completion length in tokens (EOS included)
+  trunc     truncated: share of the completions cut off at max_new_tokens, mean_i [o_i has no EOS]
+            (TRL's clipped_ratio)
   tok/s     sampled tokens per second of the rollout;  s/step: wall time of the whole step
+Every --log_every steps a table shows one group: the first whose rewards differ, else the first (show.group_table).
+In the run folder, completions.jsonl keeps every step's prompts and completions (show.step_record; under torchrun
+those of rank 0, B / world of the B prompts), reward_curve.png is the run's picture (show.run_figure).
 """
 import contextlib
 import copy
@@ -48,6 +55,7 @@ from eval import GRADER, evaluate, format_examples
 from grpo import GRPOConfig, grpo_loss, rollout, step_metrics
 from load_weights import check_fits, load_model
 from optim import cast_for_training
+from show import group_table, save_run_figure, step_record
 from task import WeightedReward, get_task, make_dataset, parse_weights
 
 
@@ -92,7 +100,8 @@ def parse_args(argv):
 
 def optimize(policy_pass, optimizer, batch, cfg, world=1):
     """cfg.mu passes over one batch of rollouts; each backpropagates the batch part by part (grpo.Rollout.parts)
-    and then makes one clipped AdamW step. Returns (loss, kl, clipped) of the last pass, for step_metrics.
+    and then makes one clipped AdamW step. Returns (loss, kl, clipped, grad_norm) of the last pass: the first
+    three for step_metrics, grad_norm the gradient's norm before clipping.
 
     Part k's loss L_k is normalised by its own count n_k (loss_count); backpropagating L_k * world * n_k / n,
     with n the count of the whole step (all parts, all ranks), makes the gradients add up to those of the whole
@@ -121,8 +130,8 @@ def optimize(policy_pass, optimizer, batch, cfg, world=1):
             pad = (0, T - clipped.size(1))
             kls.append(F.pad(kl.detach(), pad) if kl is not None else batch.rewards.new_zeros(rows, T))
             clips.append(F.pad(clipped, pad))
-        optimizer.step(cfg.grad_clip)
-    return loss, torch.cat(kls) if g.beta > 0 else None, torch.cat(clips)
+        grad_norm = optimizer.step(cfg.grad_clip)
+    return loss, torch.cat(kls) if g.beta > 0 else None, torch.cat(clips), float(grad_norm)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -155,30 +164,9 @@ def save_checkpoint(out_dir, policy, optimizer, step, history, cfg):
 def format_log(step, steps, m):
     parts = "".join(f" {k.removeprefix('reward/')} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
     return (f"step {step:4d}/{steps} | reward {m['reward']:.3f} ±{m['reward_std']:.2f}{parts} zero {m['frac_reward_zero_std']:.2f}"
-            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip {m['clip_frac']:.2f} | len {m['completion_len']:4.1f}"
+            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip {m['clip_frac']:.2f} gnorm {m['grad_norm']:.2f}"
+            f" | len {m['completion_len']:4.1f} trunc {m['truncated']:.2f}"
             f" | {m['tok_per_s']:5.0f} tok/s {m['s_per_step']:5.1f} s/step")
-
-
-def plot_history(history, evals, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = [h["step"] for h in history]
-    rewards = [h["reward"] for h in history]
-    k = max(1, len(rewards) // 10)
-    smooth = [sum(rewards[max(0, i - k + 1):i + 1]) / len(rewards[max(0, i - k + 1):i + 1]) for i in range(len(rewards))]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(steps, rewards, alpha=0.35, label="train reward (sampled)")
-    ax.plot(steps, smooth, label=f"moving average ({k} steps)")
-    for name, (step, acc) in evals.items():
-        ax.scatter([step], [acc], marker="o", zorder=3, label=f"held-out greedy accuracy, {name}: {acc:.0%}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward / accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def make_reward(cfg, weights, ref_model, policy, tok, device):
@@ -230,6 +218,7 @@ def train(cfg: TrainConfig):
         start, history = state["step"], state["history"]
         if rank == 0:
             checkpoint.rewrite_log(out_dir, history)                  # steps after the checkpoint run again
+            checkpoint.cut_after(out_dir / "completions.jsonl", start)
         log(f"resumed from {resume_from} at step {start}")
     elif cfg.resume:
         log(f"no checkpoint in {out_dir}: starting from scratch")
@@ -251,28 +240,33 @@ def train(cfg: TrainConfig):
     policy_pass = PolicyLogprobs(policy)
     if world > 1:
         policy_pass = torch.nn.parallel.DistributedDataParallel(policy_pass)
-    jsonl = None
-    if rank == 0:
+    jsonl = samples = None
+    if rank == 0:                 # completions of rank 0's prompts only: the others' would cost a gather each step
         out_dir.mkdir(parents=True, exist_ok=True)
         jsonl = open(out_dir / "log.jsonl", "a" if start else "w")
+        samples = open(out_dir / "completions.jsonl", "a" if start else "w")
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         prompts, seeds = step_prompts(train_set, cfg, step, rank, world)
         batch = rollout(policy, tok, prompts, reward_fn, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
-        loss, kl, clipped = optimize(policy_pass, optimizer, batch, cfg, world)
+        loss, kl, clipped, grad_norm = optimize(policy_pass, optimizer, batch, cfg, world)
         metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size)
-        metrics["loss"] = loss
+        metrics["loss"], metrics["grad_norm"] = loss, grad_norm
         metrics["s_per_step"] = time.perf_counter() - t0
         metrics["tok_per_s"] = batch.completion_mask.sum().item() / batch.seconds["sample"]
         metrics = mean_across_ranks(metrics, world) | {"step": step}
         if not all(torch.isfinite(torch.tensor(v)) for v in metrics.values()):
             raise FloatingPointError(f"non-finite metric at step {step}: {metrics}")
         history.append(metrics)
+        record = step_record(step, prompts, batch, cfg.grpo.group_size)       # this rank's prompts
         if jsonl:
             jsonl.write(json.dumps(metrics) + "\n")
             jsonl.flush()
+            samples.write(json.dumps(record, default=str) + "\n")     # default: an answer of a custom type
+            samples.flush()
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(format_log(step, cfg.steps, metrics))
+            log(group_table(record))
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
             save_checkpoint(out_dir, policy, optimizer, step, history, cfg)
 
@@ -289,8 +283,9 @@ def train(cfg: TrainConfig):
     log("after:\n" + format_examples(after["examples"]))
     evals["after"] = (cfg.steps, after["accuracy"])
     if history:
-        plot_history(history, evals, out_dir / "reward_curve.png")
-        log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; weights: "
+        save_run_figure(history, evals, out_dir / "reward_curve.png")
+        log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; completions: "
+            f"{out_dir / 'completions.jsonl'}; weights: "
             f"{checkpoint.current(out_dir) / 'model.safetensors'}")
     if world > 1:
         dist.destroy_process_group()

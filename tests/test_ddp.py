@@ -122,8 +122,8 @@ def one_step(case, rank, world):
     # unscaled: each rank normalises by its own count alone (what DDP's plain average would give)
     n = ddp.step_count(batch.loss_mask, cfg.loss_agg, world)
     scale = world * ddp.loss_count(batch.loss_mask, cfg.loss_agg) / n if n else 0.0
-    loss, kl, clipped = train.optimize(policy_pass, optimizer, batch, tcfg, world if scale_on else 1)
-    metrics = grpo.step_metrics(batch, kl, clipped, G) | {"loss": loss}
+    loss, kl, clipped, grad_norm = train.optimize(policy_pass, optimizer, batch, tcfg, world if scale_on else 1)
+    metrics = grpo.step_metrics(batch, kl, clipped, G) | {"loss": loss, "grad_norm": grad_norm}
     return {"params": {n: p.detach().clone() for n, p in policy.named_parameters()}, "grads": optimizer.grads,
             "metrics": ddp.mean_across_ranks(metrics, world), "scale": scale}
 
@@ -202,6 +202,9 @@ def test_two_processes_step_like_one(ranks, single, case):
     for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "completion_len"):
         assert r0["metrics"][key] == pytest.approx(one["metrics"][key], abs=1e-6), key
         assert r1["metrics"][key] == r0["metrics"][key], key
+    # the norm of the all-reduced gradient: the whole batch's, the same on both replicas
+    assert r0["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-5)
+    assert r1["metrics"]["grad_norm"] == r0["metrics"]["grad_norm"]
 
 
 def test_the_comparison_would_see_a_per_rank_normaliser(ranks, single):

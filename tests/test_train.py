@@ -229,8 +229,8 @@ def test_optimize_by_parts_equals_the_whole_batch(agg, drop):
     """Oracle: grpo_loss of the whole batch in one pass, clip_grad_norm_ and torch's AdamW (fp32)."""
     batch, gcfg = toy_rollout(agg, drop)
     ours, theirs = random_model(), random_model()
-    loss, kl, clipped = optimize(PolicyLogprobs(ours), MasterAdamW(ours.parameters(), lr=1e-4), batch,
-                                 TrainConfig(grad_clip=1.0, grpo=dataclasses.replace(gcfg, prompts_per_pass=1)))
+    loss, kl, clipped, _ = optimize(PolicyLogprobs(ours), MasterAdamW(ours.parameters(), lr=1e-4), batch,
+                                    TrainConfig(grad_clip=1.0, grpo=dataclasses.replace(gcfg, prompts_per_pass=1)))
     want, want_kl, _ = grpo.grpo_loss(theirs, batch, gcfg)
     want.backward()
     torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
