@@ -37,11 +37,14 @@ from pathlib import Path
 
 import torch
 
+from ddp import PolicyLogprobs
+from device import pick_dtype
 from eval import GRADER, evaluate
 from grpo import GRPOConfig, rollout
 from load_weights import DEFAULT_SYSTEM, find_smollm2_gguf, load_model, load_smollm2
-from model import generate, pick_dtype
-from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, optimize
+from model import generate
+from optim import MasterAdamW, cast_for_training
+from train import TrainConfig, optimize
 from task import get_reward, make_dataset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -3,6 +3,8 @@ a Ctrl-C or a full disk at any moment leaves the last good one whole.
 
     runs/default/
       log.jsonl                 one line per step (on --resume rewritten from the checkpoint: each step once)
+      completions.jsonl         one line per step: its prompts and completions (show.step_record; on --resume
+                                cut back to the checkpoint's step)
       reward_curve.png
       latest                    the name of the current checkpoint folder
       checkpoint-000010/
@@ -177,11 +179,35 @@ def config_differences(stored, now, may_change=MAY_CHANGE_ON_RESUME):
             if name not in may_change and stored.get(name, missing) != now.get(name, missing)]
 
 
-def rewrite_log(out_dir, history):
-    """log.jsonl = the checkpoint's log, replaced in one rename: lines of steps after it are gone."""
-    path, tmp = Path(out_dir) / "log.jsonl", Path(out_dir) / f"log.jsonl.tmp-{os.getpid()}"
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+def replace_lines(path, lines):
+    """The file's text = these lines, replaced in one rename (a kill leaves the old text or the new)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, path)
+
+
+def rewrite_log(out_dir, history):
+    """log.jsonl = the checkpoint's log: lines of steps after it are gone."""
+    replace_lines(Path(out_dir) / "log.jsonl", [json.dumps(h) for h in history])
+
+
+def cut_after(path, step):
+    """A JSONL file of one record per step, written as the run went (completions.jsonl), cut back to the
+    records up to `step`, the checkpoint's: the steps after it run again. A line that a kill cut short ends
+    it there too. No file (a run of an older tinygrpo): nothing to cut."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] > step:
+                break
+        except (ValueError, KeyError, TypeError):
+            break
+        kept.append(line)
+    replace_lines(path, kept)
 
 
 def holds_a_run(out_dir):

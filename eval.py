@@ -15,8 +15,9 @@ import sys
 import torch
 
 from checkpoint import run_config, weights_path
+from device import pick_device, pick_dtype
 from load_weights import check_fits, load_model, read_safetensors
-from model import generate, pick_device, pick_dtype
+from model import generate
 from task import WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset, parse_weights
 
 GRADER = "the task's verifier"     # what every accuracy below counts (task.py)

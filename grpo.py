@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from model import generate, left_pad, prefill
+from fused import SelectedLogprobs
+from model import generate, left_pad, prefill, stop_tensor
 
 
 @dataclass
@@ -95,36 +96,9 @@ def token_logprobs(logits, token_ids):
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
 
 
-class SelectedLogprobs(torch.autograd.Function):
-    """log_softmax(hidden @ weight^T)[token] for rows of hidden (n, C), weight (V, C), tokens (n,) -> (n,) fp32.
-
-    The log-softmax runs in fp32 whatever the logits' dtype. The backward is written out,
-        d logp / d logits = onehot(token) - softmax(logits),
-    from the softmax the forward already has (exp of its log-softmax), kept in the compute dtype: no second
-    head matmul and softmax. Only the token's own entry, g (1 - p_token), is taken from the fp32 log-prob:
-    with p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds one (n, V) block per chunk.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, token_ids):
-        logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # (n, V)
-        selected = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
-        if any(ctx.needs_input_grad):               # not for the reference / old log-prob passes
-            ctx.save_for_backward(hidden, weight, token_ids, selected, logprobs.exp_().to(hidden.dtype))
-        return selected
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden, weight, token_ids, selected, probs = ctx.saved_tensors
-        grad_logits = probs * -grad[:, None].to(probs.dtype)                          # -g p
-        rows = torch.arange(token_ids.size(0), device=token_ids.device)
-        # g (1 - p) on each row's own token; an index_put, where scatter_ copies the whole (n, V) block on a CPU
-        grad_logits[rows, token_ids] = (-grad * torch.expm1(selected)).to(probs.dtype)
-        return grad_logits @ weight, grad_logits.t() @ hidden, None
-
-
 def logprobs_from_hidden(hidden, weight, token_ids, mask=None, chunk_tokens=None):
-    """token_logprobs(hidden @ weight^T, token_ids) computed only where mask is 1, in chunks of tokens.
+    """token_logprobs(hidden @ weight^T, token_ids) computed only where mask is 1, in chunks of tokens, each by
+    fused.SelectedLogprobs (a backward written out from the forward's own softmax).
 
     hidden (N, T, C), weight (V, C), token_ids and mask (N, T) -> (N, T) fp32, 0 outside the mask.
     Positions after EOS need no log-prob, and the (N, T, V) logits are never held at once. Without gradients
@@ -190,6 +164,24 @@ def aggregate_loss(per_token, mask, mode="seq_mean", max_tokens=None):
     raise ValueError(f"unknown loss_agg {mode!r}; choose one of: seq_mean, token_mean, seq_sum, constant")
 
 
+def loss_weights(mask, mode="seq_mean", max_tokens=None):
+    """Each token's weight w (N, T) in the aggregated loss: aggregate_loss(L, mask, ...) = sum_it w_it * L_it.
+
+    aggregate_loss is linear in L, so w is its gradient (computed from it: the modes are defined once, above):
+    seq_mean 1 / (|o_i| * rows), token_mean 1 / tokens, seq_sum 1 / rows, constant 1 / (rows * max_tokens),
+    with rows = the rows with a token in the mask; 0 outside the mask.
+    """
+    zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return torch.func.grad(aggregate_loss)(zeros, mask, mode, max_tokens)
+
+
+def truncated_rows(completion_ids, completion_mask, stop_ids):
+    """(N,) bool: True on each completion that has no stop token (EOS) in its mask, i.e. was cut off at
+    max_new_tokens (TRL's clipped_ratio counts these). completion_ids, completion_mask (N, T)."""
+    stops = torch.isin(completion_ids, stop_tensor(stop_ids, completion_ids.device)) & completion_mask.bool()
+    return ~stops.any(1)
+
+
 # ----------------------------------------------------------------------------- model passes
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask=None):
@@ -242,6 +234,7 @@ class Rollout:
     texts: list                     # N decoded completions
     seconds: dict                   # wall time of each phase: sample, reward, logprobs (ref and old)
     reward_parts: dict = field(default_factory=dict)   # {component name: (N,)} when the reward has components
+    truncated: torch.Tensor | None = None   # (N,) bool: ended at max_new_tokens without a stop token
 
     def parts(self, prompts_per_part):
         """The batch as consecutive parts of prompts_per_part prompts (and their G completions each), each cut
@@ -295,7 +288,8 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None, ne
 
     t2 = time.perf_counter()
     batch = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, None, completion_mask.clone(),
-                    None, None, texts, {}, {k: torch.tensor(v, device=device) for k, v in parts.items()})
+                    None, None, texts, {}, {k: torch.tensor(v, device=device) for k, v in parts.items()},
+                    truncated_rows(completion_ids, completion_mask, tok.stop_ids))
     if cfg.beta > 0:
         batch.ref_logprobs = logprobs_by_part(ref_model, batch, G, cfg.prompts_per_pass)
     kl_in_reward = cfg.beta > 0 and cfg.kl_mode == "reward"
@@ -334,7 +328,7 @@ def step_metrics(batch, kl, clipped, group_size):
     """Scalars to log; each one explained where train.py prints it. kl (N, T) or None, clipped (N, T)."""
     cm = batch.completion_mask.float()
     mask = batch.loss_mask.bool()
-    return {
+    metrics = {
         "reward": batch.rewards.mean().item(),
         "reward_std": batch.rewards.view(-1, group_size).std(dim=1).mean().item(),
         "frac_reward_zero_std": zero_std_groups(batch.rewards, group_size).float().mean().item(),
@@ -342,6 +336,9 @@ def step_metrics(batch, kl, clipped, group_size):
         "clip_frac": ((clipped & mask).sum() / mask.sum().clamp(min=1)).item(),
         "completion_len": cm.sum(1).mean().item(),
     } | {f"reward/{name}": values.float().mean().item() for name, values in batch.reward_parts.items()}
+    if batch.truncated is not None:                   # rollout() knows; a Rollout made by hand may not
+        metrics["truncated"] = batch.truncated.float().mean().item()
+    return metrics
 
 
 def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):

@@ -87,9 +87,9 @@ def _fmt(x):
 
 
 def main(argv=None):
+    from device import pick_device, pick_dtype
     from eval import complete, load_policy
     from load_weights import load_model
-    from model import pick_device, pick_dtype
     from task import get_task, is_correct, make_dataset
 
     ap = argparse.ArgumentParser(description="Agreement of the LLM judge with the task's verifier.")

@@ -4,15 +4,20 @@ One class covers both families the project loads (see load_weights.py):
   gpt2   (gpt2, distilgpt2): learned positions, LayerNorm, GELU MLP, biases, tied head.
   llama  (SmolLM2-135M):     RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, tied head.
 
+In the order of a forward pass: GPTConfig -> RMSNorm -> RoPE -> attention -> MLP -> Block -> GPT, then the KV cache
+and prefill (the prompts run once), then the sampler (generate). Each forward is the plain formula; while autograd
+records, RMSNorm and the Llama MLP run it through fused.py, whose written-out backwards keep less memory.
+
 Shapes: B rows, T new positions, S = cached + new key positions, C = n_embd, H heads of size D.
 Prompts are left-padded; `attention_mask` (B, past + T) marks real tokens with 1 and padding with 0.
 """
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fused import RMSNormFunction, SwiGLUFunction
 
 
 @dataclass
@@ -33,68 +38,9 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
-def rms_norm(x, weight, eps):
-    """(y, r): y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row (B..., 1), in (at least) fp32 whatever
-    x's dtype; y comes back in x's dtype."""
-    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-    r = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (x32 * r * weight.to(x32.dtype)).to(x.dtype), r
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, computed in (at least) fp32 whatever x's dtype.
-
-    The backward is written out, so that all it keeps is x in its own dtype and r (one float a row), not the
-    three fp32 copies of x that autograd would keep for the same lines:
-        dx = r * (g w - x r^2 mean(g w x)),    dw = sum over rows of g x r
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        y, r = rms_norm(x, weight, eps)
-        ctx.save_for_backward(x, weight, r)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight, r = ctx.saved_tensors
-        x32 = x.to(r.dtype)
-        g32 = g.to(r.dtype)
-        gw = g32 * weight.to(r.dtype)
-        dx = r * (gw - x32 * r.pow(2) * (gw * x32).mean(-1, keepdim=True))
-        dw = (g32 * x32 * r).flatten(0, -2).sum(0)
-        return dx.to(x.dtype), dw.to(weight.dtype), None
-
-
-class SwiGLUFunction(torch.autograd.Function):
-    """down(silu(x Wg^T) * (x Wu^T)), the Llama MLP, for x (n, C) and weights Wg, Wu (I, C), Wd (C, I).
-
-    The backward is written out and recomputes silu(gate) and the product from gate and up: it keeps x, gate and
-    up (what the weight gradients need), two (n, I) tensors where autograd would keep four (also silu(gate)
-    and the product): the MLP's are the largest activations of the training pass. With h = silu(gate) * up:
-        dWd = dy^T h;  dh = dy Wd;  dup = dh silu(gate);  dgate = silu'(gate) dh up;
-        dx = dgate Wg + dup Wu;  dWg = dgate^T x;  dWu = dup^T x
-    """
-
-    @staticmethod
-    def forward(ctx, x, w_gate, w_up, w_down):
-        gate, up = x @ w_gate.t(), x @ w_up.t()
-        if ctx is not None:                   # None: called directly, without autograd (see MLP.forward)
-            ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
-        return (F.silu(gate) * up) @ w_down.t()
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
-        act = F.silu(gate)
-        dh = dy @ w_down
-        dgate = torch.ops.aten.silu_backward(dh * up, gate)       # the kernel autograd itself uses for silu
-        dup = dh * act
-        return dgate @ w_gate + dup @ w_up, dgate.t() @ x, dup.t() @ x, dy.t() @ (act * up)
-
-
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32."""
+    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, computed in (at least) fp32 whatever x's dtype;
+    y comes back in x's dtype. (gpt2 uses nn.LayerNorm.)"""
 
     def __init__(self, dim, eps):
         super().__init__()
@@ -102,9 +48,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if not torch.is_grad_enabled():       # sampling, reference log-probs: no autograd bookkeeping to pay for
-            return rms_norm(x, self.weight, self.eps)[0]
-        return RMSNormFunction.apply(x, self.weight, self.eps)
+        if torch.is_grad_enabled():         # training: the same y, with a backward that keeps less (fused.py)
+            return RMSNormFunction.apply(x, self.weight, self.eps)
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        r = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)           # (..., 1)
+        return (x32 * r * self.weight.to(x32.dtype)).to(x.dtype)
 
 
 def rope_cos_sin(positions, head_dim, base):
@@ -136,45 +84,6 @@ def unpack(x, keep, B, T):
     grid = x.new_zeros(B, T, *x.shape[1:])
     grid[keep] = x
     return grid
-
-
-class KVCache:
-    """Preallocated keys and values, one (B, n_kv_head, max_len, D) buffer per layer.
-
-    `update` writes the new positions and returns the layer's whole buffer: slots not written yet lie in the
-    future of every query, so the causal mask hides them, and a whole buffer multiplies faster than a slice.
-    Writes are autograd-aware, so a cache filled with gradients on (the training forward with a shared
-    prompt) backpropagates.
-    """
-
-    def __init__(self, cfg, batch_size, max_len, device, dtype):
-        shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.pos = 0          # positions filled (the same for every layer once a forward ends)
-        self.max_len = max_len
-
-    def update(self, layer, k, v):
-        t = k.size(2)
-        if self.pos + t > self.max_len:
-            raise ValueError(f"KV cache full: {self.pos} + {t} positions > max_len {self.max_len}")
-        self.k[layer][:, :, self.pos:self.pos + t] = k
-        self.v[layer][:, :, self.pos:self.pos + t] = v
-        if layer == len(self.k) - 1:
-            self.pos += t
-        return self.k[layer], self.v[layer]
-
-    def rows(self, index):
-        """A cache whose row i is a copy of row index[i] of this one (autograd-aware)."""
-        out = object.__new__(KVCache)
-        out.k = [k[index] for k in self.k]
-        out.v = [v[index] for v in self.v]
-        out.pos, out.max_len = self.pos, self.max_len
-        return out
-
-    def repeat_interleave(self, repeats):
-        """A cache of B*repeats rows where row i*repeats+j is a copy of row i: one prefill serves G samples."""
-        return self.rows(torch.arange(self.k[0].size(0), device=self.k[0].device).repeat_interleave(repeats))
 
 
 def attend(q, k, v, mask):
@@ -235,10 +144,10 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.arch == "gpt2":
             return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
-        weights = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
-        if not torch.is_grad_enabled():
-            return SwiGLUFunction.forward(None, x, *weights)
-        return SwiGLUFunction.apply(x, *weights)
+        w_gate, w_up, w_down = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+        if torch.is_grad_enabled():         # training: the same y, with a backward that keeps less (fused.py)
+            return SwiGLUFunction.apply(x, w_gate, w_up, w_down)
+        return (F.silu(x @ w_gate.t()) * (x @ w_up.t())) @ w_down.t()           # SwiGLU: silu(gate) * up, down
 
 
 class Block(nn.Module):
@@ -329,7 +238,46 @@ class GPT(nn.Module):
         return KVCache(self.cfg, batch_size, max_len, p.device, dtype or p.dtype)
 
 
-# ----------------------------------------------------------------------------- sampling
+# ----------------------------------------------------------------------------- KV cache and prefill
+
+class KVCache:
+    """Preallocated keys and values, one (B, n_kv_head, max_len, D) buffer per layer.
+
+    `update` writes the new positions and returns the layer's whole buffer: slots not written yet lie in the
+    future of every query, so the causal mask hides them, and a whole buffer multiplies faster than a slice.
+    Writes are autograd-aware, so a cache filled with gradients on (the training forward with a shared
+    prompt) backpropagates.
+    """
+
+    def __init__(self, cfg, batch_size, max_len, device, dtype):
+        shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = 0          # positions filled (the same for every layer once a forward ends)
+        self.max_len = max_len
+
+    def update(self, layer, k, v):
+        t = k.size(2)
+        if self.pos + t > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {t} positions > max_len {self.max_len}")
+        self.k[layer][:, :, self.pos:self.pos + t] = k
+        self.v[layer][:, :, self.pos:self.pos + t] = v
+        if layer == len(self.k) - 1:
+            self.pos += t
+        return self.k[layer], self.v[layer]
+
+    def rows(self, index):
+        """A cache whose row i is a copy of row index[i] of this one (autograd-aware)."""
+        out = object.__new__(KVCache)
+        out.k = [k[index] for k in self.k]
+        out.v = [v[index] for v in self.v]
+        out.pos, out.max_len = self.pos, self.max_len
+        return out
+
+    def repeat_interleave(self, repeats):
+        """A cache of B*repeats rows where row i*repeats+j is a copy of row i: one prefill serves G samples."""
+        return self.rows(torch.arange(self.k[0].size(0), device=self.k[0].device).repeat_interleave(repeats))
+
 
 def left_pad(sequences, pad_id, device=None):
     """Token lists -> ids (B, P) left-padded with pad_id, and the mask (B, P) with 1 on real tokens."""
@@ -379,6 +327,8 @@ def prefill(model, ids, mask, max_len, return_hidden=False):
                 keep=mask[:, L:].bool())                                              # padding: no work
     return cache, out, mask
 
+
+# ----------------------------------------------------------------------------- sampling
 
 def filter_logits(logits, top_k=None, top_p=None):
     """Set to -inf every logit outside the top-k and outside the smallest set with probability >= top_p."""
@@ -487,92 +437,3 @@ def completion_mask(completion_ids, eos_id):
     is_eos = torch.isin(completion_ids, stop_tensor(eos_id, completion_ids.device)).long()
     eos_before = is_eos.cumsum(-1) - is_eos       # EOS tokens strictly before position t
     return (eos_before == 0).long()
-
-
-# ----------------------------------------------------------------------------- device and precision
-
-def pick_device(setting="auto"):
-    """'auto' | 'cuda' | 'cuda:N' | 'mps' | 'cpu' -> torch.device. 'auto' takes the first that is there: an NVIDIA
-    (or ROCm) GPU, then Apple's MPS (the GPU of Apple-silicon laptops), then the CPU. An explicit device that is
-    not there is one line here, before any model is loaded, not a stack trace from deep inside the first .to()."""
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(setting)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cuda", "mps", "cpu"):
-        raise ValueError(f"--device={setting}: not a device tinygrpo runs on; "
-                         f"choose one of: auto, cuda, cuda:N, mps, cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={setting}: no CUDA GPU is available here (torch.cuda.is_available() is False); "
-                         f"use cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device={setting}: there is no GPU {device.index}; this machine has "
-                         f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device={setting}: Apple's MPS backend is not available on this machine "
-                         f"(torch.backends.mps.is_available() is False); use cpu or auto")
-    return device
-
-
-def bf16_is_fast(device):
-    """Whether bf16 matmuls beat fp32 here: on CUDA GPUs with bf16 units (compute capability 8.0+, Ampere on; older
-    GPUs only emulate it), never on MPS (see pick_dtype), on CPUs with AMX, and on other CPUs by a timed matmul."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return cpu_bf16_is_fast()
-    return False
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_is_fast():
-    """True on CPUs with AMX; on others (some have AVX-512 BF16, some emulate bf16 slowly) when a model-sized
-    matmul is clearly faster in bf16 than in fp32. Measured once per process."""
-    if torch._C._cpu._init_amx():
-        return True
-    import time
-    operands = {dtype: (torch.randn(256, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype))
-                for dtype in (torch.float32, torch.bfloat16)}
-    seconds = {dtype: float("inf") for dtype in operands}
-    for _ in range(9):      # the two dtypes in turn, the fastest trial of each: other work on the machine slows
-        for dtype, (a, b) in operands.items():      # both alike instead of whichever ran during a busy spell
-            t = time.perf_counter()
-            for _ in range(3):
-                a @ b
-            seconds[dtype] = min(seconds[dtype], time.perf_counter() - t)
-    return seconds[torch.bfloat16] < 0.8 * seconds[torch.float32]
-
-
-def check_bf16(device):
-    """One line where this device cannot hold bf16 tensors at all."""
-    device = torch.device(device)
-    if device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
-        raise ValueError("--dtype=bf16 on mps: PyTorch supports bf16 on Apple's MPS from macOS 14 (Sonoma) on; "
-                         "use --dtype=fp32 or auto")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("--dtype=bf16: this GPU cannot compute in bf16 (torch.cuda.is_bf16_supported() is False); "
-                         "use --dtype=fp32 or auto")
-
-
-def pick_dtype(setting, device):
-    """'auto' | 'bf16' | 'fp32' -> the compute dtype (see GPT.to_compute_dtype; log-probs and losses stay fp32).
-
-    'auto' is bf16 where bf16_is_fast says so (CUDA GPUs with bf16 units, AMX CPUs, CPUs where bf16 times faster),
-    else fp32 (MasterAdamW trains fp32 or bf16, not fp16). On MPS it is fp32: PyTorch supports bf16 there only
-    from macOS 14 on (pytorch/pytorch#119641) and documents no speed gain from it, and we have not measured one
-    on a Mac; --dtype=bf16 still asks for it there."""
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if setting == "auto":
-        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
-    if setting not in names:
-        raise ValueError(f"unknown dtype {setting!r}; choose one of: auto, fp32, bf16")
-    if names[setting] == torch.bfloat16:
-        check_bf16(device)
-    return names[setting]

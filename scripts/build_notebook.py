@@ -94,8 +94,8 @@ import copy, os, time
 import torch
 from grpo import GRPOConfig
 from load_weights import load_model
-from model import pick_device, pick_dtype
-from train import cast_for_training
+from device import pick_device, pick_dtype
+from optim import cast_for_training
 
 # Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run; TINYGRPO_NB_MODEL runs the cells on
 # another model (the tests use a tiny random one).

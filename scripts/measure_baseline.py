@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import machine  # noqa: E402
+from device import pick_device, pick_dtype  # noqa: E402
 from eval import GRADER, evaluate  # noqa: E402
 from load_weights import load_model  # noqa: E402
-from model import pick_device, pick_dtype  # noqa: E402
 from task import TASKS, make_dataset  # noqa: E402
 
 

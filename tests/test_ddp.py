@@ -2,7 +2,7 @@
 make the same optimizer step as 1 process with the whole batch, for the same fixed rollouts.
 
 Each worker is this file run as a script with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
-MASTER_PORT), so train.init_distributed is what connects them. Only tiny random models and one thread per
+MASTER_PORT), so ddp.init_distributed is what connects them. Only tiny random models and one thread per
 process: the file runs in a few seconds.
 """
 import copy
@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:            # run as a worker script, without conftest.py
     sys.path.insert(0, str(ROOT))
 
+import ddp  # noqa: E402
 import grpo  # noqa: E402
+import optim  # noqa: E402
 import train  # noqa: E402
 from model import GPT, GPTConfig, completion_mask, left_pad  # noqa: E402
 
@@ -114,20 +116,20 @@ def one_step(case, rank, world):
     batch = make_rollout(items, cfg, tcfg, policy, perturbed(policy), mu)
     optimizer = RecordingAdamW(policy.parameters(), lr=LR, weight_decay=0.01)
     optimizer.names = [n for n, _ in policy.named_parameters()]
-    policy_pass = train.PolicyLogprobs(policy)
+    policy_pass = ddp.PolicyLogprobs(policy)
     if world > 1:
         policy_pass = torch.nn.parallel.DistributedDataParallel(policy_pass)
     # unscaled: each rank normalises by its own count alone (what DDP's plain average would give)
-    n = train.step_count(batch.loss_mask, cfg.loss_agg, world)
-    scale = world * train.loss_count(batch.loss_mask, cfg.loss_agg) / n if n else 0.0
-    loss, kl, clipped = train.optimize(policy_pass, optimizer, batch, tcfg, world if scale_on else 1)
-    metrics = grpo.step_metrics(batch, kl, clipped, G) | {"loss": loss}
+    n = ddp.step_count(batch.loss_mask, cfg.loss_agg, world)
+    scale = world * ddp.loss_count(batch.loss_mask, cfg.loss_agg) / n if n else 0.0
+    loss, kl, clipped, grad_norm = train.optimize(policy_pass, optimizer, batch, tcfg, world if scale_on else 1)
+    metrics = grpo.step_metrics(batch, kl, clipped, G) | {"loss": loss, "grad_norm": grad_norm}
     return {"params": {n: p.detach().clone() for n, p in policy.named_parameters()}, "grads": optimizer.grads,
-            "metrics": train.mean_across_ranks(metrics, world), "scale": scale}
+            "metrics": ddp.mean_across_ranks(metrics, world), "scale": scale}
 
 
-class RecordingAdamW(train.MasterAdamW):
-    """train.MasterAdamW that keeps a copy of the (unclipped) gradients of every step."""
+class RecordingAdamW(optim.MasterAdamW):
+    """optim.MasterAdamW that keeps a copy of the (unclipped) gradients of every step."""
 
     def step(self, max_grad_norm=None):
         self.grads = getattr(self, "grads", []) + [{n: p.grad.clone() for n, p in zip(self.names, self.params)}]
@@ -136,10 +138,10 @@ class RecordingAdamW(train.MasterAdamW):
 
 def worker(out_dir):
     torch.set_num_threads(1)
-    rank, world = train.init_distributed(torch.device("cpu"))
+    rank, world = ddp.init_distributed(torch.device("cpu"))
     res = {"rank": rank, "world": world, "backend": dist.get_backend() if dist.is_initialized() else None,
            "cases": {case: one_step(case, rank, world) for case in CASES},
-           "mean": train.mean_across_ranks({"reward": float(rank), "tok_per_s": 10.0, "s_per_step": 1.0 + rank},
+           "mean": ddp.mean_across_ranks({"reward": float(rank), "tok_per_s": 10.0, "s_per_step": 1.0 + rank},
                                            world)}
     torch.save(res, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -200,6 +202,9 @@ def test_two_processes_step_like_one(ranks, single, case):
     for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "completion_len"):
         assert r0["metrics"][key] == pytest.approx(one["metrics"][key], abs=1e-6), key
         assert r1["metrics"][key] == r0["metrics"][key], key
+    # the norm of the all-reduced gradient: the whole batch's, the same on both replicas
+    assert r0["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-5)
+    assert r1["metrics"]["grad_norm"] == r0["metrics"]["grad_norm"]
 
 
 def test_the_comparison_would_see_a_per_rank_normaliser(ranks, single):
@@ -227,10 +232,10 @@ def test_workers_joined_and_metrics_reduce(ranks):
 def test_no_process_group_without_torchrun(monkeypatch):
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    assert train.init_distributed(torch.device("cpu")) == (0, 1)
+    assert ddp.init_distributed(torch.device("cpu")) == (0, 1)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")           # torchrun --nproc_per_node=1
-    assert train.init_distributed(torch.device("cpu")) == (0, 1)
+    assert ddp.init_distributed(torch.device("cpu")) == (0, 1)
     assert not dist.is_initialized()
 
 
@@ -250,9 +255,9 @@ def test_step_prompts_split_the_global_batch(world):
 
 def test_check_world():
     for world in (1, 2, 4, 8):
-        train.check_world(8, world)
+        ddp.check_world(8, world)
     with pytest.raises(ValueError) as e:
-        train.check_world(8, 3)
+        ddp.check_world(8, 3)
     msg = str(e.value)
     assert "\n" not in msg and "batch_prompts=8" in msg and "3 processes" in msg
 

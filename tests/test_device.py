@@ -1,18 +1,19 @@
 """Device and dtype choice for every kind of machine, on this CPU: the availability checks are patched.
 
-What cannot run here (a CUDA GPU, Apple's MPS) is only chosen here; model.pick_device, model.pick_dtype and
-train.dist_backend say on what evidence each choice rests."""
+What cannot run here (a CUDA GPU, Apple's MPS) is only chosen here; device.pick_device, device.pick_dtype and
+ddp.dist_backend say on what evidence each choice rests."""
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import ddp
+import device as device_module
 import eval as eval_script
-import model
 import train
 from conftest import ROOT, fake_torchrun, one_line, refused_before_rendezvous
-from model import pick_device, pick_dtype
+from device import pick_device, pick_dtype
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def machine(monkeypatch):
                             cuda > 0 and (bf16_native or including_emulation and bf16_emulated))
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
         monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos14 or major < 14)
-        monkeypatch.setattr(model, "cpu_bf16_is_fast", lambda: cpu_bf16_fast)
+        monkeypatch.setattr(device_module, "cpu_bf16_is_fast", lambda: cpu_bf16_fast)
     return patch
 
 
@@ -96,10 +97,10 @@ def test_bf16_where_the_device_has_none_is_one_line(machine, device, kw, words):
 # ----------------------------------------------------------------------------- torch.distributed
 
 def test_distributed_backend_per_device():
-    assert train.dist_backend(torch.device("cuda", 1)) == "nccl"
-    assert train.dist_backend(torch.device("cpu")) == "gloo"
+    assert ddp.dist_backend(torch.device("cuda", 1)) == "nccl"
+    assert ddp.dist_backend(torch.device("cpu")) == "gloo"
     with pytest.raises(ValueError) as e:
-        train.dist_backend(torch.device("mps"))
+        ddp.dist_backend(torch.device("mps"))
     one_line(e, "torchrun on mps", "one process", "--device=cpu")
 
 

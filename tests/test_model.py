@@ -137,7 +137,7 @@ def test_keep_computes_only_the_kept_positions_and_changes_none_of_them(arch):
 
 def test_rmsnorm_backward_equals_finite_differences_and_autograd():
     """Oracles: torch.autograd.gradcheck (central differences, fp64) and autograd through the plain formula."""
-    from model import RMSNormFunction
+    from fused import RMSNormFunction
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 8, dtype=torch.float64, generator=g).requires_grad_()
     w = (torch.rand(8, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
@@ -155,7 +155,7 @@ def test_rmsnorm_backward_equals_finite_differences_and_autograd():
 def test_swiglu_backward_equals_finite_differences_and_autograd():
     """Oracles: torch.autograd.gradcheck (fp64) and, in bf16, autograd through the plain lines, which must give
     the same numbers: the backward runs the same kernels on the same values."""
-    from model import SwiGLUFunction
+    from fused import SwiGLUFunction
     g = torch.Generator().manual_seed(0)
     x, wg, wu, wd = (torch.randn(*shape, dtype=torch.float64, generator=g).requires_grad_()
                      for shape in ((5, 6), (7, 6), (7, 6), (6, 7)))

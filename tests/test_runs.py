@@ -100,8 +100,8 @@ def test_unwritable_out_dir(where, no_model_load, tmp_path):
 # ----------------------------------------------------------------------------- checkpoints and resume
 
 
-def steps_logged(out_dir):
-    return [json.loads(line)["step"] for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
+def steps_logged(out_dir, name="log.jsonl"):
+    return [json.loads(line)["step"] for line in (Path(out_dir) / name).read_text().splitlines()]
 
 
 def run(model, out_dir, **kw):
@@ -113,8 +113,8 @@ def test_checkpoint_is_one_folder_with_the_step_in_both_halves(tiny_checkpoint, 
     run(tiny_checkpoint, tmp_path, save_every=2)
     folder = checkpoint.current(tmp_path)
     assert folder == tmp_path / "checkpoint-000003" and (tmp_path / "latest").read_text() == folder.name
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000003", "latest", "log.jsonl",
-                                                           "reward_curve.png"]      # older ones deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000003", "completions.jsonl", "latest",
+                                                           "log.jsonl", "reward_curve.png"]      # older ones deleted
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         assert f.metadata() == {"step": "3"}
     state = torch.load(folder / "train_state.pt", weights_only=False)
@@ -325,15 +325,18 @@ def kill_during_a_step(proc, rng):
 
 def test_kills_at_random_points_then_resume_equal_an_uninterrupted_run(tiny_checkpoint, tmp_path):
     """Three SIGKILLs (during a save, during a step, during a save), then --resume to the end: the log holds each
-    step once and the final weights equal those of a run never interrupted."""
+    step once (completions.jsonl too, equal to the uninterrupted run's) and the final weights equal those of a
+    run never interrupted."""
     run(tiny_checkpoint, tmp_path / "whole", steps=6)
     out, rng = tmp_path / "killed", random.Random(15)
     assert kill_during_a_save(start(tiny_checkpoint, out), out) == -signal.SIGKILL
     assert kill_during_a_step(start(tiny_checkpoint, out, "--resume", stdout=subprocess.PIPE), rng) == -signal.SIGKILL
     assert kill_during_a_save(start(tiny_checkpoint, out, "--resume"), out) == -signal.SIGKILL
     assert start(tiny_checkpoint, out, "--resume", stdout=subprocess.DEVNULL).wait(timeout=300) == 0
-    assert steps_logged(out) == [1, 2, 3, 4, 5, 6]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000006", "latest", "log.jsonl", "reward_curve.png"]
+    assert steps_logged(out) == [1, 2, 3, 4, 5, 6] and steps_logged(out, "completions.jsonl") == [1, 2, 3, 4, 5, 6]
+    assert (out / "completions.jsonl").read_text() == (tmp_path / "whole" / "completions.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000006", "completions.jsonl", "latest", "log.jsonl",
+                                                     "reward_curve.png"]
     a, _ = checkpoint.load(checkpoint.current(tmp_path / "whole"))
     b, _ = checkpoint.load(checkpoint.current(out))
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

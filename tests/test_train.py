@@ -16,7 +16,9 @@ import train as train_module
 from conftest import ROOT, tiny_config, toy_reward
 from load_weights import load_model
 from model import GPT, GPTConfig
-from train import MasterAdamW, PolicyLogprobs, TrainConfig, cast_for_training, main, optimize, parse_args, train
+from ddp import PolicyLogprobs
+from optim import MasterAdamW, cast_for_training
+from train import TrainConfig, main, optimize, parse_args, train
 
 
 def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -166,10 +168,10 @@ def test_master_adamw_equals_torch_adamw_in_fp32(clip, fused):
 
 
 def test_master_adamw_uses_the_fused_kernel_where_torch_has_one(monkeypatch, capsys):
-    import train
+    import optim
     assert MasterAdamW(random_model().parameters(), lr=1e-3).fused          # torch 2.13 has one for the CPU
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(train, "_get_fused_kernels_supported_devices", lambda: ["cuda"])   # a device without
+    monkeypatch.setattr(optim, "_get_fused_kernels_supported_devices", lambda: ["cuda"])   # a device without
     assert not MasterAdamW(random_model().parameters(), lr=1e-3).fused
     note = capsys.readouterr().err
     assert note.count("\n") == 1 and "no fused AdamW kernel for cpu" in note, note
@@ -227,8 +229,8 @@ def test_optimize_by_parts_equals_the_whole_batch(agg, drop):
     """Oracle: grpo_loss of the whole batch in one pass, clip_grad_norm_ and torch's AdamW (fp32)."""
     batch, gcfg = toy_rollout(agg, drop)
     ours, theirs = random_model(), random_model()
-    loss, kl, clipped = optimize(PolicyLogprobs(ours), MasterAdamW(ours.parameters(), lr=1e-4), batch,
-                                 TrainConfig(grad_clip=1.0, grpo=dataclasses.replace(gcfg, prompts_per_pass=1)))
+    loss, kl, clipped, _ = optimize(PolicyLogprobs(ours), MasterAdamW(ours.parameters(), lr=1e-4), batch,
+                                    TrainConfig(grad_clip=1.0, grpo=dataclasses.replace(gcfg, prompts_per_pass=1)))
     want, want_kl, _ = grpo.grpo_loss(theirs, batch, gcfg)
     want.backward()
     torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)

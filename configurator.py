@@ -1,0 +1,134 @@
+"""train.py's command line: --name=value for every field of TrainConfig and of its GRPOConfig, each converted to
+the type of its default and checked before anything is loaded.
+
+    cfg = apply_args(["--task=add2", "--beta=0", "--resume"], TrainConfig())    # bare --flag means True
+    device = validate(cfg)        # one line naming the option, its value and what it may be; or the device
+"""
+import math
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+import checkpoint
+from ddp import check_world, dist_backend
+from device import pick_device, pick_dtype
+from load_weights import resolve_model
+from task import get_task, parse_weights
+
+
+def option_targets(cfg):
+    """{option name: the config object that holds it}: TrainConfig's fields and its GRPOConfig's."""
+    return {f.name: cfg for f in fields(cfg) if f.name != "grpo"} | {f.name: cfg.grpo for f in fields(cfg.grpo)}
+
+
+def usage(doc, cfg):
+    """doc (train.py's docstring) and every option with its default value (cfg: a fresh TrainConfig)."""
+    return doc + "\noptions (defaults):\n" + "\n".join(
+        f"  --{name}={getattr(obj, name)}" for name, obj in option_targets(cfg).items())
+
+
+def apply_args(argv, cfg):
+    """cfg (a TrainConfig) with each --name=value of argv set on it or on its GRPOConfig (bare --flag means True)."""
+    targets = option_targets(cfg)
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; use --name=value")
+        name, _, value = arg[2:].partition("=")
+        if name not in targets:
+            raise ValueError(f"unknown option --{name}; known: {', '.join(sorted(targets))}")
+        obj = targets[name]
+        current = getattr(obj, name)
+        setattr(obj, name, convert(name, value if "=" in arg else "true", current))
+    return cfg
+
+
+def convert(name, value, current):
+    """The text of --name=value as the type of the option's current value; none (or null) is None."""
+    if value.lower() in ("none", "null") and not isinstance(current, bool):
+        return None
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float) or name in ("top_p",):
+            return float(value)
+        if name == "top_k":
+            return int(value)
+    except ValueError:
+        raise ValueError(f"bad value {value!r} for --{name} (expected {type(current).__name__})") from None
+    return value
+
+
+# what each of TrainConfig's numeric options may be (GRPOConfig.validate checks its own)
+ALLOWED = {
+    "steps": (">= 1", lambda v: v >= 1), "batch_prompts": (">= 1", lambda v: v >= 1),
+    "lr": ("> 0", lambda v: v > 0), "weight_decay": (">= 0", lambda v: v >= 0),
+    "grad_clip": (">= 0 (0 or none: no clipping)", lambda v: v is None or v >= 0),
+    "mu": (">= 1", lambda v: v >= 1), "n_train": (">= 1", lambda v: v >= 1), "n_eval": (">= 1", lambda v: v >= 1),
+    "seed": (">= 0", lambda v: v >= 0), "log_every": (">= 1", lambda v: v >= 1),
+    "eval_samples": (">= 0", lambda v: v >= 0), "save_every": (">= 1", lambda v: v >= 1),
+}
+
+
+def validate(cfg):
+    """Every setting checked before anything is loaded: one line naming the option, its value and what it may
+    be. Returns the device to run on."""
+    defaults = option_targets(type(cfg)())
+    for name, obj in option_targets(cfg).items():
+        value, default = getattr(obj, name), getattr(defaults[name], name)
+        if value is None and default is not None:
+            raise ValueError(f"--{name}=none: {name} needs a value (default {default})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name}={value}: {name} must be a finite number")
+        if name in ALLOWED and not ALLOWED[name][1](value):
+            raise ValueError(f"--{name}={value}: {name} must be {ALLOWED[name][0]}")
+    cfg.grpo.validate()
+    resolve_model(cfg.model)                      # a mistyped --model, before an earlier run is moved aside
+    get_task(cfg.task)
+    weights = parse_weights(cfg.reward_weights)
+    if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
+        raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
+    if cfg.batch_prompts > cfg.n_train:
+        raise ValueError(f"--batch_prompts={cfg.batch_prompts}: more prompts per step than --n_train={cfg.n_train}")
+    check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
+    device = pick_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist_backend(device)                      # torchrun on a device with no backend is refused here too
+    check_device_works(device, cfg.device)
+    pick_dtype(cfg.dtype, device)
+    if cfg.resume:
+        check_resumable(cfg)
+    if os.environ.get("RANK", "0") == "0":        # only rank 0 writes the run folder
+        checkpoint.check_writable(cfg.out_dir)
+    return device
+
+
+def check_device_works(device, setting):
+    """One line when torch lists a device that then fails on a first tensor (a broken driver, a GPU that another
+    program holds), rather than a traceback once the model is on its way there."""
+    if device.type == "cuda" and device.index is None:   # under torchrun, this process's own GPU, not GPU 0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        torch.ones(1, device=device).add_(1).cpu()
+    except Exception as e:
+        raise ValueError(f"--device={setting}: {device} is there but does not work: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+
+
+def check_resumable(cfg):
+    """--resume: the settings that decide what the run computes must be the checkpoint's."""
+    folder = checkpoint.current(cfg.out_dir)
+    if folder is None and (Path(cfg.out_dir) / "train_state.pt").exists():
+        raise ValueError(f"--resume: {cfg.out_dir} holds a checkpoint of an older tinygrpo (model.safetensors beside "
+                         f"train_state.pt); resume it with that version, or start a fresh run without --resume")
+    if folder is None:
+        return
+    differences = checkpoint.config_differences(checkpoint.read_config(folder), asdict(cfg))
+    if differences:
+        raise ValueError(f"--resume: settings differ from those of {folder}: {'; '.join(differences)} "
+                         f"(only {', '.join(checkpoint.MAY_CHANGE_ON_RESUME)} may change; start a fresh run instead)")
