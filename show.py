@@ -139,23 +139,35 @@ def largest(view, key):
     return max((abs(getattr(t, key)) for row in view for t in row["tokens"]), default=0.0) or 1.0
 
 
-def group_html(view):
+SHADES = 4     # the HTML's levels of shading: CSS classes, so that a group is a few KB in the notebook
+
+
+def shade(share, big):
+    """0..SHADES: a share's strength against the group's largest."""
+    return min(SHADES, round(SHADES * abs(share) / big))
+
+
+def group_html(view, numbers=False):
     """The group as HTML (the notebook): one row per completion, its reward and advantage first; each token a
-    span on green where GRPO pushes it up (share via the advantage < 0), red where down, the stronger the larger
-    the share; a blue underline as strong as its share via the KL term; the numbers in its tooltip."""
+    span on green where GRPO pushes it up (share via the advantage < 0), red where down, in SHADES steps of
+    strength; a blue underline as strong as its share via the KL term; numbers=True puts both shares in each
+    token's tooltip (40 more characters a token)."""
     big_a, big_k = largest(view, "by_advantage"), largest(view, "by_kl")
 
     def span(t):
-        colour = "0,170,0" if t.by_advantage < 0 else "220,0,0"
-        style = (f"background:rgba({colour},{abs(t.by_advantage) / big_a:.2f});"
-                 f"border-bottom:3px solid rgba(0,0,255,{abs(t.by_kl) / big_k:.2f})"
-                 + (";color:#777;font-style:italic" if t.special else ""))
+        a, k = shade(t.by_advantage, big_a), shade(t.by_kl, big_k)
+        classes = " ".join(([f"tg-{'u' if t.by_advantage < 0 else 'd'}{a}"] if a else []) + ([f"tg-k{k}"] if k else [])
+                           + (["tg-sp"] if t.special else []))
         tip = f"token {t.id} {t.text!r}: via the advantage {t.by_advantage + 0:+.3e}, via KL {t.by_kl:+.3e}"
-        return f'<span style="{style}" title="{html.escape(tip)}">{html.escape(shown(t))}</span>'
+        return (f'<span class="{classes}"' + (f' title="{html.escape(tip)}"' if numbers else "")
+                + f">{html.escape(shown(t))}</span>")
 
-    legend = ("<div>each token's share of the loss: <span style='background:rgba(0,170,0,0.6)'>pushed up</span> "
-              "<span style='background:rgba(220,0,0,0.6)'>pushed down</span> (via the advantage), "
-              "<span style='border-bottom:3px solid blue'>KL term</span>; hover a token for its numbers</div>")
+    style = "".join(f".tg-u{i}{{background:rgba(0,170,0,{i / SHADES:.2f})}}"
+                    f".tg-d{i}{{background:rgba(220,0,0,{i / SHADES:.2f})}}"
+                    f".tg-k{i}{{border-bottom:3px solid rgba(0,0,255,{i / SHADES:.2f})}}" for i in range(1, SHADES + 1))
+    legend = (f"<style>{style}.tg-sp{{color:#777;font-style:italic}}</style><div>each token's share of the loss: "
+              "<span class='tg-u3'>pushed up</span> <span class='tg-d3'>pushed down</span> (via the advantage), "
+              "<span class='tg-k3'>KL term</span></div>")
     rows = [f"<div style='font-family:monospace;white-space:pre-wrap;margin:2px 0'>"
             f"#{row['sample']} reward {row['reward']:.2f} A {row['advantage']:+.2f} | "
             + "".join(span(t) for t in row["tokens"]) + "</div>" for row in view]
@@ -181,7 +193,7 @@ def group_ansi(view):
 
 
 @torch.no_grad()
-def shade_group(policy, tok, batch, cfg, group=None, as_html=True):
+def shade_group(policy, tok, batch, cfg, group=None, as_html=True, numbers=False):
     """One group of a rollout (pick_group's when None) shaded by its tokens' shares of the loss under the
     policy's current log-probs: group_html for a notebook (IPython.display.HTML), group_ansi for a terminal."""
     logprobs = logprobs_by_part(policy, batch, cfg.group_size, cfg.prompts_per_pass)
@@ -189,7 +201,7 @@ def shade_group(policy, tok, batch, cfg, group=None, as_html=True):
     if group is None:
         group = pick_group(batch.rewards.view(-1, cfg.group_size).tolist())
     view = group_view(tok, batch, by_advantage, by_kl, group, cfg.group_size)
-    return group_html(view) if as_html else group_ansi(view)
+    return group_html(view, numbers) if as_html else group_ansi(view)
 
 
 # ----------------------------------------------------------------------------- the run's picture

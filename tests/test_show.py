@@ -267,17 +267,18 @@ def test_token_texts_carry_partial_utf8(gpt2_tok):
 
 def test_html_shows_every_token_escaped_with_rewards_and_numbers(gpt2_tok):
     view, texts = hand_group(gpt2_tok)
-    out = show.group_html(view)
+    out = show.group_html(view, numbers=True)
     for row in view:
         for t in row["tokens"]:
             assert f">{html.escape(show.shown(t))}</span>" in out
             assert f"via the advantage {t.by_advantage + 0:+.3e}, via KL {t.by_kl:+.3e}" in out
+    assert "title=" not in show.group_html(view)                                  # tooltips only when asked
     assert "&lt;" in out and "&amp;" in out and "x < y" not in out               # escaped, not markup
     assert "&lt;|endoftext|&gt;" in out and "font-style:italic" in out            # EOS visible, marked
     assert "#0 reward 1.00 A +0.70" in out and "#1 reward 0.00 A -0.70" in out
     # row 0 (A > 0) pushed up, row 1 down; the largest share (the shorter row's) at full strength
-    assert out.splitlines()[1].count("rgba(0,170,0,0.") == len(view[0]["tokens"])
-    assert out.splitlines()[2].count("rgba(220,0,0,1.00)") == len(view[1]["tokens"])
+    assert out.splitlines()[1].count('class="tg-u') == len(view[0]["tokens"])
+    assert out.splitlines()[2].count(f'class="tg-d{show.SHADES}') == len(view[1]["tokens"])
     spans = [re.sub(r"<[^>]+>", "", line) for line in out.splitlines()[1:]]
     assert [html.unescape(s.split(" | ", 1)[1]) for s in spans] == \
         ["".join(show.shown(t) for t in row["tokens"]) for row in view]
