@@ -376,5 +376,5 @@ def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):
         per_token = per_token + cfg.beta * kl
     loss = aggregate_loss(per_token, loss_mask, cfg.loss_agg, cfg.max_new_tokens)
     batch = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, advantages, loss_mask,
-                    ref_logprobs, None, texts, {})
+                    ref_logprobs, None, texts, {}, truncated=truncated_rows(completion_ids, completion_mask, tok.stop_ids))
     return loss, step_metrics(batch, kl, clipped, G) | {"loss": loss.item()}, batch

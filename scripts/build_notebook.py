@@ -158,7 +158,9 @@ p = train_set[0]
 print(f"\\n{p.question!r} (answer {p.answer}):", get_reward([p] * 3, [str(p.answer), f"The answer is {p.answer}.", "0"]))"""
 
 GRPO_STEP = """\
-{{imports: grpo.Rollout, model.generate, model.left_pad}}
+{{imports: grpo.Rollout, model.generate, model.left_pad, model.stop_tensor}}
+from IPython.display import HTML, display
+from show import group_html, group_view, pick_group
 
 # Every function this step calls is defined in this cell or cell 4, except the model's own primitives:
 # generate (the KV-cache sampler), left_pad, the decoder's forward, and the tokenizer. train.py runs the same
@@ -168,6 +170,9 @@ GRPO_STEP = """\
 
 
 {{grpo.zero_std_groups}}
+
+
+{{grpo.truncated_rows}}
 
 
 {{grpo.token_logprobs}}
@@ -185,6 +190,9 @@ GRPO_STEP = """\
 {{grpo.aggregate_loss}}
 
 
+{{grpo.loss_weights}}
+
+
 {{grpo.step_metrics}}
 
 
@@ -192,6 +200,9 @@ GRPO_STEP = """\
 
 
 {{grpo.grpo_step}}
+
+
+{{show.token_contributions}}
 
 
 # One step on one batch, no optimizer step.
@@ -205,12 +216,21 @@ loss.backward()
 grad_norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in policy.parameters() if p.grad is not None))
 policy.zero_grad(set_to_none=True)
 print(f"initial loss {loss.item():+.6f}, gradient norm {grad_norm:.3f}")
-print("  (~0 in value: advantages sum to 0 per group and pi = pi_ref; the gradient -A grad log pi is not 0)")"""
+print("  (~0 in value: advantages sum to 0 per group and pi = pi_ref; the gradient -A grad log pi is not 0)")
+
+# One group, each token shaded by its share of that loss (token_contributions): what GRPO pushes up or down
+with torch.no_grad():
+    logprobs = plain_completion_logprobs(policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, G)
+by_advantage, by_kl = token_contributions(logprobs, batch, cfg)
+print(f"the tokens' shares sum to the loss: {(by_advantage + by_kl).sum().item():+.6f}")
+GROUP = pick_group(batch.rewards.view(-1, G).tolist())     # the first group whose rewards differ
+print(f"group {GROUP}: {prompts[GROUP].question!r} (answer {prompts[GROUP].answer}), before training")
+display(HTML(group_html(group_view(tok, batch, by_advantage, by_kl, GROUP, G))))"""
 
 TRAIN = """\
 import random
 from statistics import fmean
-import matplotlib.pyplot as plt
+from show import run_figure
 
 rng, history, t0 = random.Random(SEED), [], time.time()
 for step in range(1, STEPS + 1):
@@ -225,15 +245,7 @@ for step in range(1, STEPS + 1):
         print(f"step {step:3d} | reward {avg['reward']:.3f} zero {avg['frac_reward_zero_std']:.2f} | loss {avg['loss']:+.4f} "
               f"| kl {avg['kl']:.4f} | len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
 
-rewards = [h["reward"] for h in history]
-k = max(1, len(rewards) // 6)
-smooth = [sum(rewards[max(0, i - k + 1):i + 1]) / len(rewards[max(0, i - k + 1):i + 1]) for i in range(len(rewards))]
-fig, ax = plt.subplots(figsize=(6.5, 3))
-ax.plot(range(1, STEPS + 1), rewards, alpha=0.35, label="mean reward of the step's B*G samples")
-ax.plot(range(1, STEPS + 1), smooth, label=f"moving average ({k} steps)")
-ax.set(xlabel="step", ylabel="reward", ylim=(-0.02, 1.02), title=f"GRPO on {TASK}, G = {cfg.group_size}")
-ax.legend(loc="lower right", fontsize=8)
-plt.show()"""
+display(run_figure(history, {}))       # show.py: reward, KL, length and truncation, zero-variance groups"""
 
 EVALUATE = """\
 import json
@@ -255,6 +267,15 @@ print("GRPO model:  prompt -> output -> reward")
 print(format_examples(tuned["examples"], width=90))
 print("GRPO model, its first wrong answers:")
 print(format_examples(tuned["wrong_examples"][:3], width=90) or "  (none)")
+
+# cell 5's group again, sampled from the trained policy: the same prompt, its new completions and their shares
+prompts = train_set[:BATCH_PROMPTS]
+loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)
+with torch.no_grad():
+    logprobs = plain_completion_logprobs(policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, G)
+by_advantage, by_kl = token_contributions(logprobs, batch, cfg)
+print(f"\\ngroup {GROUP} after training: rewards {batch.rewards.view(-1, G)[GROUP].tolist()}")
+display(HTML(group_html(group_view(tok, batch, by_advantage, by_kl, GROUP, G))))
 # what cell 8 quotes, written where scripts/build_notebook.py reads it when it fills in the analysis
 if not SMOKE and MODEL == "smollm2":
     run = {"command": "python scripts/run_notebook.py", "steps": STEPS, "batch_prompts": BATCH_PROMPTS,

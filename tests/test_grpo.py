@@ -501,6 +501,7 @@ def test_written_out_step_equals_the_batched_path(settings):
     fast_loss = grpo_loss(policy, fast, cfg)[0]
     fast_loss.backward()
     assert batch.texts == fast.texts and torch.equal(batch.rewards, fast.rewards)
+    assert torch.equal(batch.truncated, fast.truncated)
     assert torch.equal(batch.loss_mask, fast.loss_mask)
     assert (batch.advantages - fast.advantages).abs().max() <= 1e-5
     assert abs(loss.item() - fast_loss.item()) <= 1e-5 and metrics["loss"] == loss.item()
