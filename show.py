@@ -148,30 +148,31 @@ def shade(share, big):
 
 
 def group_html(view, numbers=False):
-    """The group as HTML (the notebook): one row per completion, its reward and advantage first; each token a
-    span on green where GRPO pushes it up (share via the advantage < 0), red where down, in SHADES steps of
-    strength; a blue underline as strong as its share via the KL term; numbers=True puts both shares in each
-    token's tooltip (40 more characters a token)."""
+    """The group as HTML (the notebook): one row per completion, its reward and advantage first; each token on
+    green where GRPO pushes it up (share via the advantage < 0), red where down, in SHADES steps of strength; a blue
+    underline as strong as its share via the KL term; numbers=True puts both shares in each token's tooltip. Short
+    class names scoped under .tg, and no span for an unshaded token: a group is a few KB in the notebook."""
     big_a, big_k = largest(view, "by_advantage"), largest(view, "by_kl")
 
     def span(t):
         a, k = shade(t.by_advantage, big_a), shade(t.by_kl, big_k)
-        classes = " ".join(([f"tg-{'u' if t.by_advantage < 0 else 'd'}{a}"] if a else []) + ([f"tg-k{k}"] if k else [])
-                           + (["tg-sp"] if t.special else []))
+        classes = " ".join(([f"{'u' if t.by_advantage < 0 else 'd'}{a}"] if a else []) + ([f"k{k}"] if k else [])
+                           + (["s"] if t.special else []))
         tip = f"token {t.id} {t.text!r}: via the advantage {t.by_advantage + 0:+.3e}, via KL {t.by_kl:+.3e}"
-        return (f'<span class="{classes}"' + (f' title="{html.escape(tip)}"' if numbers else "")
-                + f">{html.escape(shown(t))}</span>")
+        text = html.escape(shown(t))
+        if not classes and not numbers:
+            return text
+        return f'<span class="{classes}"' + (f' title="{html.escape(tip)}"' if numbers else "") + f">{text}</span>"
 
-    style = "".join(f".tg-u{i}{{background:rgba(0,170,0,{i / SHADES:.2f})}}"
-                    f".tg-d{i}{{background:rgba(220,0,0,{i / SHADES:.2f})}}"
-                    f".tg-k{i}{{border-bottom:3px solid rgba(0,0,255,{i / SHADES:.2f})}}" for i in range(1, SHADES + 1))
-    legend = (f"<style>{style}.tg-sp{{color:#777;font-style:italic}}</style><div>each token's share of the loss: "
-              "<span class='tg-u3'>pushed up</span> <span class='tg-d3'>pushed down</span> (via the advantage), "
-              "<span class='tg-k3'>KL term</span></div>")
-    rows = [f"<div style='font-family:monospace;white-space:pre-wrap;margin:2px 0'>"
-            f"#{row['sample']} reward {row['reward']:.2f} A {row['advantage']:+.2f} | "
-            + "".join(span(t) for t in row["tokens"]) + "</div>" for row in view]
-    return "\n".join([legend, *rows])
+    style = "".join(f".tg .u{i}{{background:rgba(0,170,0,{i / SHADES:.2f})}}"
+                    f".tg .d{i}{{background:rgba(220,0,0,{i / SHADES:.2f})}}"
+                    f".tg .k{i}{{border-bottom:3px solid rgba(0,0,255,{i / SHADES:.2f})}}" for i in range(1, SHADES + 1))
+    legend = (f"<div class=tg><style>{style}.tg .s{{color:#777;font-style:italic}}.tg p{{font-family:monospace;"
+              "white-space:pre-wrap;margin:2px 0}</style>each token's share of the loss: <span class=u3>pushed up</span> "
+              "<span class=d3>pushed down</span> (via the advantage), <span class=k3>KL term</span>")
+    rows = [f"<p>#{row['sample']} reward {row['reward']:.2f} A {row['advantage']:+.2f} | "
+            + "".join(span(t) for t in row["tokens"]) + "</p>" for row in view]
+    return "\n".join([legend, *rows, "</div>"])
 
 
 def group_ansi(view):

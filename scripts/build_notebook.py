@@ -262,11 +262,11 @@ for key, label in [("accuracy", "greedy accuracy"), ("format", "exactly the answ
                    ("completion_chars", "mean answer length (chars)")]:
     print(f"  {label:28} {base[key]:6.3f} {tuned[key]:6.3f}")
 print("\\nbase model:  prompt -> output -> reward")
-print(format_examples(base["examples"], width=90))
+print(format_examples(base["examples"], width=70))
 print("GRPO model:  prompt -> output -> reward")
-print(format_examples(tuned["examples"], width=90))
+print(format_examples(tuned["examples"][:3], width=70))
 print("GRPO model, its first wrong answers:")
-print(format_examples(tuned["wrong_examples"][:3], width=90) or "  (none)")
+print(format_examples(tuned["wrong_examples"][:2], width=70) or "  (none)")
 
 # cell 5's group again, sampled from the trained policy: the same prompt, its new completions and their shares
 prompts = train_set[:BATCH_PROMPTS]
@@ -284,58 +284,7 @@ if not SMOKE and MODEL == "smollm2":
     with open("results/notebook_run.json", "w") as f:
         json.dump(run, f, indent=1)"""
 
-ANALYSIS = """\
-## Analysis
-
-**Did it learn?** Yes. Graded by the task's verifier (a reply counts only if it commits to the right answer
-and asserts nothing false), held-out greedy accuracy went from 45.5% (base model) to 96.0% on 200 prompts
-never seen in training, and sampled accuracy (temperature 1) from 8.3% to 96.3%. The greedy mean reward after
-training equals the accuracy (0.960): every right answer is exactly the number, which scores 1 only with the
-format component. The training reward (sampled, B x G = 64 completions a step) rose from 0.14 (mean of steps
-1-4) to 0.93 (steps 21-24). The command-line default (`python train.py`, 30 steps, the same 200 prompts)
-gives 45.5% -> 96.5% on the same 200 held-out prompts, exact format 0% -> 96.5%, in 4 min 02 s on a
-2-core CPU (README).
-
-**Dynamics.** The base model rarely answers right when sampling (8.3%), so in the first step almost every
-group is all zeros (cell 5: one right sample in 64) and teaches nothing; the few right samples are enough,
-and the reward climbs fastest between steps 8 and 16. Answers shrink from 16.1 tokens (steps 1-4) to 3.8 (steps
-21-24): "63" and EOS. The KL to the reference rises with that change of style, from 0.30 per token (steps 1-4)
-to 2.2 (steps 17-20), far above the "small KL" we expected: the reference model never answers with a bare
-number, so every token of one is improbable under pi_ref. With beta = 0.04 the KL term costs about 0.06 of
-loss at that point, small next to the advantage term of groups that still mix right and wrong, so it slows
-the drift rather than preventing it; once most groups are all right, their advantages are 0 and the KL term
-is all that is left to pull back (2.2 -> 1.5 over the last 4 steps).
-
-**Reward hacking?** The reward is built against the hacks this task invites, and the audit in cell 4 shows
-the holes it closes: a false comparison ending on the right number ("15 is larger than 43.", which the base
-model writes and a last-integer rule would pay), two candidate answers ("57 or 42"), a denial ("Not 57."). A
-format-only reward would be hacked by well-formatted wrong numbers, so format pays only on a right answer.
-What the trained model does: all five examples in cell 7 are the bare right number, its answers are 2
-characters long on average, and none is empty or a list. The remaining 4% are wrong numbers in the right
-format, which score 0. What the reward cannot see: it pays "57" whether the model compared the numbers or
-learned a shortcut; the held-out questions (unseen pairs) are what show it compares. The verifier's known
-strictness (a true aside with another number, a correction "not 42, it is 57") costs right answers a reward
-but never pays a wrong one.
-
-**Effect of group size G** (`scripts/sweep_group_size.py`; raw results, with each run's example replies, in
-`results/group_size_sweep.json`). Every run samples the same number of completions per step (B x G = 64), so
-a larger G means fewer prompts:
-
-{{sweep_table}}
-
-With 64 completions a step and 20 steps, every group size learned the comparison (94-100% of held-out
-answers right, from 45.5%), but only G = 2 and G = 8 learned the format: G = 4 settled on "The larger number
-is 63." (100% right, 0% exact) and G = 16 on "63 is larger." (96.5%, 0%), each at a training reward of
-about 0.5 (their last-5 means, 0.48 and 0.47). Once one style is right in every sample of a group, the
-group's rewards are all 0.5 and its advantages 0: a bare number is reinforced only if one turns up in a
-group that still mixes. Which style wins is decided by such chance events early on, and one seed per G cannot
-tell that luck from an effect of G. G = 2 drifted furthest from the reference (KL 5.3 per token at its last
-step, 0.6-1.0 for the others): its baseline is the one other sample, so its advantages are always +-0.71 or 0,
-and its updates the least averaged. The share of zero-variance groups was lowest for G = 16 (49%, 63-71% for
-the others), as expected with more samples per group; G = 8's reward curve was the noisiest but reached the
-highest reward (0.99 over its last 5 steps). One seed, 200 held-out prompts (a standard error of about 1.5
-points near 95%): differences of a few points are noise; the styles the runs ended in are the clearer
-signal."""
+ANALYSIS = "{{analysis}}"      # analysis_text(), from the results files
 
 CELLS = [HEADER, PLAN, SETUP, DATA, REWARD, GRPO_STEP, TRAIN, EVALUATE, ANALYSIS]
 
@@ -417,25 +366,117 @@ def import_lines(names, modules, extra=()):
 
 
 SWEEP = ROOT / "results" / "group_size_sweep.json"
+NOTEBOOK_RUN = ROOT / "results" / "notebook_run.json"      # written by cell 7 of a full run
 
 
-def sweep_table():
-    """The group-size table of cell 8, from the committed raw results of scripts/sweep_group_size.py."""
+def pct(x, d=1):
+    return f"{100 * x:.{d}f}%"
+
+
+def sweep_table(sweep):
+    """The group-size table of cell 8: mean [min, max] over the seeds of each number, per G."""
+    def cell(stats, fmt):
+        return f"{fmt(stats['mean'])} [{fmt(stats['min'])}, {fmt(stats['max'])}]"
+    two, three = (lambda x: f"{x:.2f}"), (lambda x: f"{x:.3f}")
+    rows = []
+    for G, s in sweep["summary"].items():
+        B = next(r["B"] for r in sweep["runs"] if str(r["G"]) == G)
+        rows.append(f"| {G} | {B} | {cell(s['accuracy_after'], pct)} | {cell(s['format_after'], pct)} | "
+                    f"{cell(s['reward_last5'], two)} | {cell(s['frac_zero_std_groups'], lambda x: pct(x, 0))} | "
+                    f"{cell(s['reward_curve_noise'], three)} | {cell(s['kl_last'], two)} |")
+    head = ("| G | B | held-out accuracy | exactly the answer | train reward, last 5 steps | zero-variance groups | "
+            "reward-curve noise | KL, last step |\n|---|---|---|---|---|---|---|---|")
+    return "\n".join([head] + rows)
+
+
+def window(history, key, first, last):
+    """The mean of a logged number over steps first..last, as cell 6 prints it (its LOG_EVERY-step averages)."""
+    values = [h[key] for h in history if first <= h["step"] <= last]
+    return sum(values) / len(values)
+
+
+def analysis_text():
+    """Cell 8, every number read from results/notebook_run.json (this notebook's run) and the sweep's results."""
     import json
-    res = json.loads(SWEEP.read_text())
-    rows = [f"| {r['G']} | {r['B']} | {r['reward_first5']:.2f} -> {r['reward_last5']:.2f} | "
-            f"{r['frac_zero_std_groups']:.0%} | {r['reward_curve_noise']:.3f} | {r['accuracy_after']:.1%} | "
-            f"{r['format_after']:.1%} | {r['kl_last']:.2f} |" for r in res["runs"]]
-    head = ("| G | B | train reward, first 5 -> last 5 steps | zero-variance groups | reward-curve noise | "
-            "held-out greedy accuracy | exact format | KL, last step |\n|---|---|---|---|---|---|---|---|")
-    return "\n".join([head] + rows) + (f"\n\nBase model: {res['accuracy_before']:.1%}. {res['steps']} steps of "
-                                       f"{res['completions_per_step']} completions each (B x G), task {res['task']}, "
-                                       f"lr {res['lr']}, beta {res['beta']}, seed 0, graded by {res['grader']}.")
+    run, sweep = json.loads(NOTEBOOK_RUN.read_text()), json.loads(SWEEP.read_text())
+    h, base, tuned, n = run["history"], run["base"], run["tuned"], run["steps"]
+    w = 4                                                       # cell 6 prints LOG_EVERY = 4-step averages
+    first = lambda key: window(h, key, 1, w)
+    last = lambda key: window(h, key, n - w + 1, n)
+    kl_windows = [(s, window(h, "kl", s, s + w - 1)) for s in range(1, n + 1, w)]
+    kl_peak_start, kl_peak = max(kl_windows, key=lambda x: x[1])
+    summary, runs = sweep["summary"], sweep["runs"]
+    g8 = summary[str(run["group_size"])]
+    worst = min(runs, key=lambda r: r["accuracy_after"])
+    best_G = max(summary, key=lambda G: summary[G]["accuracy_after"]["mean"])
+    noise = {G: s["reward_curve_noise"]["mean"] for G, s in summary.items()}
+    zero = {G: s["frac_zero_std_groups"]["mean"] for G, s in summary.items()}
+    styles = {r["seed"]: sorted({r2["examples_after"][0]["reply"] for r2 in runs if r2["seed"] == r["seed"]})
+              for r in runs}
+    said = lambda rows: ", ".join(f'"{r}"' for r in rows)
+    tuned_replies = [e[1] for e in tuned["examples"][:3]]
+    wrong = [e[1] for e in tuned["wrong_examples"][:2]]
+    seeds = sorted({r["seed"] for r in runs})
+    return f"""## Analysis
+
+**Did it learn?** Yes. Graded by the task's verifier (a reply counts only if it commits to the right answer
+and asserts nothing false), held-out greedy accuracy went from {pct(base['accuracy'])} (base model) to
+{pct(tuned['accuracy'])} on {run['n_eval']} prompts never seen in training (cell 7), and sampled accuracy at
+temperature 1 from {pct(base['sampled_accuracy'])} to {pct(tuned['sampled_accuracy'])}. The share of replies that are
+exactly the answer went from {pct(base['format'])} to {pct(tuned['format'])}. The training reward (sampled, B x G =
+{run['batch_prompts'] * run['group_size']} completions a step) rose from {first('reward'):.3f} (steps 1-{w}) to
+{last('reward'):.3f} (steps {n - w + 1}-{n}), cell 6's log. How much of such a number is luck: the G sweep below ran
+these settings (G = {run['group_size']}, 20 steps instead of {n}) with seeds {seeds[0]}-{seeds[-1]} and ended between
+{pct(g8['accuracy_after']['min'])} and {pct(g8['accuracy_after']['max'])} held-out accuracy; a difference of a few
+points between two runs is seed noise, not an effect.
+
+**Dynamics** (cell 6's log and figure). The base model rarely answers right when sampling, so early on most
+groups have equal rewards (zero-variance share {first('frac_reward_zero_std'):.2f} over steps 1-{w}): they get A = 0
+and teach nothing, and the few mixed groups carry the learning. Answers shrink from {first('completion_len'):.1f}
+tokens (steps 1-{w}) to {last('completion_len'):.1f} (steps {n - w + 1}-{n}): {said(tuned_replies[:1])} and EOS. Late in
+the run the zero-variance share is {last('frac_reward_zero_std'):.2f}, now because the samples of a group answer alike.
+The KL to the reference is not small: per token it went from {first('kl'):.2f} (steps 1-{w}) to
+{kl_peak:.2f} (steps {kl_peak_start}-{kl_peak_start + w - 1}){f" and {last('kl'):.2f} at the end" if kl_peak_start < n - w + 1 else ", its highest at the end"}. The new short
+style is one the reference model does not use, so each of its few tokens is improbable under pi_ref. With beta = 0.04 the
+KL term is a small part of the loss next to the advantage term of a group that still mixes right and wrong: it slows
+the drift, it does not prevent it. Once a group is all right its advantages are 0, and the KL term is all that
+pulls back{", which is why the KL falls again at the end" if kl_peak_start < n - w + 1 else ""}.
+
+**Reward hacking?** The reward is built against the hacks this task invites, and cell 4's audit shows the holes
+it closes: a false comparison that ends on the right number ("15 is larger than 43.", which a last-integer rule
+would pay), two candidate answers ("57 or 42"), a denial ("Not 57."); and format pays only on a right answer, so a
+well-formatted wrong number earns nothing. What the trained model does: its first held-out replies (cell 7) are
+{said(tuned_replies)}; its wrong ones are {said(wrong) if wrong else "none"}, wrong numbers in the requested format,
+which score 0. The token view (cells 5 and 7) shows where the update goes: on the winning replies GRPO pushes up
+every token (the advantage is one number per completion, spread over its tokens), so it cannot tell the digits that
+decide the reward from the filler around them. What the reward cannot see: it pays "57" whether the model compared
+the numbers or found a shortcut; the held-out questions (unseen pairs) are what show that it compares.
+
+**Effect of group size G** (`python scripts/sweep_group_size.py`; every run, with its replies, in
+`results/group_size_sweep.json`). Each run samples the same number of completions per step (B x G =
+{sweep['completions_per_step']}), so a larger G means fewer prompts; {sweep['steps']} steps; seeds
+{", ".join(map(str, seeds))}; mean [min, max] over the seeds; graded by {sweep['grader']}:
+
+{sweep_table(sweep)}
+
+Every group size learned the comparison, from a base model at {pct(min(sweep['accuracy_before'].values()))} to
+{pct(max(sweep['accuracy_before'].values()))} (per seed: the held-out set depends on it). G = {best_G} had the highest
+mean accuracy, and G = {worst['G']} the lowest single run: seed {worst['seed']} reached {pct(worst['accuracy_after'])},
+answering in the requested format ({pct(worst['format_after'])}) but often with the wrong number ({said(r['reply'] for r in worst['wrong_after'][:2])}),
+with B = {worst['B']} prompts a step to learn from. The reward curve is noisier at large G
+({", ".join(f"{noise[G]:.3f}" for G in summary)} for G = {", ".join(summary)}): each step's mean reward rests on
+fewer prompts. The zero-variance share is lowest at the largest G ({", ".join(pct(zero[G], 0) for G in summary)}):
+with more samples a group is more likely to mix right and wrong. Which answer style a run ends in depends more on
+the seed than on G: with seed {seeds[-1]} the first held-out reply of every group size was {said(styles[seeds[-1]][:2])},
+right but not the bare number, and the exact-answer share of those runs stayed between
+{pct(min(r['format_after'] for r in runs if r['seed'] == seeds[-1]))} and
+{pct(max(r['format_after'] for r in runs if r['seed'] == seeds[-1]))}. Three seeds and {sweep['n_eval']} held-out prompts
+show the noisier curves and the failure at large G; they do not rank G = 2, 4 and 8."""
 
 
 def fill(template):
     """Paste module sources for {{module.name}}, then write the imports for {{imports: extra.names}}."""
-    template = template.replace("{{sweep_table}}", sweep_table() if "{{sweep_table}}" in template else "")
+    template = template.replace("{{analysis}}", analysis_text() if "{{analysis}}" in template else "")
     pasted = [module_source(m.group(1), m.group(2)) for m in PLACEHOLDER.finditer(template)]
     code = PLACEHOLDER.sub(lambda m: module_source(m.group(1), m.group(2)), template)
     match = IMPORTS.search(code)

@@ -277,9 +277,12 @@ def test_html_shows_every_token_escaped_with_rewards_and_numbers(gpt2_tok):
     assert "&lt;|endoftext|&gt;" in out and "font-style:italic" in out            # EOS visible, marked
     assert "#0 reward 1.00 A +0.70" in out and "#1 reward 0.00 A -0.70" in out
     # row 0 (A > 0) pushed up, row 1 down; the largest share (the shorter row's) at full strength
-    assert out.splitlines()[1].count('class="tg-u') == len(view[0]["tokens"])
-    assert out.splitlines()[2].count(f'class="tg-d{show.SHADES}') == len(view[1]["tokens"])
-    spans = [re.sub(r"<[^>]+>", "", line) for line in out.splitlines()[1:]]
+    assert out.splitlines()[1].count('class="u') == len(view[0]["tokens"])
+    assert out.splitlines()[2].count(f'class="d{show.SHADES}') == len(view[1]["tokens"])
+    plain = show.group_html([view[0] | {"tokens": [t._replace(by_advantage=0.0, by_kl=0.0, special=False)
+                                                   for t in view[0]["tokens"]]}])
+    assert "<span" not in plain.splitlines()[1] and "x &lt; y &amp; z" in plain      # unshaded tokens: bare text
+    spans = [re.sub(r"<[^>]+>", "", line) for line in out.splitlines()[1:-1]]
     assert [html.unescape(s.split(" | ", 1)[1]) for s in spans] == \
         ["".join(show.shown(t) for t in row["tokens"]) for row in view]
     assert [t.special for t in view[0]["tokens"]][-1] and not any(t.special for t in view[0]["tokens"][:-1])
