@@ -83,11 +83,10 @@ policy near the frozen starting model $\pi_{\mathrm{ref}}$; per token, with $r =
   has an extra $/2$, which only rescales $\beta$: we implement the standard form and use $k_3$ with
   $\beta = 0.04$.
 
-**Hypothesis.** The base model is often right when greedy but much less often when sampling at temperature 1,
-so most groups mix right and wrong answers and GRPO has a signal from the first step. We expect the sampled
-training reward to rise, held-out accuracy to beat the base model's, and answers to get shorter (just the
-number, which only the format component asks for), with a KL to $\pi_{\mathrm{ref}}$ that grows as the
-answers change style."""
+**Hypothesis.** The base model is right about 41% of the time when greedy but 6.8% when sampling at temperature 1
+(`results/baseline.json`), so early on most groups are all wrong and teach nothing; the few mixed groups should
+be enough. We expect the sampled reward to rise, held-out accuracy to beat the base model's, and answers to get
+shorter, with a KL to $\pi_{\mathrm{ref}}$ that grows as the answers change style."""
 
 SETUP = """\
 import copy, os, time
@@ -228,8 +227,9 @@ print(f"group {GROUP}: {prompts[GROUP].question!r} (answer {prompts[GROUP].answe
 display(HTML(group_html(group_view(tok, batch, by_advantage, by_kl, GROUP, G))))"""
 
 TRAIN = """\
-import random
+import io, random
 from statistics import fmean
+from IPython.display import Image
 from show import run_figure
 
 rng, history, t0 = random.Random(SEED), [], time.time()
@@ -245,7 +245,9 @@ for step in range(1, STEPS + 1):
         print(f"step {step:3d} | reward {avg['reward']:.3f} zero {avg['frac_reward_zero_std']:.2f} | loss {avg['loss']:+.4f} "
               f"| kl {avg['kl']:.4f} | len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
 
-display(run_figure(history, {}))       # show.py: reward, KL, length and truncation, zero-variance groups"""
+png = io.BytesIO()
+run_figure(history, {}).savefig(png, format="png", dpi=90)   # show.py: reward, KL, length, zero-variance groups
+display(Image(png.getvalue()))"""
 
 EVALUATE = """\
 import json
@@ -430,27 +432,24 @@ these settings (G = {run['group_size']}, 20 steps instead of {n}) with seeds {se
 {pct(g8['accuracy_after']['min'])} and {pct(g8['accuracy_after']['max'])} held-out accuracy; a difference of a few
 points between two runs is seed noise, not an effect.
 
-**Dynamics** (cell 6's log and figure). The base model rarely answers right when sampling, so early on most
+**Dynamics** (cell 6's log and figure). The base model rarely answers right when sampling, so early on many
 groups have equal rewards (zero-variance share {first('frac_reward_zero_std'):.2f} over steps 1-{w}): they get A = 0
-and teach nothing, and the few mixed groups carry the learning. Answers shrink from {first('completion_len'):.1f}
+and teach nothing; the mixed groups carry the learning. Answers shrink from {first('completion_len'):.1f}
 tokens (steps 1-{w}) to {last('completion_len'):.1f} (steps {n - w + 1}-{n}): {said(tuned_replies[:1])} and EOS. Late in
 the run the zero-variance share is {last('frac_reward_zero_std'):.2f}, now because the samples of a group answer alike.
-The KL to the reference is not small: per token it went from {first('kl'):.2f} (steps 1-{w}) to
+The KL to the reference is not small: per token, from {first('kl'):.2f} (steps 1-{w}) to
 {kl_peak:.2f} (steps {kl_peak_start}-{kl_peak_start + w - 1}){f" and {last('kl'):.2f} at the end" if kl_peak_start < n - w + 1 else ", its highest at the end"}. The new short
 style is one the reference model does not use, so each of its few tokens is improbable under pi_ref. With beta = 0.04 the
-KL term is a small part of the loss next to the advantage term of a group that still mixes right and wrong: it slows
-the drift, it does not prevent it. Once a group is all right its advantages are 0, and the KL term is all that
+KL term is small next to the advantage term of a group that still mixes right and wrong: it slows the drift. Once a group is all right its advantages are 0, and the KL term is all that
 pulls back{", which is why the KL falls again at the end" if kl_peak_start < n - w + 1 else ""}.
 
-**Reward hacking?** The reward is built against the hacks this task invites, and cell 4's audit shows the holes
-it closes: a false comparison that ends on the right number ("15 is larger than 43.", which a last-integer rule
-would pay), two candidate answers ("57 or 42"), a denial ("Not 57."); and format pays only on a right answer, so a
-well-formatted wrong number earns nothing. What the trained model does: its first held-out replies (cell 7) are
+**Reward hacking?** Cell 4's audit shows the holes the reward closes: a false comparison that ends on the right
+number ("15 is larger than 43.", which a last-integer rule would pay), two candidate answers ("57 or 42"), a denial
+("Not 57."); format pays only on a right answer. What the trained model does: its first held-out replies (cell 7) are
 {said(tuned_replies)}; its wrong ones are {said(wrong) if wrong else "none"}, wrong numbers in the requested format,
-which score 0. The token view (cells 5 and 7) shows where the update goes: on the winning replies GRPO pushes up
-every token (the advantage is one number per completion, spread over its tokens), so it cannot tell the digits that
-decide the reward from the filler around them. What the reward cannot see: it pays "57" whether the model compared
-the numbers or found a shortcut; the held-out questions (unseen pairs) are what show that it compares.
+which score 0. The token view (cells 5 and 7) shows where the update goes: GRPO pushes every token of a winning reply
+up alike (one advantage per completion), the digits that decide the reward and the filler around them. The reward
+pays "57" whether the model compared the numbers or found a shortcut; the unseen held-out pairs show it compares.
 
 **Effect of group size G** (`python scripts/sweep_group_size.py`; every run, with its replies, in
 `results/group_size_sweep.json`). Each run samples the same number of completions per step (B x G =
