@@ -458,7 +458,7 @@ pays "57" whether the model compared the numbers or found a shortcut; the unseen
 
 {sweep_table(sweep)}
 
-Every group size learned the comparison, from a base model at {pct(min(sweep['accuracy_before'].values()))} to
+Every run beat its base model, which was at {pct(min(sweep['accuracy_before'].values()))} to
 {pct(max(sweep['accuracy_before'].values()))} (per seed: the held-out set depends on it). G = {best_G} had the highest
 mean accuracy, and G = {worst['G']} the lowest single run: seed {worst['seed']} reached {pct(worst['accuracy_after'])},
 answering in the requested format ({pct(worst['format_after'])}) but often with the wrong number ({said(r['reply'] for r in worst['wrong_after'][:2])}),
