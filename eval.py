@@ -18,6 +18,7 @@ from checkpoint import run_config, weights_path
 from device import pick_device, pick_dtype
 from load_weights import check_fits, load_model, read_safetensors
 from model import generate
+from show import clip
 from task import WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset, parse_weights
 
 GRADER = "the task's verifier"     # what every accuracy below counts (task.py)
@@ -69,13 +70,8 @@ def evaluate(model, tok, prompts, samples=0, temperature=1.0, max_new_tokens=32,
 def format_examples(examples, width=70):
     """One line per example: prompt -> output -> reward, right or wrong (the verifier). Long outputs keep
     their end, where an answer usually is."""
-    def clip(s, keep_end=False):
-        s = s.replace("\n", "\\n")
-        if len(s) <= width:
-            return s
-        return "..." + s[-(width - 3):] if keep_end else s[:width - 3] + "..."
-    return "\n".join(f"  {clip(q)} -> {clip(o, keep_end=True)!r} -> {r:.2f} {'right' if ok else 'wrong'}"
-                     for q, o, r, ok in examples)
+    return "\n".join(f"  {clip(q, width)} -> {clip(o, width, keep_end=True)!r} -> {r:.2f} "
+                     f"{'right' if ok else 'wrong'}" for q, o, r, ok in examples)
 
 
 def load_policy(model_name=None, checkpoint=None, device="cpu"):

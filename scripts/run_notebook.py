@@ -138,8 +138,6 @@ def main(argv=None):
             print(f"FAILED: a cell raised an error:\n{error}", file=sys.stderr)
             return 1
         if not args.no_build:       # the analysis, with the numbers this run just wrote; outputs kept
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from build_notebook import build
             nbformat.write(build(keep_outputs_from=path), str(path))
             print(f"cell 8 filled in from results/ -> {path}")
 
