@@ -12,12 +12,21 @@ a Ctrl-C or a full disk at any moment leaves the last good one whole.
         train_state.pt          optimizer state, the step (10), the log up to it, the config
         config.json             the run's settings (eval.py reads the model name from it)
 
-save() writes checkpoint-000010.tmp-<pid>, fsyncs it, renames it into place and then replaces `latest` with
-os.replace; only that last rename makes it current. Older checkpoint folders are deleted after it, and what a
-killed save left (*.tmp-*, or a folder `latest` does not name) is deleted at the next start.
+      .tinygrpo-run             the marker: tinygrpo made this folder; flock'ed by the run that writes it, with
+                                its PID inside (a second run into the folder is refused, naming it)
+
+save() writes .tinygrpo-tmp-checkpoint-000010-<pid>, fsyncs it, renames it into place and then replaces `latest`
+with os.replace; only that last rename makes it current. Older checkpoint folders are deleted after it, and what a
+killed save left (.tinygrpo-tmp-*, or a checkpoint-NNNNNN folder `latest` does not name) is deleted at the next
+start. A run deletes nothing else: only names that tinygrpo writes, and only in a folder that carries the marker.
 """
+import contextlib
+import fcntl
 import json
+import math
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +37,15 @@ from safetensors.torch import save_file
 from load_weights import read_safetensors
 
 LATEST = "latest"
+MARKER = ".tinygrpo-run"        # in every run folder tinygrpo made: the lock file, holding the runner's PID
+TMP = ".tinygrpo-tmp-"          # the prefix of what a save writes before its rename: a name only tinygrpo uses
+CHECKPOINT = re.compile(r"checkpoint-\d{6}")
+# what runs of tinygrpo (this and older versions) write into a run folder: a folder of only these is a run's
+RUN_NAME = re.compile(r"(log\.jsonl|completions\.jsonl|reward_curve\.png|latest|checkpoint-\d{6}"
+                      r"|model\.safetensors|train_state\.pt|config\.json)(\.tmp(-\d+)?)?|\.tinygrpo-.+")
+# what killed saves leave: ours, and the temporary names of older versions (checkpoint-000010.tmp-123)
+LEFTOVER = re.compile(r"\.tinygrpo-tmp-.+|(checkpoint-\d{6}|latest|log\.jsonl|completions\.jsonl)\.tmp(-\d+)?")
+PROJECT_ROOT = Path(__file__).resolve().parent
 # settings that cannot change what a resumed run computes; every other one must equal the checkpoint's
 MAY_CHANGE_ON_RESUME = ("steps", "log_every", "save_every", "resume", "eval_before", "eval_samples", "out_dir",
                         "device")
@@ -70,8 +88,12 @@ def save(out_dir, weights, state, config):
     """Write a checkpoint of state["step"] and make it current; raises OSError (disk full, read-only) with the
     previous checkpoint still current and nothing of the new one left behind."""
     out_dir, step = Path(out_dir), state["step"]
-    tmp = out_dir / f"{folder_name(step)}.tmp-{os.getpid()}"
-    pointer = out_dir / f"{LATEST}.tmp-{os.getpid()}"
+    tmp = out_dir / f"{TMP}{folder_name(step)}-{os.getpid()}"
+    pointer = out_dir / f"{TMP}{LATEST}-{os.getpid()}"
+    bad = non_finite(weights) + non_finite(state["optimizer"], "optimizer state ")
+    if bad:                                              # never a checkpoint that cannot be trained on
+        raise ValueError(f"the checkpoint of step {step} was not saved: {len(bad)} tensors are not finite "
+                         f"({', '.join(bad[:2])}{', ...' if len(bad) > 2 else ''})")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -96,31 +118,71 @@ def save(out_dir, weights, state, config):
     return final
 
 
+def non_finite(tensors, prefix=""):
+    """The names of the tensors holding a NaN or an infinity, in a dict or list of them (nested)."""
+    items = tensors.items() if isinstance(tensors, dict) else enumerate(tensors)
+    bad = []
+    for name, t in items:
+        if isinstance(t, (dict, list, tuple)):
+            bad += non_finite(t, f"{prefix}{name}.")
+        elif isinstance(t, torch.Tensor) and not bool(torch.isfinite(t).all()):
+            bad.append(f"{prefix}{name}")
+    return bad
+
+
+def check_step(step, metrics, weights, out_dir):
+    """After each update: a NaN or an infinity in the step's metrics (loss, grad_norm, ...) or in the updated
+    weights stops the run in one line, before anything of it is saved, naming the checkpoint to go back to."""
+    bad = [f"{k} {v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    what = (f"its {', '.join(bad)}" if bad else
+            f"{len(names)} weight tensors ({names[0]}, ...)" if (names := non_finite(weights)) else None)
+    if what:
+        last = last_good(out_dir)
+        raise ValueError(f"step {step} is not finite: {what}; the run stopped before saving it: "
+                         + (f"continue from {last} with --resume (a lower --lr, or --grad_clip, may avoid it)"
+                            if last else "there is no earlier checkpoint (try a lower --lr, or --grad_clip)"))
+
+
 def current(out_dir):
-    """The current checkpoint folder of a run (None when it has none)."""
+    """The current checkpoint folder of a run (None when it has none). `latest` must name a checkpoint-NNNNNN
+    folder of this run, not a path: a run never follows it into another folder."""
     pointer = Path(out_dir) / LATEST
     if not pointer.is_file():
         return None
-    folder = Path(out_dir) / pointer.read_text().strip()
+    name = pointer.read_bytes()[:200].decode(errors="replace").strip()
+    folder = Path(out_dir) / name
+    if pointer.is_symlink() or not CHECKPOINT.fullmatch(name) or folder.is_symlink():
+        raise ValueError(f"{pointer} names {name[:80]!r}, not a checkpoint-NNNNNN folder of this run: the run folder "
+                         f"was changed by hand; nothing was loaded or deleted")
     if not folder.is_dir():
         raise ValueError(f"{pointer} names {folder.name}, which is missing: the run folder was changed by hand")
     return folder
 
 
-def clean_leftovers(out_dir):
-    """Delete what killed saves left: *.tmp-* (and the old layout's *.tmp), and checkpoint folders that `latest`
-    does not name (none when `latest` is missing or broken: then they may be all that is left of the run)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return
+def last_good(out_dir):
+    """current(out_dir), or None when there is none or `latest` is broken (for the hint of an error line)."""
     try:
-        keep = current(out_dir)
+        return current(out_dir) if Path(out_dir).is_dir() else None
     except ValueError:
-        keep = None
+        return None
+
+
+def step_of(folder):
+    """checkpoint-000010 -> 10."""
+    return int(Path(folder).name.removeprefix("checkpoint-"))
+
+
+def clean_leftovers(out_dir):
+    """Delete what killed saves left: .tinygrpo-tmp-* (and older versions' checkpoint-NNNNNN.tmp-PID), and the
+    checkpoint-NNNNNN folders that `latest` does not name (none when `latest` is missing or broken: then they may
+    be all that is left of the run). Only in a folder that carries the marker: a run's; only names tinygrpo writes."""
+    out_dir = Path(out_dir)
+    if not (out_dir / MARKER).is_file():
+        return
+    keep = last_good(out_dir)
     for p in out_dir.iterdir():
-        stale = ".tmp-" in p.name or p.name.endswith(".tmp") or (keep and p.name.startswith("checkpoint-") and p != keep)
-        if stale:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if LEFTOVER.fullmatch(p.name) or (keep and CHECKPOINT.fullmatch(p.name) and p != keep):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def read_config(folder):
@@ -136,7 +198,11 @@ def load(folder, device="cpu"):
     folder = Path(folder)
     weights, meta = read_safetensors(folder / "model.safetensors", device)
     try:
-        state = torch.load(folder / "train_state.pt", weights_only=False, map_location=device)
+        # weights_only: tensors and plain data only; unpickling anything else could run code from the file
+        state = torch.load(folder / "train_state.pt", weights_only=True, map_location=device)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{folder / 'train_state.pt'} holds pickled objects that tinygrpo never writes (it could "
+                         f"run code): not loaded") from None
     except Exception as e:       # a truncated zip fails somewhere inside torch.load, with various types
         raise ValueError(f"cannot read {folder / 'train_state.pt'} (truncated or damaged?): "
                          f"{type(e).__name__}") from None
@@ -182,7 +248,7 @@ def config_differences(stored, now, may_change=MAY_CHANGE_ON_RESUME):
 def replace_lines(path, lines):
     """The file's text = these lines, replaced in one rename (a kill leaves the old text or the new)."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{TMP}{path.name}-{os.getpid()}")
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, path)
 
@@ -214,16 +280,88 @@ def holds_a_run(out_dir):
     return any((Path(out_dir) / name).exists() for name in (LATEST, "log.jsonl", "train_state.pt"))
 
 
+def check_out_dir(out_dir):
+    """One line for a folder a run must not take, checked before loading and writing nothing: none (empty), /,
+    the home folder, tinygrpo's own folder, a folder holding files that are not a run's (no marker; a folder of
+    an older tinygrpo's run, only its names, counts as a run), or one that another run is using."""
+    if not str(out_dir).strip():
+        raise ValueError("--out_dir is empty: name the run's folder, e.g. --out_dir=runs/NAME")
+    path = Path(out_dir).resolve()
+    for place, what in ((Path("/"), "the root folder"), (Path.home().resolve(), "the home folder"),
+                        (PROJECT_ROOT, "tinygrpo's own folder")):
+        if path == place:
+            raise ValueError(f"--out_dir={out_dir} is {what}: a run needs a folder of its own, e.g. runs/NAME")
+    if path.is_dir() and not (path / MARKER).is_file():
+        foreign = sorted(p.name for p in path.iterdir() if not RUN_NAME.fullmatch(p.name))
+        if foreign:
+            raise ValueError(f"--out_dir={out_dir} holds files that are not a tinygrpo run's ("
+                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): name a new or "
+                             f"empty folder, e.g. runs/NAME")
+    RunLock(out_dir, probe=True)
+
+
+class RunLock:
+    """The exclusive lock of a run folder: flock on its marker file, which holds the holder's PID. The OS drops
+    a flock when its process ends in any way (SIGKILL too), so a killed run leaves no stale lock behind.
+    probe=True: only check that no other process holds it (creating nothing)."""
+
+    def __init__(self, out_dir, probe=False):
+        path, self.fd = Path(out_dir) / MARKER, None
+        if probe and not path.is_file():
+            return
+        fd = os.open(path, os.O_RDONLY if probe else os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"--out_dir={out_dir} is in use by another run (PID {holder}): wait for it to end, "
+                             f"or choose another --out_dir") from None
+        if probe:
+            os.close(fd)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)               # closing the file drops the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@contextlib.contextmanager
+def open_run(out_dir, resume):
+    """The run folder, made, marked and locked for as long as the run lasts, what killed saves left deleted.
+    A fresh run (no --resume, or nothing to resume) first moves an earlier run aside. Yields where it went."""
+    out_dir = Path(out_dir)
+    fresh = not (resume and current(out_dir))
+    moved = set_aside(out_dir) if fresh else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir):
+        clean_leftovers(out_dir)
+        yield moved
+
+
 def set_aside(out_dir):
-    """Move an earlier run out of the way of a fresh one: runs/default -> runs/default.1 (the next free number).
-    Returns where it went, or None when out_dir holds no run."""
+    """Move an earlier run out of the way of a fresh one: runs/default -> runs/default.1 (the next free number),
+    cleaned of what killed saves left; never a run that another process is writing (its lock). Returns where it
+    went, or None when out_dir holds no run."""
     out_dir = Path(out_dir)
     if not holds_a_run(out_dir):
         return None
-    n = 1
-    while out_dir.with_name(f"{out_dir.name}.{n}").exists():
-        n += 1
-    return out_dir.rename(out_dir.with_name(f"{out_dir.name}.{n}"))
+    with RunLock(out_dir):                 # marks a folder of an older tinygrpo (only run names: check_out_dir)
+        clean_leftovers(out_dir)
+        n = 1
+        while out_dir.with_name(f"{out_dir.name}.{n}").exists():
+            n += 1
+        return out_dir.rename(out_dir.with_name(f"{out_dir.name}.{n}"))
 
 
 def check_writable(out_dir):

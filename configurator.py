@@ -4,8 +4,11 @@ the type of its default and checked before anything is loaded.
     cfg = apply_args(["--task=add2", "--beta=0", "--resume"], TrainConfig())    # bare --flag means True
     device = validate(cfg)        # one line naming the option, its value and what it may be; or the device
 """
+import hashlib
+import json
 import math
 import os
+import struct
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -14,8 +17,8 @@ import torch
 import checkpoint
 from ddp import check_world, dist_backend
 from device import pick_device, pick_dtype
-from load_weights import resolve_model
-from task import get_task, parse_weights
+from load_weights import find_smollm2_gguf, resolve_model
+from task import TASKS, get_task, parse_weights
 
 
 def option_targets(cfg):
@@ -67,12 +70,13 @@ def convert(name, value, current):
 # what each of TrainConfig's numeric options may be (GRPOConfig.validate checks its own)
 ALLOWED = {
     "steps": (">= 1", lambda v: v >= 1), "batch_prompts": (">= 1", lambda v: v >= 1),
-    "lr": ("> 0", lambda v: v > 0), "weight_decay": (">= 0", lambda v: v >= 0),
+    "lr": ("> 0 and <= 1", lambda v: 0 < v <= 1), "weight_decay": (">= 0 and <= 1", lambda v: 0 <= v <= 1),
     "grad_clip": (">= 0 (0 or none: no clipping)", lambda v: v is None or v >= 0),
     "mu": (">= 1", lambda v: v >= 1), "n_train": (">= 1", lambda v: v >= 1), "n_eval": (">= 1", lambda v: v >= 1),
     "seed": (">= 0", lambda v: v >= 0), "log_every": (">= 1", lambda v: v >= 1),
     "eval_samples": (">= 0", lambda v: v >= 0), "save_every": (">= 1", lambda v: v >= 1),
 }
+MAY_BE_NONE = ("grad_clip",)       # options whose none means "off" although their default is a number
 
 
 def validate(cfg):
@@ -81,7 +85,7 @@ def validate(cfg):
     defaults = option_targets(type(cfg)())
     for name, obj in option_targets(cfg).items():
         value, default = getattr(obj, name), getattr(defaults[name], name)
-        if value is None and default is not None:
+        if value is None and default is not None and name not in MAY_BE_NONE:
             raise ValueError(f"--{name}=none: {name} needs a value (default {default})")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"--{name}={value}: {name} must be a finite number")
@@ -91,6 +95,14 @@ def validate(cfg):
     resolve_model(cfg.model)                      # a mistyped --model, before an earlier run is moved aside
     get_task(cfg.task)
     weights = parse_weights(cfg.reward_weights)
+    for name, w in weights.items():
+        if not (math.isfinite(w) and w > 0):
+            raise ValueError(f"--reward_weights: the weight of {name} is {w}; it must be a finite number > 0 "
+                             f"(leave a component out to not use it)")
+    context = context_length(cfg.model)
+    if context is not None and cfg.grpo.max_new_tokens >= context:
+        raise ValueError(f"--max_new_tokens={cfg.grpo.max_new_tokens}: the model's context is {context} tokens, "
+                         f"which must hold the prompt and the completion; use fewer")
     if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
         raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
     if cfg.batch_prompts > cfg.n_train:
@@ -101,11 +113,70 @@ def validate(cfg):
         dist_backend(device)                      # torchrun on a device with no backend is refused here too
     check_device_works(device, cfg.device)
     pick_dtype(cfg.dtype, device)
+    writer = os.environ.get("RANK", "0") == "0"   # only rank 0 writes the run folder
+    if writer:
+        checkpoint.check_out_dir(cfg.out_dir)     # ours to write, and no other run in it
     if cfg.resume:
         check_resumable(cfg)
-    if os.environ.get("RANK", "0") == "0":        # only rank 0 writes the run folder
+    if writer:
         checkpoint.check_writable(cfg.out_dir)
     return device
+
+
+def context_length(model):
+    """The model's context in tokens, from its files' metadata without loading any weights (the GGUF header,
+    config.json); None where they cannot be read: loading the model then says what is wrong."""
+    kind, path = resolve_model(model)
+    try:
+        if kind == "gpt2":
+            return int(json.loads((path / "config.json").read_text())["n_positions"])
+        return gguf_field(path or find_smollm2_gguf(), "llama.context_length")
+    except Exception:
+        return None
+
+
+# GGUF value types (ggml's gguf.h): number -> struct format; 8 = string, 9 = array
+GGUF_TYPES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_field(path, key):
+    """One metadata value of a GGUF file, read from its header up to that key: the gguf package's reader maps
+    every tensor first, which takes seconds. Header: 'GGUF', version u32, tensors u64, keys u64, then per key
+    its name (u64 length + bytes), its type (u32) and its value."""
+    with open(path, "rb") as f:
+        read = lambda fmt: struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
+        string = lambda: f.read(read("Q"))
+
+        def value(kind):
+            if kind == 8:
+                return string()
+            if kind == 9:
+                item, n = read("I"), read("Q")
+                return [value(item) for _ in range(n)]
+            return read(GGUF_TYPES[kind])
+        if f.read(4) != b"GGUF":
+            return None
+        _, _, n_keys = read("I"), read("Q"), read("Q")
+        for _ in range(n_keys):
+            name, kind = string().decode(), read("I")
+            if name == key:
+                return value(kind)
+            value(kind)
+    return None
+
+
+def task_sha256(task):
+    """sha256 of the bytes of a custom task file (--task=path.py or .jsonl), None for a built-in task: stored in
+    the run's config, so that --resume trains on the questions the run started with."""
+    if task in TASKS or not Path(task).is_file():
+        return None
+    return hashlib.sha256(Path(task).read_bytes()).hexdigest()
+
+
+def run_config(cfg):
+    """What a checkpoint records of the run: every setting, and the custom task file's sha256."""
+    sha = task_sha256(cfg.task)
+    return asdict(cfg) | ({"task_sha256": sha} if sha else {})
 
 
 def check_device_works(device, setting):
@@ -128,7 +199,16 @@ def check_resumable(cfg):
                          f"train_state.pt); resume it with that version, or start a fresh run without --resume")
     if folder is None:
         return
-    differences = checkpoint.config_differences(checkpoint.read_config(folder), asdict(cfg))
+    if cfg.steps < checkpoint.step_of(folder):
+        raise ValueError(f"--resume --steps={cfg.steps}: {folder} is already at step {checkpoint.step_of(folder)}; "
+                         f"give --steps={checkpoint.step_of(folder)} or more")
+    stored = checkpoint.read_config(folder)
+    stored_sha = stored.pop("task_sha256", None)  # None: an older tinygrpo, which did not record it
+    differences = checkpoint.config_differences(stored, asdict(cfg))
     if differences:
         raise ValueError(f"--resume: settings differ from those of {folder}: {'; '.join(differences)} "
                          f"(only {', '.join(checkpoint.MAY_CHANGE_ON_RESUME)} may change; start a fresh run instead)")
+    if stored_sha and stored_sha != task_sha256(cfg.task):
+        raise ValueError(f"--resume: the task file {cfg.task} changed since the run started (sha256 "
+                         f"{stored_sha[:12]}... then, {(task_sha256(cfg.task) or 'none')[:12]}... now): resume with the "
+                         f"file as it was, or start a fresh run")

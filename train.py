@@ -37,9 +37,10 @@ import copy
 import json
 import os
 import random
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import checkpoint
-from configurator import apply_args, usage, validate
+from configurator import apply_args, run_config, usage, validate
 from ddp import (PolicyLogprobs, broadcast_dtype, init_distributed, local_device, loss_count, mean_across_ranks,
                  step_count)
 from device import pick_dtype
@@ -147,15 +148,15 @@ def step_prompts(train_set, cfg, step, rank, world):
     return [train_set[idx[i]] for i in mine], seeds
 
 
-def save_checkpoint(out_dir, policy, optimizer, step, history, cfg):
-    """checkpoint.save of this step; a failed save (disk full, read-only) stops the run in one line, with the
-    last good checkpoint still current."""
+def save_checkpoint(out_dir, policy, optimizer, step, history, config):
+    """checkpoint.save of this step (config: configurator.run_config); a failed save (disk full, read-only) stops
+    the run in one line, with the last good checkpoint still current."""
     weights = {k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()}
-    state = {"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": asdict(cfg)}
+    state = {"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": config}
     try:
-        checkpoint.save(out_dir, weights, state, asdict(cfg))
+        checkpoint.save(out_dir, weights, state, config)
     except OSError as e:
-        last = checkpoint.current(out_dir)
+        last = checkpoint.last_good(out_dir)
         raise ValueError(f"could not save the checkpoint of step {step} in {out_dir} ({e.strerror or e}); "
                          + (f"the last good one, {last}, is intact: free space and continue with --resume"
                             if last else "there is no earlier checkpoint")) from None
@@ -183,7 +184,18 @@ def make_reward(cfg, weights, ref_model, policy, tok, device):
 
 
 def train(cfg: TrainConfig):
+    """Every setting checked (configurator.validate), then the run in its run folder, which rank 0 holds locked
+    until the run ends (checkpoint.open_run: made, marked, cleaned; an earlier run moved aside first)."""
     device = validate(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return run_training(cfg, device)
+    with checkpoint.open_run(cfg.out_dir, cfg.resume) as moved:
+        if moved:
+            print(f"{cfg.out_dir} held an earlier run: moved it to {moved} (--resume continues a run instead)")
+        return run_training(cfg, device)
+
+
+def run_training(cfg, device):
     reward_weights = parse_weights(cfg.reward_weights)
     rank, world = init_distributed(device)
     if world > 1:
@@ -192,11 +204,7 @@ def train(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     resume_from = checkpoint.current(out_dir) if cfg.resume else None
-    if rank == 0:
-        checkpoint.clean_leftovers(out_dir)       # what killed saves left
-        moved = checkpoint.set_aside(out_dir) if resume_from is None else None   # a fresh run keeps an earlier one
-        if moved:
-            log(f"{out_dir} held an earlier run: moved it to {moved} (--resume continues a run instead)")
+    config = run_config(cfg)                      # what the checkpoints record (with a task file's sha256)
 
     dtype = pick_dtype(cfg.dtype, device)
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks
@@ -255,8 +263,7 @@ def train(cfg: TrainConfig):
         metrics["s_per_step"] = time.perf_counter() - t0
         metrics["tok_per_s"] = batch.completion_mask.sum().item() / batch.seconds["sample"]
         metrics = mean_across_ranks(metrics, world) | {"step": step}
-        if not all(torch.isfinite(torch.tensor(v)) for v in metrics.values()):
-            raise FloatingPointError(f"non-finite metric at step {step}: {metrics}")
+        checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)   # nothing non-finite
         history.append(metrics)
         record = step_record(step, prompts, batch, cfg.grpo.group_size)       # this rank's prompts
         if jsonl:
@@ -268,7 +275,7 @@ def train(cfg: TrainConfig):
             log(format_log(step, cfg.steps, metrics))
             log(group_table(record))
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
-            save_checkpoint(out_dir, policy, optimizer, step, history, cfg)
+            save_checkpoint(out_dir, policy, optimizer, step, history, config)
 
     if rank != 0:
         dist.destroy_process_group()
@@ -298,20 +305,31 @@ def main(argv=None):
         print(usage(__doc__, TrainConfig()))
         return None
     cfg = None
+    on_sigterm = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         cfg = parse_args(argv)
         return train(cfg)
     except ValueError as e:                     # bad input, or a save that failed: one line, no traceback
         sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)
     except OSError as e:                        # a missing file, or a full or read-only disk (log.jsonl, the plot)
-        last = checkpoint.current(cfg.out_dir) if cfg and Path(cfg.out_dir).is_dir() else None
+        last = checkpoint.last_good(cfg.out_dir) if cfg else None
         sys.exit((f"error: {e}" + (f"; the last checkpoint, {last}, is intact: continue with --resume" if last else ""))
                  if os.environ.get("RANK", "0") == "0" else 1)
-    except KeyboardInterrupt:
-        last = checkpoint.current(cfg.out_dir) if cfg else None
+    except KeyboardInterrupt as e:              # Ctrl-C, or SIGTERM (kill, a job scheduler): the same line
+        last = checkpoint.last_good(cfg.out_dir) if cfg else None
         print("interrupted: " + (f"continue from {last} with --resume" if last else "no checkpoint saved yet"),
               file=sys.stderr)
-        sys.exit(130)                           # the shell's status for a run stopped by Ctrl-C (128 + SIGINT)
+        sys.exit(143 if isinstance(e, Terminated) else 130)     # the shell's 128 + SIGTERM (15) or SIGINT (2)
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, so that it stops as on Ctrl-C: the checkpoint named, exit status 143."""
+
+
+def stop_on_sigterm(signum, frame):
+    raise Terminated
 
 
 if __name__ == "__main__":

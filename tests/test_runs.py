@@ -113,11 +113,11 @@ def test_checkpoint_is_one_folder_with_the_step_in_both_halves(tiny_checkpoint, 
     run(tiny_checkpoint, tmp_path, save_every=2)
     folder = checkpoint.current(tmp_path)
     assert folder == tmp_path / "checkpoint-000003" and (tmp_path / "latest").read_text() == folder.name
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000003", "completions.jsonl", "latest",
-                                                           "log.jsonl", "reward_curve.png"]      # older ones deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tinygrpo-run", "checkpoint-000003", "completions.jsonl",
+                                                           "latest", "log.jsonl", "reward_curve.png"]  # older: gone
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         assert f.metadata() == {"step": "3"}
-    state = torch.load(folder / "train_state.pt", weights_only=False)
+    state = torch.load(folder / "train_state.pt", weights_only=True)
     assert state["step"] == 3 and [h["step"] for h in state["history"]] == [1, 2, 3]
     assert json.loads((folder / "config.json").read_text())["model"] == str(tiny_checkpoint)
 
@@ -132,9 +132,12 @@ def test_resume_cuts_the_log_back_to_the_checkpoint(tiny_checkpoint, tmp_path):
 
 
 def test_resume_cleans_what_a_killed_save_left(tiny_checkpoint, tmp_path):
+    """Ours (.tinygrpo-tmp-*), an older version's (checkpoint-NNNNNN.tmp-PID), an unnamed checkpoint folder."""
     run(tiny_checkpoint, tmp_path, steps=2)
-    leftovers = [tmp_path / "checkpoint-000003.tmp-99", tmp_path / "checkpoint-000007", tmp_path / "latest.tmp-99"]
+    leftovers = [tmp_path / ".tinygrpo-tmp-checkpoint-000003-99", tmp_path / "checkpoint-000007",
+                 tmp_path / ".tinygrpo-tmp-latest-99", tmp_path / "checkpoint-000004.tmp-98"]
     leftovers[0].mkdir(), leftovers[1].mkdir(), leftovers[2].write_text("checkpoint-000003")
+    leftovers[3].mkdir()
     run(tiny_checkpoint, tmp_path, steps=2, resume=True)
     assert not any(p.exists() for p in leftovers) and checkpoint.current(tmp_path).name == "checkpoint-000002"
 
@@ -306,7 +309,7 @@ def kill_during_a_save(proc, out_dir):
     """SIGKILL as soon as a new checkpoint folder is being written (polled every millisecond)."""
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if out_dir.is_dir() and any(p.name.startswith("checkpoint-") and ".tmp-" in p.name for p in out_dir.iterdir()):
+        if out_dir.is_dir() and any(p.name.startswith(".tinygrpo-tmp-checkpoint-") for p in out_dir.iterdir()):
             proc.kill()
             return proc.wait()
         time.sleep(0.001)
@@ -335,8 +338,8 @@ def test_kills_at_random_points_then_resume_equal_an_uninterrupted_run(tiny_chec
     assert start(tiny_checkpoint, out, "--resume", stdout=subprocess.DEVNULL).wait(timeout=300) == 0
     assert steps_logged(out) == [1, 2, 3, 4, 5, 6] and steps_logged(out, "completions.jsonl") == [1, 2, 3, 4, 5, 6]
     assert (out / "completions.jsonl").read_text() == (tmp_path / "whole" / "completions.jsonl").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000006", "completions.jsonl", "latest", "log.jsonl",
-                                                     "reward_curve.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".tinygrpo-run", "checkpoint-000006", "completions.jsonl",
+                                                     "latest", "log.jsonl", "reward_curve.png"]
     a, _ = checkpoint.load(checkpoint.current(tmp_path / "whole"))
     b, _ = checkpoint.load(checkpoint.current(out))
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
@@ -414,5 +417,6 @@ def test_a_broken_run_folder_is_refused_on_resume_and_moved_aside_by_a_fresh_run
     assert "names checkpoint-000004, which is missing" in msg, msg
     (out / "checkpoint-000003").mkdir()                        # not named by latest, but maybe all there is
     run(tiny_checkpoint, out, steps=1)
-    assert sorted(p.name for p in (tmp_path / "run.1").iterdir()) == ["checkpoint-000003", "latest", "log.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "run.1").iterdir()) == [".tinygrpo-run", "checkpoint-000003", "latest",
+                                                                       "log.jsonl"]
     assert steps_logged(out) == [1]
