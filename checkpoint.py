@@ -90,7 +90,7 @@ def save(out_dir, weights, state, config):
     out_dir, step = Path(out_dir), state["step"]
     tmp = out_dir / f"{TMP}{folder_name(step)}-{os.getpid()}"
     pointer = out_dir / f"{TMP}{LATEST}-{os.getpid()}"
-    bad = non_finite(weights) + non_finite(state["optimizer"], "optimizer state ")
+    bad = non_finite(weights) + non_finite(state, "train state ")
     if bad:                                              # never a checkpoint that cannot be trained on
         raise ValueError(f"the checkpoint of step {step} was not saved: {len(bad)} tensors are not finite "
                          f"({', '.join(bad[:2])}{', ...' if len(bad) > 2 else ''})")
@@ -152,7 +152,7 @@ def current(out_dir):
     name = pointer.read_bytes()[:200].decode(errors="replace").strip()
     folder = Path(out_dir) / name
     if pointer.is_symlink() or not CHECKPOINT.fullmatch(name) or folder.is_symlink():
-        raise ValueError(f"{pointer} names {name[:80]!r}, not a checkpoint-NNNNNN folder of this run: the run folder "
+        raise ValueError(f"{pointer} names {name!r}, not a checkpoint-NNNNNN folder of this run: the run folder "
                          f"was changed by hand; nothing was loaded or deleted")
     if not folder.is_dir():
         raise ValueError(f"{pointer} names {folder.name}, which is missing: the run folder was changed by hand")
