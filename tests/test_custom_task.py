@@ -5,7 +5,7 @@ import pytest
 
 import task
 from conftest import one_line
-from task import Prompt, get_reward, get_task, is_correct, make_dataset
+from task import TASKS, Prompt, get_reward, get_task, is_correct, make_dataset
 
 MODULE = '''
 description = "double a number"
@@ -17,9 +17,11 @@ def make_prompt(rng):
 
 
 @pytest.fixture(autouse=True)
-def keep_registry(monkeypatch):
-    """Loading a task file registers it in task.TASKS; each test gets the registry back as it was."""
-    monkeypatch.setattr(task, "TASKS", dict(task.TASKS))
+def nothing_is_registered():
+    """Loading a task file changes no table: its prompts carry their verifier."""
+    before = dict(TASKS)
+    yield
+    assert TASKS == before and task.TASKS is TASKS
 
 
 def write_jsonl(path, rows):

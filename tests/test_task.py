@@ -7,9 +7,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import task  # noqa: E402
-from task import (AUDIT_CASES, TASKS, Prompt, WeightedReward, audit, correct_reward, format_reward,  # noqa: E402
-                  get_reward, get_task, is_correct, load_task_file, make_dataset, parse_weights, read_claims,
-                  sanity_check, words_to_digits)
+from task import (TASKS, Prompt, WeightedReward, correct_reward, format_reward, get_reward,  # noqa: E402
+                  get_task, is_correct, make_dataset, parse_weights)
+from verify import audit, audit_cases, read_claims, sanity_check, words_to_digits  # noqa: E402
+
+AUDIT_CASES = audit_cases()
 
 LARGER = Prompt("Which is larger, 42 or 57? Answer with just the number.", 57, "larger")
 
