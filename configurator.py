@@ -132,3 +132,20 @@ def check_resumable(cfg):
     if differences:
         raise ValueError(f"--resume: settings differ from those of {folder}: {'; '.join(differences)} "
                          f"(only {', '.join(checkpoint.MAY_CHANGE_ON_RESUME)} may change; start a fresh run instead)")
+
+
+# ----------------------------------------------------------------------------- checks the other tools share
+
+def check_option(name, value, like=None):
+    """validate()'s check of one option, for a flag of eval.py or judge.py that train.py has too (`like`: the
+    train.py option whose rule it follows, where the names differ): one line naming --name, or nothing."""
+    from dataclasses import replace
+
+    from grpo import GRPOConfig
+    rule = like or name
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"--{name}={value}: {name} must be a finite number")
+    if rule in ALLOWED and not ALLOWED[rule][1](value):
+        raise ValueError(f"--{name}={value}: {name} must be {ALLOWED[rule][0]}")
+    if rule in {f.name for f in fields(GRPOConfig)}:
+        replace(GRPOConfig(), **{rule: value}).validate()       # GRPOConfig's own rule and its line
