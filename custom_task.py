@@ -1,16 +1,16 @@
 """Your own task without editing the project: a .py module or a .jsonl data file, for --task=PATH.
 
-    python train.py --task=path/to/my_task.py     # make_prompt(rng) -> (question, answer) or a Prompt,
-                                                  # optionally verify(prompt, response) -> bool, description
-    python train.py --task=path/to/data.jsonl     # one {"question": ..., "answer": ...} per line
+    python train.py --task=path/to/my_task.py  # make_prompt(rng) -> (question, answer) or a Prompt;
+                                               # optionally verify(prompt, response) -> bool, description
+    python train.py --task=path/to/data.jsonl  # one {"question": ..., "answer": ...} per line
 
-A .py task file is Python code: loading it imports it, which runs it. train.py, eval.py and judge.py load one
-only when you name it with --task, never because a run folder's config.json names it.
+A .py task file is Python code: loading it imports it, which runs it. train.py, eval.py and judge.py
+load one only when you name it with --task, never because a run folder's config.json names it.
 
-Everything that can be checked is checked when the file loads, before any model is: the file imports, the
-first CHECKED_PROMPTS prompts come back in time and are well formed, verify returns a bool. A bad file, or a
-make_prompt / verify that fails later in a run, gives one line naming the file, the function and the reply.
-Nothing is registered anywhere: a task file's prompts carry its verifier (Prompt.verify).
+What can be checked is checked when the file loads, before any model does: the file imports; its first
+CHECKED_PROMPTS prompts come back in time and are well formed; verify returns a bool. A bad file, or a
+make_prompt or verify that fails later in a run, is one line naming the file, the function, the reply.
+Nothing is registered anywhere: a task file's prompts carry their verifier (Prompt.verify).
 """
 import importlib.util
 import json
@@ -23,52 +23,54 @@ from task import Prompt, Task, answer_text
 from verify import verifier_for_answer
 
 MAX_QUESTION_CHARS = 20_000    # a longer question is a mistake (SmolLM2 reads 8,192 tokens in all)
-MAX_ANSWER_DIGITS = 30         # a longer integer is written in ~1 token a digit: no 32-token reply holds it
+MAX_ANSWER_DIGITS = 30         # ~1 token a digit: no reply of 32 new tokens (the default) holds more
 MAX_ANSWER_CHARS = 200         # the same for a string or a list answer
-MAKE_PROMPT_SECONDS = 5.0      # one make_prompt call taking longer is a generator that never returns
+MAKE_PROMPT_SECONDS = 5.0      # a make_prompt call taking longer is a generator that never returns
 CHECKED_PROMPTS = 20           # prompts drawn and checked when the file loads
 
 
 def load_task_file(path: str) -> Task:
     """Your own task, loaded afresh from its file:
 
-    - a .py module defining `make_prompt(rng: random.Random)` that returns a Prompt or a (question, answer)
-      pair, and optionally `verify(prompt, response) -> bool` (default: by the answer's type, see
-      verify.verifier_for_answer) and `description`;
-    - a .jsonl file, one {"question": ..., "answer": ...} per line (answer: int, string or list of ints), each
-      question once; graded by the answer's type. It is split like the built-in tasks (task.make_dataset).
+    - a .py module defining `make_prompt(rng: random.Random)` that returns a Prompt or a
+      (question, answer) pair, and optionally `verify(prompt, response) -> bool` (default: by the
+      answer's type, verify.verifier_for_answer) and `description`;
+    - a .jsonl file, one {"question": ..., "answer": ...} per line (answer: int, string or list of
+      ints), each question once; graded by the answer's type. Split like the built-in tasks.
     """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--task={path}: no such file")
     if file.suffix == ".jsonl":
         records = read_jsonl_task(file, path)
-        return Task(path, f"{len(records)} questions from {file.name}", lambda rng: rng.choice(records),
-                    _by_answer_type)
+        return Task(path, f"{len(records)} questions from {file.name}",
+                    lambda rng: rng.choice(records), _by_answer_type)
     module = import_task_module(file, path)
     verify = checked_verify(module.verify, path) if getattr(module, "verify", None) else None
+    where = f"--task={path}: make_prompt"
 
     def make(rng, make_prompt=module.make_prompt):
         try:
             p = time_limited(lambda: make_prompt(rng), MAKE_PROMPT_SECONDS)
         except _OutOfTime:
-            raise ValueError(f"--task={path}: make_prompt did not return within {MAKE_PROMPT_SECONDS:g} s "
+            raise ValueError(f"{where} did not return within {MAKE_PROMPT_SECONDS:g} s "
                              "(a loop that never ends?)") from None
         except Exception as e:
-            raise ValueError(f"--task={path}: make_prompt failed: {type(e).__name__}: {_first_line(e)}") from None
-        if not (isinstance(p, Prompt) or (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str))):
-            raise ValueError(f"--task={path}: make_prompt returned {p!r:.60}, not a (question, answer) pair")
+            raise ValueError(f"{where} failed: {type(e).__name__}: {_first_line(e)}") from None
+        pair = isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+        if not (isinstance(p, Prompt) or pair):
+            raise ValueError(f"{where} returned {p!r:.60}, not a (question, answer) pair")
         question, answer = (p.question, p.answer) if isinstance(p, Prompt) else p
         answer = tuple(answer) if isinstance(answer, list) else answer
-        check_question(question, f"--task={path}: make_prompt returned a question that")
-        if verify is None:                        # graded by the answer's type: the answer must be gradable
-            check_answer(answer, f"--task={path}: make_prompt returned an answer that")
+        check_question(question, f"{where} returned a question that")
+        if verify is None:                 # graded by the answer's type: it must be gradable
+            check_answer(answer, f"{where} returned an answer that")
         return Prompt(question, answer, path, verify)
 
     rng = random.Random(0)
-    first = [make(rng) for _ in range(CHECKED_PROMPTS)]     # a broken generator says so now, before any model
+    first = [make(rng) for _ in range(CHECKED_PROMPTS)]   # a broken generator says so now
     if verify is not None:
-        verify(first[0], answer_text(first[0].answer))        # a verify that cannot say True or False, too
+        verify(first[0], answer_text(first[0].answer))      # and a verify that gives no verdict
     description = getattr(module, "description", f"custom task {file.name}")
     return Task(path, description, make, verify or _by_answer_type)
 
@@ -86,7 +88,8 @@ def import_task_module(file: Path, path: str):
     except SystemExit as e:
         raise ValueError(f"--task={path}: importing it called sys.exit({e.code!r})") from None
     except Exception as e:
-        raise ValueError(f"--task={path}: importing it failed: {type(e).__name__}: {_first_line(e)}") from None
+        raise ValueError(f"--task={path}: importing it failed: "
+                         f"{type(e).__name__}: {_first_line(e)}") from None
     if not callable(getattr(module, "make_prompt", None)):
         raise ValueError(f"--task={path}: the module defines no make_prompt(rng) function")
     verify = getattr(module, "verify", None)
@@ -96,28 +99,29 @@ def import_task_module(file: Path, path: str):
 
 
 def checked_verify(verify, path: str):
-    """The module's verify, with one line naming the task, verify and the reply when it raises or returns
-    anything but a bool (a string, None, NaN: none of them is a verdict)."""
+    """The module's verify, with one line naming the task, verify and the reply when it raises or
+    returns anything but a bool (a string, None, NaN: none of them is a verdict)."""
     def verify_checked(prompt: Prompt, response: str) -> bool:
         try:
             verdict = verify(prompt, response)
         except Exception as e:
-            raise ValueError(f"--task={path}: verify raised {type(e).__name__}: {_first_line(e)} on the reply "
-                             f"{response!r:.80}") from None
+            raise ValueError(f"--task={path}: verify raised {type(e).__name__}: {_first_line(e)} "
+                             f"on the reply {response!r:.80}") from None
         if type(verdict).__name__ not in ("bool", "bool_"):          # bool, or numpy's
-            raise ValueError(f"--task={path}: verify returned {verdict!r:.40}, not True or False, on the reply "
-                             f"{response!r:.80}")
+            raise ValueError(f"--task={path}: verify returned {verdict!r:.40}, not True or False, "
+                             f"on the reply {response!r:.80}")
         return bool(verdict)
     return verify_checked
 
 
 class _OutOfTime(BaseException):
-    """Raised by the alarm; a BaseException, so that make_prompt's own `except Exception` cannot swallow it."""
+    """The alarm's exception: a BaseException, so that an `except Exception` in make_prompt cannot
+    swallow it."""
 
 
 def time_limited(fn, seconds: float):
-    """fn(), or _OutOfTime once `seconds` of wall-clock time have passed (SIGALRM: POSIX, main thread; elsewhere
-    fn() runs unlimited)."""
+    """fn(), or _OutOfTime once `seconds` of wall-clock time have passed (SIGALRM, so POSIX and the
+    main thread only; elsewhere fn() runs unlimited)."""
     if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
         return fn()
 
@@ -137,24 +141,27 @@ def check_question(question, where: str):
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{where} is not a non-empty string")
     if len(question) > MAX_QUESTION_CHARS:
-        raise ValueError(f"{where} is {len(question):,} characters long (at most {MAX_QUESTION_CHARS:,})")
+        raise ValueError(f"{where} is {len(question):,} characters long "
+                         f"(at most {MAX_QUESTION_CHARS:,})")
 
 
 def check_answer(answer, where: str):
-    """An answer the verifier for its type can grade and a reply can hold: not empty (an empty string answer
-    would pay an empty reply), no integer of more than MAX_ANSWER_DIGITS digits, at most MAX_ANSWER_CHARS."""
+    """An answer that the verifier for its type grades and that a reply can hold: not empty (an empty
+    answer would pay an empty reply), no integer of more than MAX_ANSWER_DIGITS digits, at most
+    MAX_ANSWER_CHARS characters written out."""
     ok_list = isinstance(answer, (list, tuple)) and answer and all(isinstance(a, int) for a in answer)
     if isinstance(answer, bool) or not (isinstance(answer, (int, str)) or ok_list):
         raise ValueError(f"{where} is not an integer, a string or a list of integers")
     if isinstance(answer, str) and not answer.strip():
         raise ValueError(f"{where} is empty: an empty reply would be graded right")
-    digits = max(len(str(abs(a))) for a in (answer if ok_list else [answer])) if not isinstance(answer, str) else 0
+    integers = [] if isinstance(answer, str) else answer if ok_list else [answer]
+    digits = max((len(str(abs(a))) for a in integers), default=0)
     if digits > MAX_ANSWER_DIGITS:
-        raise ValueError(f"{where} has {digits} digits: no reply of max_new_tokens (32 by default) tokens can "
-                         f"hold it; at most {MAX_ANSWER_DIGITS}")
+        raise ValueError(f"{where} has {digits} digits: no reply of max_new_tokens (32 by default) "
+                         f"tokens can hold it; at most {MAX_ANSWER_DIGITS}")
     if len(answer_text(answer)) > MAX_ANSWER_CHARS:
-        raise ValueError(f"{where} is {len(answer_text(answer)):,} characters long: no reply of max_new_tokens "
-                         f"tokens can hold it; at most {MAX_ANSWER_CHARS}")
+        raise ValueError(f"{where} is {len(answer_text(answer)):,} characters long: no reply of "
+                         f"max_new_tokens tokens can hold it; at most {MAX_ANSWER_CHARS}")
 
 
 def read_jsonl_task(file: Path, name: str) -> list[Prompt]:
@@ -177,12 +184,13 @@ def read_jsonl_task(file: Path, name: str) -> list[Prompt]:
         check_question(question, f'{file}:{n}: "question"')
         check_answer(answer, f'{file}:{n}: "answer"')
         if question in first_line:
-            raise ValueError(f"{file}:{n}: repeats the question of line {first_line[question]}; each question "
-                             "once, so that the held-out questions never appear in training")
+            raise ValueError(f"{file}:{n}: repeats the question of line {first_line[question]}; each "
+                             "question once, so that no held-out question appears in training")
         first_line[question] = n
         records.append(Prompt(question, tuple(answer) if isinstance(answer, list) else answer, name))
     if len(records) < 2:
-        raise ValueError(f"{file}: {len(records)} question(s); a train and a held-out split need at least 2")
+        raise ValueError(f"{file}: {len(records)} question(s); a train and a held-out split need "
+                         "at least 2")
     return records
 
 

@@ -1,17 +1,17 @@
 """Toy tasks, their seeded train/held-out split, and the reward for GRPO.
 
-A task makes (question, answer) pairs with a seeded generator, and names the verifier that decides whether a
-reply is right (verify.py: the claim reader and the verifiers, which fail closed; `python verify.py --audit`
-grades them on hand-written hard cases). Answers are integers, strings or lists of integers. Your own task,
-a .py module or a .jsonl file, is loaded by custom_task.py.
+A task makes (question, answer) pairs with a seeded generator, and names the verifier that decides
+whether a reply is right (verify.py: the claim reader and the verifiers, which fail closed;
+`python verify.py --audit` grades them on hand-written hard cases). Answers are integers, strings or
+lists of integers. Your own task, a .py module or a .jsonl file, is loaded by custom_task.py.
 
 The reward is a weighted sum of components, each a plain function of (prompts, responses):
     correct   1 if the task's verifier accepts the reply, else 0
-    format    1 if the reply is exactly the answer as the prompt asks ("57" or "57."), and right; else 0
-    judge     (optional, judge.py) the probability a judge model gives to "Yes, this answer is correct"
-    reward    = sum_k w_k * component_k / sum_k w_k                                       in [0, 1]
+    format    1 if the reply is exactly the answer the prompt asks for ("57" or "57."), and right
+    judge     (optional, judge.py) a judge model's probability of "Yes, this answer is correct"
+    reward    = sum_k w_k * component_k / sum_k w_k                                  in [0, 1]
 With the default weights (correct 1, format 1): 1.0 for "57", 0.5 for "57 is larger than 42.", 0 for
-anything wrong, false or hedged. Format is gated on correctness, so a well-formatted wrong answer earns 0.
+anything wrong, false or hedged. Format is gated on correctness: a well-formatted wrong answer earns 0.
 """
 
 import random
@@ -28,7 +28,7 @@ class Prompt:
     question: str   # the user's chat message; the chat template is applied elsewhere
     answer: Any     # int, str, or a tuple of ints
     task: str = ""  # the task it comes from: a name of TASKS, or a task file's path
-    # the verifier of a task file's prompt (custom_task.py), carried with it; None: the built-in task's
+    # a task file's verifier, carried by its prompts (custom_task.py); None: the built-in task's
     # (TASKS[task].verify), else the one for the answer's type (verify.verifier_for_answer)
     verify: Callable[["Prompt", str], bool] | None = field(default=None, compare=False, repr=False)
 
@@ -39,7 +39,6 @@ class Task:
     description: str                              # one line, shown in logs
     make: Callable[[random.Random], Prompt]
     verify: Callable[[Prompt, str], bool]         # is this reply right? (fails closed)
-
 
 
 SUFFIX = " Answer with just the number."
@@ -141,8 +140,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 
 
 def get_task(name: str) -> Task:
-    """A built-in task by name, or your own: a .py module or a .jsonl data file (custom_task.load_task_file,
-    which loads it afresh each time; nothing is registered)."""
+    """A built-in task by name, or your own: a .py module or a .jsonl data file, loaded afresh each
+    time by custom_task.load_task_file (nothing is registered)."""
     if name in TASKS:
         return TASKS[name]
     if name.endswith((".py", ".jsonl")):
@@ -190,8 +189,8 @@ def make_dataset(task_name: str | Task, n_train: int = 1000, n_eval: int = 200,
 # ----------------------------------------------------------------------------- reward components
 
 def verifier_for(prompt: Prompt) -> Callable[[Prompt, str], bool]:
-    """The verifier a prompt is graded by: its own (a task file's), else its built-in task's, else the one for
-    its answer's type."""
+    """The verifier a prompt is graded by: its own (a task file's), else its built-in task's, else the
+    one for its answer's type."""
     if prompt.verify is not None:
         return prompt.verify
     return TASKS[prompt.task].verify if prompt.task in TASKS else verifier_for_answer(prompt.answer)
@@ -274,12 +273,12 @@ class WeightedReward:
 
 
 def get_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
-    """r = (correct + format) / 2, the default --reward_weights: 1.0 for exactly the right answer ("57"), 0.5
-    for a right answer in a true sentence ("57 is larger than 42."), 0.0 for anything wrong, false or hedged.
-    The components are named here, so that a copy of this function (the notebook's) grades with the copies of
-    correct_reward and format_reward beside it."""
-    reward = WeightedReward(DEFAULT_WEIGHTS, functions={"correct": correct_reward, "format": format_reward})
-    return reward(prompts, responses)
+    """r = (correct + format) / 2, the default --reward_weights: 1.0 for exactly the right answer ("57"),
+    0.5 for a right answer in a true sentence ("57 is larger than 42."), 0.0 for anything wrong, false
+    or hedged. The components are named here, so that a copy of this function (the notebook's) grades
+    with the copies of correct_reward and format_reward beside it."""
+    components = {"correct": correct_reward, "format": format_reward}
+    return WeightedReward(DEFAULT_WEIGHTS, functions=components)(prompts, responses)
 
 
 def main(argv=None):

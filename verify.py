@@ -1,26 +1,24 @@
-"""Reading a reply: the claim reader, each task's verifier, and the audit of both on hand-written hard cases.
+"""The simplest honest rule for a numeric answer: the reply's only integer is the answer, and no
+negation (`simple_rule` below). Measured on the 53 audit cases with an integer answer
+(simple_rule_errors; SIMPLE_RULE holds the numbers and tests/test_task.py recomputes them): it has
+0 false positives, but 16 false negatives, half of the 32 replies a fair grader calls right:
+    "57 is larger than 42.", "3 + 5 = 8", "The sum of 3 and 5 is 8."   true claims: two integers
+    "fifty-seven", "eight", "three"                                    the answer in words: none
+    "8.0"                                                              a decimal: two integers
+So this file reads claims. read_claims checks each equation and comparison and takes its result
+as the answer, reads number words in a reply without digits and decimals by value, and fails a
+reply with a second candidate: verify_number pays all of the above, still pays no wrong reply, and
+misses 3 of the 32 (its documented "known" rows). That is why it is longer than one line.
 
-    python verify.py --audit               # every case in audit_cases.json: each component against a fair grader
+    python verify.py --audit               # audit_cases.json: each component against a fair grader
     python verify.py --audit --task=add1   # one task's cases
 
-The simplest honest rule for a numeric answer: the reply's only integer is the answer, and no negation
-(`simple_rule` below). Measured on the 53 audit cases with an integer answer (simple_rule_errors; SIMPLE_RULE
-holds the numbers and tests/test_task.py recomputes them): 0 false positives, but 16 false negatives, half of
-the 32 replies a fair grader calls right:
-    "57 is larger than 42.", "3 + 5 = 8", "The sum of 3 and 5 is 8."      a true claim holds a second integer
-    "fifty-seven", "eight", "three"                                       the answer in words holds no digit
-    "8.0"                                                                 a decimal reads as two integers
-The claim reader (read_claims, verify_number) pays all of those and still pays no wrong reply: it checks each
-equation and comparison and takes its result as the answer, reads number words in a reply without digits,
-reads decimals by value, and fails a reply with a second candidate. It misses 3 of the 32 (its documented
-"known" rows, listed in verify_number). That is why it is longer than one line.
-
-A verifier FAILS CLOSED: a reply is right only if it commits to the right answer and asserts nothing false.
-    "57", "57.", "The larger number is 57.", "57 is larger than 42.", "3 + 5 = 8"        right
-    "15 is larger than 43." (a false comparison), "3 + 5 = 9 = 8" (a false equation)     wrong
-    "57 or 42", "8? No, 9", "8. Or maybe 9" (two different candidate answers)            wrong
-whatever number the reply ends on. A verifier is a function (prompt, reply) -> bool that reads only
-prompt.answer; task.py names each task's.
+A verifier is a function (prompt, reply) -> bool that reads only prompt.answer (task.py names each
+task's). It FAILS CLOSED: a reply is right only if it commits to the right answer and asserts
+nothing false, whatever number it ends on:
+    "57", "57.", "The larger number is 57.", "57 is larger than 42.", "3 + 5 = 8"    right
+    "15 is larger than 43." (a false comparison), "3 + 5 = 9 = 8" (a false equation) wrong
+    "57 or 42", "8? No, 9", "8. Or maybe 9" (two different candidate answers)        wrong
 """
 from __future__ import annotations
 
@@ -33,42 +31,45 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-if TYPE_CHECKING:                      # task.py imports this module; the audit imports task.py when it runs
+if TYPE_CHECKING:              # task.py imports this module; the audit imports task.py as it runs
     from task import Prompt
 
 AUDIT_FILE = Path(__file__).resolve().parent / "audit_cases.json"
-SIMPLE_RULE = {"cases": 53, "false_positives": 0, "false_negatives": 16}   # measured: simple_rule_errors()
+SIMPLE_RULE = {"cases": 53, "false_positives": 0, "false_negatives": 16}   # simple_rule_errors()
 
 # ----------------------------------------------------------------------------- reading numbers and claims
 
-# A number: a run of decimal digits (\d: any script's, so '٥٧' and fullwidth '５７' are 57), with an optional
-# decimal part ("8.0" is 8) and a '-' sign only when no digit comes right before it ("5-3" is a subtraction,
-# "x=-3" is -3). Thousands separators are not read: "1,000" is the two numbers 1 and 0.
+# A number: a run of decimal digits (\d: any script's, so '٥٧' and fullwidth '５７' are 57), with an
+# optional decimal part ("8.0" is 8) and a '-' sign only when no digit comes right before it ("5-3" is
+# a subtraction, "x=-3" is -3). Thousands separators are not read: "1,000" is the two numbers 1 and 0.
 NUMBER_RE = re.compile(r"(?:(?<!\d)(?<!\d )-)?\d+(?:\.\d+)?")
 MAX_DIGITS = 100          # no answer is longer; a longer run reads as a number equal to nothing
 
 # What may stand between two numbers, read as one claim: an operator joins them into an expression
-# ("3 + 5", "the sum of 3 and 5"), a relation states something checkable ("= 8", "is larger than 42").
+# ("3 + 5", "the sum of 3 and 5"), a relation states something checkable ("= 8", "is larger than
+# 42"). The relations are tried in order on the text between two numbers.
 OPERATOR_RE = re.compile(r"\s*(\+|plus|and|-|−|minus|\*|×|x|times|/|÷|divided by)\s*", re.I)
 WHICH = r"(?:,?\s*which)?"      # "57, which is larger than 42"
-RELATIONS = [(name, re.compile(pattern, re.I)) for name, pattern in [   # tried in order on the text between two numbers
-    ("<=", WHICH + r"\s*(?:is\s+)?not\s+(?:larger|bigger|greater|more|higher)\s+than\s*|\s*(?:<=|≤)\s*"),
+RELATIONS = [(name, re.compile(pattern, re.I)) for name, pattern in [
+    ("<=", WHICH + r"\s*(?:is\s+)?not\s+(?:larger|bigger|greater|more|higher)\s+than\s*"
+                   r"|\s*(?:<=|≤)\s*"),
     (">=", WHICH + r"\s*(?:is\s+)?not\s+(?:smaller|less|lower|fewer)\s+than\s*|\s*(?:>=|≥)\s*"),
     (">", WHICH + r"\s*(?:is\s+)?(?:larger|bigger|greater|more|higher)\s+than\s*|\s*>\s*"),
     ("<", WHICH + r"\s*(?:is\s+)?(?:smaller|less|lower|fewer)\s+than\s*|\s*<\s*"),
     ("=", r"\s*(?:=|is equal to|equals|is|makes?|gives)\s*"),
 ]]
-NEGATION_RE = re.compile(r"\b(?:not|n't|never|no)\s*$", re.I)     # "not 57": a number denied, not asserted
+NEGATION_RE = re.compile(r"\b(?:not|n't|never|no)\s*$", re.I)     # "not 57": denied, not asserted
 HOLDS = {"=": lambda a, b: a == b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
          ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
 
-UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
+UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+         "fifteen sixteen seventeen eighteen nineteen").split()
 TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 _U, _T, _D = "|".join(sorted(UNITS, key=len, reverse=True)), "|".join(TENS), "|".join(UNITS[1:10])
-NUMBER_WORDS_RE = re.compile(
-    rf"\b(?:(?:{_D})\s+hundred(?:(?:\s+and)?\s+(?=(?:{_T}|{_U})\b))?)?(?:(?:{_T})(?:[\s-](?:{_D}))?|(?:{_U}))?\b", re.I)
-NOT_A_NUMBER_ONE = re.compile(r"\b(?:the|which|that|this|each|any|no|larger|bigger|greater|smaller|other)\s+$", re.I)
+NUMBER_WORDS_RE = re.compile(rf"\b(?:(?:{_D})\s+hundred(?:(?:\s+and)?\s+(?=(?:{_T}|{_U})\b))?)?"
+                             rf"(?:(?:{_T})(?:[\s-](?:{_D}))?|(?:{_U}))?\b", re.I)
+NOT_A_NUMBER_ONE = re.compile(
+    r"\b(?:the|which|that|this|each|any|no|larger|bigger|greater|smaller|other)\s+$", re.I)
 
 
 def word_value(phrase: str) -> int:
@@ -83,15 +84,15 @@ def word_value(phrase: str) -> int:
 
 
 def words_to_digits(text: str) -> str:
-    """Number words as digits, in a reply that has no digits at all ("fifty-seven" -> "57"). Where the reply
-    has digits its words are left alone, so "the larger one is 57" is not read as two answers; "one" after
-    "the", "which", "larger", ... is a pronoun, not a number."""
+    """Number words as digits, in a reply that has no digits at all ("fifty-seven" -> "57"). Where the
+    reply has digits its words are left alone, so "the larger one is 57" is not read as two answers;
+    "one" after "the", "which", "larger", ... is a pronoun, not a number."""
     if re.search(r"\d", text):
         return text
 
     def digits(m):
-        if not m.group().strip() or (m.group().lower() == "one" and
-                                     NOT_A_NUMBER_ONE.search(text[max(0, m.start() - 10):m.start()])):
+        before = text[max(0, m.start() - 10):m.start()]
+        if not m.group().strip() or (m.group().lower() == "one" and NOT_A_NUMBER_ONE.search(before)):
             return m.group()
         return str(word_value(m.group()))
     return NUMBER_WORDS_RE.sub(digits, text)
@@ -106,7 +107,7 @@ def number_value(s: str) -> Fraction | None:
 
 
 def evaluate_expression(values: list, operators: list) -> Fraction | None:
-    """values [3, 5, 2], operators ['+', '*'] -> 3 + 5 * 2 = 13 (* and / first); None if undefined."""
+    """values [3, 5, 2], operators ['+', '*'] -> 3 + 5 * 2 = 13 (* and / first); None: undefined."""
     if any(v is None for v in values):
         return None
     ops = [{"plus": "+", "and": "+", "minus": "-", "−": "-", "times": "*", "×": "*", "x": "*",
@@ -126,13 +127,13 @@ def evaluate_expression(values: list, operators: list) -> Fraction | None:
 def read_claims(text: str) -> tuple[list, bool]:
     """(the numbers the reply commits to, whether everything it asserts holds).
 
-    The reply's numbers are split into claims at whatever stands between two of them: an operator or a
-    relation continues a claim, anything else starts a new one. Then per claim:
-        "57"                      commits to 57
+    The reply's numbers are split into claims at whatever stands between two of them: an operator or
+    a relation continues a claim, anything else starts a new one. Then per claim:
+        "57"                               commits to 57
         "3 + 5 = 8", "3 and 5 make 8"      an equation: must hold; commits to its result, 8
         "57 is larger than 42", "42 < 57"  a comparison: must hold; commits to its larger side, 57
-        "3 + 5", "42 and 57"      an expression with no relation only restates the question: commits to nothing
-        "not 57", "isn't 42"      a denied number: the reply does not hold (fails closed, whatever it denies)
+        "3 + 5", "42 and 57"               no relation: restates the question, commits to nothing
+        "not 57", "isn't 42"               denied: the reply does not hold (fails closed)
     """
     text = words_to_digits(text)
     matches = list(NUMBER_RE.finditer(text))
@@ -141,14 +142,15 @@ def read_claims(text: str) -> tuple[list, bool]:
     while i < len(matches):
         if NEGATION_RE.search(text[max(0, matches[i].start() - 8):matches[i].start()]):
             all_hold = False
-        sides, relations = [([number_value(matches[i].group())], [])], []      # [(values, operators)]
+        sides = [([number_value(matches[i].group())], [])]         # [(values, operators)]
+        relations = []
         while i + 1 < len(matches):
             gap = text[matches[i].end():matches[i + 1].start()]
             value = number_value(matches[i + 1].group())
             if (op := OPERATOR_RE.fullmatch(gap)) is not None:
                 sides[-1][0].append(value)
                 sides[-1][1].append(op.group(1))
-            elif (rel := next((name for name, r in RELATIONS if r.fullmatch(gap)), None)) is not None:
+            elif (rel := next((n for n, r in RELATIONS if r.fullmatch(gap)), None)) is not None:
                 relations.append(rel)
                 sides.append(([value], []))
             else:
@@ -160,7 +162,8 @@ def read_claims(text: str) -> tuple[list, bool]:
             if None in side_values:
                 all_hold = False
                 continue
-            all_hold &= all(HOLDS[r](a, b) for r, a, b in zip(relations, side_values, side_values[1:]))
+            pairs = zip(relations, side_values, side_values[1:])
+            all_hold &= all(HOLDS[r](a, b) for r, a, b in pairs)
             commitments.append(side_values[-1] if set(relations) == {"="} else max(side_values))
         elif len(sides[0][0]) == 1:
             commitments.append(side_values[0])
@@ -170,16 +173,17 @@ def read_claims(text: str) -> tuple[list, bool]:
 # ----------------------------------------------------------------------------- verifiers (fail closed)
 
 def verify_number(prompt: Prompt, response: str) -> bool:
-    """Right iff every claim in the reply holds and all the numbers it commits to equal the answer (read_claims).
+    """Right iff every claim in the reply holds and all the numbers it commits to equal the answer
+    (read_claims).
 
-    - Numbers: digits of any script ('٥٧', '５７'); decimals by value ("8.0" is 8, "7.5" is not); number words
-      ("fifty-seven", up to "nine hundred ninety-nine") only in a reply with no digits at all.
+    - Numbers: digits of any script ('٥٧', '５７'); decimals by value ("8.0" is 8, "7.5" is not);
+      number words ("fifty-seven", up to "nine hundred ninety-nine") only in a reply with no digits.
     - Claims must hold: "15 is larger than 43." and "3 + 5 = 9" are wrong whatever they end on.
-    - A denied number ("not 57", "isn't 42") makes the reply wrong: the verifier does not read negations.
-    - One answer only: a second different candidate ("57 or 42", "8? No, 9", "8. Or maybe 9", "the answer is 8
-      and 1") is wrong; so is a reply that commits to nothing ("3 + 5", "", "I don't know").
-    - Known strictness (false negatives): a true aside with another number ("There are 10 letters and 3 r's"),
-      an enumeration ("1. apple 2. pear"), restating the question's list in a count task.
+    - A denied number ("not 57", "isn't 42") makes the reply wrong: negations are not read.
+    - One answer only: a second different candidate ("57 or 42", "8? No, 9", "8. Or maybe 9", "the
+      answer is 8 and 1") is wrong; so is a reply that commits to nothing ("3 + 5", "", "I don't know").
+    - Known strictness (false negatives): a true aside with another number ("There are 10 letters and
+      3 r's"), an enumeration ("1. apple 2. pear"), restating the question's list in a count task.
     """
     commitments, all_hold = read_claims(response)
     return all_hold and len(commitments) > 0 and all(c == prompt.answer for c in commitments)
@@ -187,16 +191,17 @@ def verify_number(prompt: Prompt, response: str) -> bool:
 
 def verify_list(prompt: Prompt, response: str) -> bool:
     """Right iff the reply's numbers, in order, are exactly the answer's, and every claim holds
-    ("7, 19, 42", "7 < 19 < 42", "The sorted list is 7, 19, 42."). Restating the unsorted input, or any other
-    number, is wrong: the reply must not contain two candidate lists."""
+    ("7, 19, 42", "7 < 19 < 42", "The sorted list is 7, 19, 42."). Restating the unsorted input, or
+    any other number, is wrong: the reply must not contain two candidate lists."""
     numbers = [number_value(m.group()) for m in NUMBER_RE.finditer(words_to_digits(response))]
     return read_claims(response)[1] and numbers == [Fraction(a) for a in prompt.answer]
 
 
 def verify_reversal(prompt: Prompt, response: str) -> bool:
-    """Right iff the reply contains the answer as a word (any case, quotes allowed) and no rival: another word
-    of about the same letters ("torac or torrac", the unreversed "carrot", a wrong anagram), unless that word
-    is the question's word followed by "reversed" / "backwards" ("carrot backwards is torrac")."""
+    """Right iff the reply contains the answer as a word (any case, quotes allowed) and no rival:
+    another word of about the same letters ("torac or torrac", the unreversed "carrot", a wrong
+    anagram), unless that word is the question's word followed by "reversed" / "backwards" ("carrot
+    backwards is torrac")."""
     answer = prompt.answer.casefold()
     words = [(m.group().casefold(), m.end()) for m in re.finditer(r"[^\W\d_]+", response)]
     if answer not in (w for w, _ in words):
@@ -204,7 +209,8 @@ def verify_reversal(prompt: Prompt, response: str) -> bool:
     for w, end in words:
         if w == answer:
             continue
-        rival = abs(len(w) - len(answer)) <= 2 and _common_letters(w, answer) >= max(3, len(answer) - 2)
+        rival = (abs(len(w) - len(answer)) <= 2
+                 and _common_letters(w, answer) >= max(3, len(answer) - 2))
         named = w == answer[::-1] and re.match(r"['\"]?\s*(?:reversed|backwards|spelled backwards)\b",
                                                response[end:], re.I)
         if rival and not named:
@@ -217,8 +223,8 @@ def _common_letters(a: str, b: str) -> int:
 
 
 def verify_text(prompt: Prompt, response: str) -> bool:
-    """Any string answer (a data file's): right iff the reply, stripped of quotes, a final period and a leading
-    "The answer is" / "Answer:", equals the answer, ignoring case and surrounding spaces."""
+    """Any string answer (a data file's): right iff the reply, stripped of quotes, a final period and a
+    leading "The answer is" / "Answer:", equals the answer, ignoring case and surrounding spaces."""
     return _bare(response).casefold() == str(prompt.answer).strip().casefold()
 
 
@@ -249,8 +255,8 @@ def simple_rule(prompt: Prompt, response: str) -> bool:
 
 
 def simple_rule_errors(cases=None) -> dict:
-    """simple_rule against a fair grader (the cases' expected `correct`) on the audit cases with an integer
-    answer: {"cases", "false_positives", "false_negatives"}, each error a list of replies."""
+    """simple_rule against a fair grader (the expected `correct`) on the audit cases with an integer
+    answer: {"cases": how many, "false_positives": [reply...], "false_negatives": [reply...]}."""
     cases = [c for c in (audit_cases() if cases is None else cases) if isinstance(c[0].answer, int)]
     fp = [r for p, r, _, want, _ in cases if simple_rule(p, r) and not want]
     fn = [r for p, r, _, want, _ in cases if want and not simple_rule(p, r)]
@@ -260,13 +266,16 @@ def simple_rule_errors(cases=None) -> dict:
 # ----------------------------------------------------------------------------- the audit
 
 def audit_cases(path=AUDIT_FILE) -> list:
-    """audit_cases.json as (prompt, reply, kind, expected correct, expected format) rows."""
+    """audit_cases.json as (prompt, reply, kind, expected correct, expected format) rows. A reply
+    there is a string, or [[text, times], ...] pieces joined (the very long ones)."""
     from task import Prompt
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    prompts = {name: Prompt(p["question"], tuple(p["answer"]) if isinstance(p["answer"], list) else p["answer"],
-                            p["task"]) for name, p in data["prompts"].items()}
-    join = lambda reply: reply if isinstance(reply, str) else "".join(text * times for text, times in reply)
-    return [(prompts[c["prompt"]], join(c["reply"]), c["kind"], c["correct"], c["format"]) for c in data["cases"]]
+    answer = lambda a: tuple(a) if isinstance(a, list) else a
+    prompts = {name: Prompt(p["question"], answer(p["answer"]), p["task"])
+               for name, p in data["prompts"].items()}
+    join = lambda reply: reply if isinstance(reply, str) else "".join(t * n for t, n in reply)
+    return [(prompts[c["prompt"]], join(c["reply"]), c["kind"], c["correct"], c["format"])
+            for c in data["cases"]]
 
 
 def _short(text: str, n: int) -> str:
@@ -274,11 +283,13 @@ def _short(text: str, n: int) -> str:
     return r if len(r) <= n else r[:n - 3] + "..."
 
 
-def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print, functions=None) -> tuple[int, int]:
+def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print,
+          functions=None) -> tuple[int, int]:
     """Grade every audit case with each component, one row each, and return (false positives, false
-    negatives): replies the reward pays more than a fair grader would (the expected values), and less. A row
-    whose kind starts with "known" is a documented strictness of the verifier: marked and counted apart.
-    functions: {component name: function} to grade with instead of COMPONENTS' (see task.WeightedReward)."""
+    negatives): replies the reward pays more than a fair grader would (the expected values), and
+    less. A row whose kind starts with "known" is a documented strictness of the verifier: marked
+    and counted apart. functions: {component name: function} to grade with instead of COMPONENTS'
+    (see task.WeightedReward)."""
     from task import WeightedReward
     cases = audit_cases() if cases is None else cases
     reward = WeightedReward(weights, functions=functions)
@@ -287,7 +298,8 @@ def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print, fun
     for prompt, response, kind, want_correct, want_format in cases:
         if prompt.task != task:
             task = prompt.task
-            print_fn(f"\n{task}: {prompt.question[:100]}\n  {'reply':40} {'kind':38} correct format reward (expected)")
+            print_fn(f"\n{task}: {prompt.question[:100]}\n"
+                     f"  {'reply':40} {'kind':38} correct format reward (expected)")
         parts = reward.components([prompt], [response])
         got = {name: values[0] for name, values in parts.items()}
         want = {"correct": want_correct, "format": want_format}
@@ -299,32 +311,36 @@ def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print, fun
             false_pos += any(got[n] > want[n] for n in wrong)
             false_neg += any(got[n] < want[n] for n in wrong)
             mark = "  <-- MISMATCH: " + ", ".join(wrong)
-        total, expected = (reward.combine({name: [v[name]] for name in parts})[0] for v in (got, want))
+        total, expected = (reward.combine({n: [v[n]] for n in parts})[0] for v in (got, want))
         print_fn(f"  {_short(response, 40):40} {kind[:38]:38} {got.get('correct', '-'):>7} "
                  f"{got.get('format', '-'):>6} {total:.2f} ({expected:.2f}){mark}")
-    print_fn(f"\n{len(cases)} cases: {false_pos} false positives, {false_neg} false negatives"
-             + (f" (and {known} known, documented false negatives: see verify_number)" if known else ""))
+    note = f" (and {known} known, documented false negatives: see verify_number)" if known else ""
+    print_fn(f"\n{len(cases)} cases: {false_pos} false positives, {false_neg} false negatives{note}")
     return false_pos, false_neg
 
 
-def sanity_check(task: str = "larger", print_fn: Callable[[str], None] = print, functions=None) -> bool:
-    """One task's part of the audit; True iff the verifier and format agree with every expected value."""
-    return audit([c for c in audit_cases() if c[0].task == task], print_fn=print_fn, functions=functions) == (0, 0)
+def sanity_check(task: str = "larger", print_fn: Callable[[str], None] = print,
+                 functions=None) -> bool:
+    """One task's part of the audit: True iff the verifier and format agree with every expected one."""
+    cases = [c for c in audit_cases() if c[0].task == task]
+    return audit(cases, print_fn=print_fn, functions=functions) == (0, 0)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Audit every task's verifier on the hand-written hard cases of "
-                                             "audit_cases.json.")
-    ap.add_argument("--audit", action="store_true", help="print the audit table (the default action)")
+    ap = argparse.ArgumentParser(description="Audit every task's verifier on the hand-written hard "
+                                             "cases of audit_cases.json.")
+    ap.add_argument("--audit", action="store_true", help="print the audit table (the default)")
     ap.add_argument("--task", default=None, help="only this task's cases")
     args = ap.parse_args(argv)
     cases = [c for c in audit_cases() if args.task in (None, c[0].task)]
     if not cases:
         sys.exit(f"error: --task={args.task}: no audit cases for it (the built-in tasks have them)")
-    simple = simple_rule_errors(cases)
     code = 0 if audit(cases) == (0, 0) else 1
-    print(f"the simplest rule (the only integer is the answer, no negation) on the {simple['cases']} numeric "
-          f"cases: {len(simple['false_positives'])} false positives, {len(simple['false_negatives'])} false negatives")
+    simple = simple_rule_errors(cases)
+    if simple["cases"]:
+        print(f"the simplest rule (the reply's only integer is the answer, no negation) on the "
+              f"{simple['cases']} numeric cases: {len(simple['false_positives'])} false positives, "
+              f"{len(simple['false_negatives'])} false negatives")
     sys.exit(code)
 
 
