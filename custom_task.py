@@ -12,6 +12,7 @@ CHECKED_PROMPTS prompts come back in time and are well formed; verify returns a 
 make_prompt or verify that fails later in a run, is one line naming the file, the function, the reply.
 Nothing is registered anywhere: a task file's prompts carry their verifier (Prompt.verify).
 """
+import hashlib
 import importlib.util
 import json
 import random
@@ -27,10 +28,11 @@ MAX_ANSWER_DIGITS = 30         # ~1 token a digit: no reply of 32 new tokens (th
 MAX_ANSWER_CHARS = 200         # the same for a string or a list answer
 MAKE_PROMPT_SECONDS = 5.0      # a make_prompt call taking longer is a generator that never returns
 CHECKED_PROMPTS = 20           # prompts drawn and checked when the file loads
+_LOADED: dict[tuple, Task] = {}   # (path, sha256 of the file): imported once while it is unchanged
 
 
 def load_task_file(path: str) -> Task:
-    """Your own task, loaded afresh from its file:
+    """Your own task from its file, loaded (imported) once per process while the file is unchanged:
 
     - a .py module defining `make_prompt(rng: random.Random)` that returns a Prompt or a
       (question, answer) pair, and optionally `verify(prompt, response) -> bool` (default: by the
@@ -41,6 +43,13 @@ def load_task_file(path: str) -> Task:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--task={path}: no such file")
+    key = (str(file.resolve()), path, hashlib.sha256(file.read_bytes()).hexdigest())
+    if key not in _LOADED:
+        _LOADED[key] = _load(file, path)
+    return _LOADED[key]
+
+
+def _load(file: Path, path: str) -> Task:
     if file.suffix == ".jsonl":
         records = read_jsonl_task(file, path)
         return Task(path, f"{len(records)} questions from {file.name}",

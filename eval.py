@@ -116,7 +116,8 @@ def main(argv=None):
     ap.add_argument("--checkpoint", default=None, help="a run folder (its current checkpoint), a checkpoint folder "
                                                        "or a model.safetensors written by train.py")
     ap.add_argument("--task", default=None, help="the task to evaluate (default: the --checkpoint run's task, else "
-                                                 "larger); a task name or a .py / .jsonl task file")
+                                                 "larger); a task name or a .py / .jsonl task file (a .py file "
+                                                 "is code: it runs only when named here)")
     ap.add_argument("--reward_weights", default="correct:1,format:1", help="the weights of the mean reward shown")
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")

@@ -113,7 +113,8 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description="Agreement of the LLM judge with the task's verifier.")
     ap.add_argument("--checkpoint", default=None, help="a trained run folder: its replies are judged too")
-    ap.add_argument("--task", default="larger")
+    ap.add_argument("--task", default="larger", help="a task name or a .py / .jsonl task file (a .py "
+                                                      "file is code: loading it runs it)")
     ap.add_argument("--n_eval", type=int, default=100)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--out", default="results/judge_agreement.json")

@@ -140,8 +140,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 
 
 def get_task(name: str) -> Task:
-    """A built-in task by name, or your own: a .py module or a .jsonl data file, loaded afresh each
-    time by custom_task.load_task_file (nothing is registered)."""
+    """A built-in task by name, or your own: a .py module or a .jsonl data file, loaded by
+    custom_task.load_task_file (its prompts carry its verifier: nothing is registered)."""
     if name in TASKS:
         return TASKS[name]
     if name.endswith((".py", ".jsonl")):

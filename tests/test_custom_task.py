@@ -235,3 +235,13 @@ def test_a_task_file_prompt_carries_its_verifier(tmp_path):
     p = get_task(str(path)).make(__import__("random").Random(0))
     assert str(path) not in TASKS and p.verify is not None
     assert is_correct(p, "Yep") and not is_correct(p, "no")
+
+
+def test_a_task_file_is_imported_once_while_unchanged(tmp_path):
+    """train.py asks for the task three times (check, log line, dataset): its module runs once; an edited
+    file is loaded again."""
+    counter, path = tmp_path / "imports.txt", tmp_path / "mine.py"
+    path.write_text(f"open({str(counter)!r}, 'a').write('x')\n" + MODULE)
+    assert get_task(str(path)) is get_task(str(path)) and counter.read_text() == "x"
+    path.write_text(f"open({str(counter)!r}, 'a').write('x')\n" + MODULE.replace("double", "twice"))
+    assert get_task(str(path)).description == "twice a number" and counter.read_text() == "xx"
