@@ -212,3 +212,20 @@ def check_resumable(cfg):
         raise ValueError(f"--resume: the task file {cfg.task} changed since the run started (sha256 "
                          f"{stored_sha[:12]}... then, {(task_sha256(cfg.task) or 'none')[:12]}... now): resume with the "
                          f"file as it was, or start a fresh run")
+
+
+# ----------------------------------------------------------------------------- checks the other tools share
+
+def check_option(name, value, like=None):
+    """validate()'s check of one option, for a flag of eval.py or judge.py that train.py has too (`like`: the
+    train.py option whose rule it follows, where the names differ): one line naming --name, or nothing."""
+    from dataclasses import replace
+
+    from grpo import GRPOConfig
+    rule = like or name
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"--{name}={value}: {name} must be a finite number")
+    if rule in ALLOWED and not ALLOWED[rule][1](value):
+        raise ValueError(f"--{name}={value}: {name} must be {ALLOWED[rule][0]}")
+    if rule in {f.name for f in fields(GRPOConfig)}:
+        replace(GRPOConfig(), **{rule: value}).validate()       # GRPOConfig's own rule and its line

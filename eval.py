@@ -15,6 +15,7 @@ import sys
 import torch
 
 from checkpoint import run_config, weights_path
+from configurator import check_option
 from device import pick_device, pick_dtype
 from load_weights import check_fits, load_model, read_safetensors
 from model import generate
@@ -88,13 +89,35 @@ def load_policy(model_name=None, checkpoint=None, device="cpu"):
     return model, tok
 
 
+def task_of_run(run, checkpoint):
+    """The task a run was trained on (its config.json), unless it is a .py file: a task file is code, run only
+    when you name it on the command line, never because a run folder (perhaps someone else's) names it."""
+    task = run.get("task", "larger")
+    if str(task).endswith(".py"):
+        raise ValueError(f"{checkpoint} was trained on the task file {task}, which eval.py runs only when you "
+                         f"name it (it is Python code: read it first): add --task={task}")
+    return task
+
+
+def check_args(args):
+    """Every flag checked before any model is loaded, by the rules train.py applies to the same options."""
+    for name, value, like in [("n_eval", args.n_eval, None), ("seed", args.seed, None),
+                              ("samples", args.samples, "eval_samples"), ("temperature", args.temperature, None),
+                              ("max_new_tokens", args.max_new_tokens, None)]:
+        check_option(name, value, like)
+    if args.samples > 0 and args.temperature == 0:
+        raise ValueError(f"--samples={args.samples} at --temperature=0 would repeat the greedy reply: sample "
+                         "at a temperature > 0, or use --samples=0")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="default: the model of the --checkpoint's run, else smollm2")
     ap.add_argument("--checkpoint", default=None, help="a run folder (its current checkpoint), a checkpoint folder "
                                                        "or a model.safetensors written by train.py")
     ap.add_argument("--task", default=None, help="the task to evaluate (default: the --checkpoint run's task, else "
-                                                 "larger); a task name or a .py / .jsonl task file")
+                                                 "larger); a task name or a .py / .jsonl task file (a .py file "
+                                                 "is code: it runs only when named here)")
     ap.add_argument("--reward_weights", default="correct:1,format:1", help="the weights of the mean reward shown")
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
@@ -107,9 +130,10 @@ def main(argv=None):
                                                      "cuda:N | mps | cpu")
     args = ap.parse_args(argv)
     try:
+        check_args(args)
         run = (run_config(args.checkpoint) or {}) if args.checkpoint else {}
-        args.task = args.task or run.get("task", "larger")
-        get_task(args.task)
+        args.task = args.task or task_of_run(run, args.checkpoint)
+        task = get_task(args.task)
         reward_fn = WeightedReward(parse_weights(args.reward_weights))
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
@@ -118,7 +142,7 @@ def main(argv=None):
               f"on {device}{' (auto: the first of cuda, mps, cpu)' if args.device == 'auto' else ''}")
         model, tok = load_policy(args.model, args.checkpoint, device)
         model = model.to_compute_dtype(dtype)
-        _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
+        _, eval_set = make_dataset(task, n_eval=args.n_eval, seed=args.seed)
         res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt,
                        reward_fn=reward_fn)
     except (ValueError, OSError) as e:

@@ -13,6 +13,7 @@ this project's default reward is the rule-based verifier.
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def judge_probabilities(model, tok, prompts, responses, batch_size=32):
     out = []
     for i in range(0, len(prompts), batch_size):
         ids = [judge_prompt(tok, p.question, r) for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+        for p, prompt_ids in zip(prompts[i:i + batch_size], ids):
+            if len(prompt_ids) > model.cfg.block_size:
+                raise ValueError(f"the judge's prompt about the question {p.question!r:.60} is {len(prompt_ids)} "
+                                 f"tokens, longer than the judge model's context ({model.cfg.block_size})")
         x, mask = left_pad(ids, tok.pad_id, device)
         logits = model(x, attention_mask=mask, logits_to_keep=1)[:, -1].float()       # (b, V), the next token
         out += torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0].tolist()
@@ -86,31 +91,58 @@ def _fmt(x):
     return "-" if x is None else f"{x:.3f}"
 
 
+def check_out(out):
+    """--out can be written (checked before any judging, creating nothing): not a folder, and its nearest
+    existing folder writable."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out={out}: is a folder; name a .json file")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"--out={out}: cannot write there")
+
+
 def main(argv=None):
+    from configurator import check_option
     from device import pick_device, pick_dtype
-    from eval import complete, load_policy
+    from eval import load_policy
     from load_weights import load_model
-    from task import get_task, is_correct, make_dataset
+    from task import get_task, make_dataset
 
     ap = argparse.ArgumentParser(description="Agreement of the LLM judge with the task's verifier.")
     ap.add_argument("--checkpoint", default=None, help="a trained run folder: its replies are judged too")
-    ap.add_argument("--task", default="larger")
+    ap.add_argument("--task", default="larger", help="a task name or a .py / .jsonl task file (a .py "
+                                                      "file is code: loading it runs it)")
     ap.add_argument("--n_eval", type=int, default=100)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--out", default="results/judge_agreement.json")
     args = ap.parse_args(argv)
     try:
-        get_task(args.task)
+        check_option("n_eval", args.n_eval)
+        check_out(args.out)
+        task = get_task(args.task)
         device = pick_device("auto")                # as train.py and eval.py: cuda, then mps, then cpu
         dtype = pick_dtype("auto", device)
         judge, tok = load_model(args.model, device)
         judge = judge.to_compute_dtype(dtype)
-        _, eval_set = make_dataset(args.task, n_eval=args.n_eval)
+        _, eval_set = make_dataset(task, n_eval=args.n_eval)
         policies = {"base": judge}
         if args.checkpoint:
             policies["trained"] = load_policy(args.model, args.checkpoint, device)[0].to_compute_dtype(dtype)
-    except (ValueError, FileNotFoundError) as e:
+        report = judge_policies(policies, judge, tok, eval_set, args, argv)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    print(f"written to {args.out}")
+
+
+def judge_policies(policies, judge, tok, eval_set, args, argv):
+    """The agreement report: each policy's greedy replies to the held-out prompts, judged and verified."""
+    from eval import complete
+    from task import is_correct
     report = {"command": "python judge.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "task": args.task, "judge": f"{args.model} (the frozen base model), {JUDGE_QUESTION!r}",
               "grader": f"task verifier ({args.task})"}
@@ -126,9 +158,7 @@ def main(argv=None):
               f"(judge yes / verifier no: {a['judge_yes_verifier_no']}, judge no / verifier yes: "
               f"{a['judge_no_verifier_yes']}); mean P(Yes) on right replies {_fmt(a['mean_judge_if_right'])}, "
               f"on wrong ones {_fmt(a['mean_judge_if_wrong'])}; ranking AUC {_fmt(a['auc'])}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written to {args.out}")
+    return report
 
 
 if __name__ == "__main__":

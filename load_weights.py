@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import tiktoken
-import tiktoken.load
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -107,6 +106,31 @@ def bpe_ranks_from_vocab(tokens, special_ids):
     """
     dec = _byte_decoder()
     return {bytes(dec[c] for c in tok): i for i, tok in enumerate(tokens) if i not in special_ids}
+
+
+def gpt2_bpe_ranks(vocab_json, merges_txt):
+    """A GPT-2 folder's vocab.json + merges.txt -> tiktoken's {token bytes: rank}, built from the files' bytes
+    on every load. (tiktoken.load's reader caches the files by their path in /tmp/data-gym-cache: a vocabulary
+    changed at the same path, or planted there by another user, would be served instead.)
+
+    The ranks are vocab.json's ids; merges.txt must list the same tokens in the same order (rank 256 + i is
+    merge i), as tiktoken checks, since tiktoken applies merges by rank."""
+    dec = _byte_decoder()
+    as_bytes = lambda token: bytes(dec[c] for c in token)
+    try:
+        vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+        ranks = {as_bytes(t): i for t, i in vocab.items() if t not in ("<|endoftext|>", "<|startoftext|>")}
+        lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+        merges = [line.split() for line in lines if line.strip() and not line.startswith("#version")]
+        for i, (first, second) in enumerate(merges):
+            if ranks.get(as_bytes(first) + as_bytes(second)) != 256 + i:
+                raise ValueError(f"merge {i + 1} ({first} {second}) is not token {256 + i} of {vocab_json}")
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{merges_txt} and {vocab_json} are not one GPT-2 vocabulary: {e}") from None
+    if len(ranks) != 256 + len(merges) or sorted(ranks.values()) != list(range(len(ranks))):
+        raise ValueError(f"{vocab_json}: {len(ranks)} tokens, not the 256 bytes and the {len(merges)} merges of "
+                         f"{merges_txt}, numbered 0, 1, ...")
+    return ranks
 
 
 def _ranks_text(ranks):
@@ -318,7 +342,7 @@ def load_gpt2(folder):
                     n_inner=hf.get("n_inner") or 4 * hf["n_embd"], norm_eps=hf.get("layer_norm_epsilon", 1e-5))
     weights = folder / "model.safetensors"
     state = gpt2_state_dict(read_safetensors(weights)[0], cfg.n_layer, weights)     # fp16/bf16 upcast to fp32
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(folder / "merges.txt"), str(folder / "vocab.json"))
+    ranks = gpt2_bpe_ranks(folder / "vocab.json", folder / "merges.txt")
     eos = len(ranks)      # <|endoftext|> follows the 50,256 byte-level tokens
     enc = tiktoken.Encoding(folder.name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": eos})

@@ -255,6 +255,21 @@ def save_run_figure(history, evals, path):
     run_figure(history, evals).savefig(path, dpi=110)
 
 
+def read_records(path):
+    """The records of a JSONL file written as a run went: a line that a kill cut short, and anything after it,
+    is not read (as --resume reads it: checkpoint.cut_after)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            break
+        records.append(record)
+    return records
+
+
 def main(argv):
     """python show.py RUN_FOLDER [STEP]: the group table of that step (default: the last) of completions.jsonl."""
     if not argv or len(argv) > 2:
@@ -262,11 +277,13 @@ def main(argv):
     path = Path(argv[0]) / "completions.jsonl"
     if not path.is_file():
         sys.exit(f"error: {path} not found (a run of this tinygrpo writes it beside log.jsonl)")
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    if len(argv) == 2 and not argv[1].isdigit():
+        sys.exit(f"error: step {argv[1]!r} is not a number; usage: python show.py {argv[0]} [step]")
+    records = read_records(path)
     chosen = [r for r in records if len(argv) < 2 or r["step"] == int(argv[1])]
     if not chosen:
         sys.exit(f"error: {path} has no step {argv[1]} (it has {records[0]['step']} to {records[-1]['step']})"
-                 if records else f"error: {path} is empty")
+                 if records else f"error: {path} holds no complete step")
     print(group_table(chosen[-1]))
 
 

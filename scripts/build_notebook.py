@@ -133,9 +133,9 @@ print("what the model reads:", repr(tok.decode(tok.chat_prompt(train_set[0].ques
 
 REWARD = """\
 from dataclasses import replace
-{{imports: task.TASKS, task.read_claims, task.is_correct, task.is_exact, task.sanity_check}}
+{{imports: task.TASKS, verify.read_claims, task.is_correct, task.is_exact, verify.sanity_check}}
 
-{{task.verify_number}}
+{{verify.verify_number}}
 
 
 {{task.correct_reward}}
@@ -150,7 +150,7 @@ from dataclasses import replace
 # From here on the task checks its replies with the verify_number above (task.TASKS holds task.py's copy),
 # and the audit grades with the components above: this notebook runs the functions it shows.
 TASKS[TASK] = replace(TASKS[TASK], verify=verify_number)
-# The default task's part of the audit (python task.py --audit has every task's): each hard case with each
+# The default task's part of the audit (python verify.py --audit has every task's): each hard case with each
 # component's reward and the expected one; sanity_check is True iff none disagrees.
 assert sanity_check(TASK, functions={"correct": correct_reward, "format": format_reward})
 p = train_set[0]

@@ -5,7 +5,7 @@ import pytest
 
 import task
 from conftest import one_line
-from task import Prompt, get_reward, get_task, is_correct, make_dataset
+from task import TASKS, Prompt, get_reward, get_task, is_correct, make_dataset
 
 MODULE = '''
 description = "double a number"
@@ -17,9 +17,11 @@ def make_prompt(rng):
 
 
 @pytest.fixture(autouse=True)
-def keep_registry(monkeypatch):
-    """Loading a task file registers it in task.TASKS; each test gets the registry back as it was."""
-    monkeypatch.setattr(task, "TASKS", dict(task.TASKS))
+def nothing_is_registered():
+    """Loading a task file changes no table: its prompts carry their verifier."""
+    before = dict(TASKS)
+    yield
+    assert TASKS == before and task.TASKS is TASKS
 
 
 def write_jsonl(path, rows):
@@ -128,3 +130,118 @@ def test_missing_task_file(tmp_path):
 
 def test_prompt_without_task_is_graded_by_answer_type():
     assert get_reward([Prompt("q", 8), Prompt("q", "abc"), Prompt("q", (1, 2))], ["8", "ABC", "1, 2"]) == [1.0, 0.5, 1.0]
+
+
+# ----------------------------------------------------------------------------- issue 21, item 9: a task file's failures
+
+def test_make_prompt_that_never_returns_gives_one_line_before_loading(tmp_path, tiny_checkpoint):
+    """python train.py --task=hang.py: one line naming the file after the time budget, before any model loads
+    (train.py prints the model's size once it has loaded it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    path = tmp_path / "hang.py"
+    path.write_text("def make_prompt(rng):\n    while True:\n        pass\n")
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "train.py"), f"--task={path}", f"--out_dir={tmp_path / 'run'}",
+                          f"--model={tiny_checkpoint}", "--device=cpu"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert f"--task={path}: make_prompt did not return within 5 s" in run.stderr and "parameters" not in run.stdout
+
+
+def test_make_prompt_time_budget_interrupts_a_loop(tmp_path, monkeypatch):
+    import custom_task
+    monkeypatch.setattr(custom_task, "MAKE_PROMPT_SECONDS", 0.2)
+    path = tmp_path / "slow.py"
+    path.write_text("def make_prompt(rng):\n    while True:\n        try:\n            pass\n"
+                    "        except Exception:\n            pass\n")      # its own except cannot swallow the alarm
+    with pytest.raises(ValueError) as e:
+        get_task(str(path))
+    one_line(e, str(path), "make_prompt did not return within 0.2 s")
+
+
+VERIFY_HEAD = "def make_prompt(rng):\n    n = rng.randint(1, 99)\n    return f'Say {n}.', n\n"
+
+
+@pytest.mark.parametrize("verify_body,words", [
+    ("    return 'no'\n", ["verify returned 'no'", "not True or False"]),
+    ("    return float('nan')\n", ["verify returned nan"]),
+    ("    return None\n", ["verify returned None"]),
+    ("    return {}[response]\n", ["verify raised KeyError"]),
+], ids=["string", "nan", "none", "raises"])
+def test_verify_that_cannot_give_a_verdict_is_refused_when_the_file_loads(tmp_path, verify_body, words):
+    path = tmp_path / "mine.py"
+    path.write_text(VERIFY_HEAD + "def verify(prompt, response):\n" + verify_body)
+    with pytest.raises(ValueError) as e:
+        get_task(str(path))
+    one_line(e, str(path), *words, "on the reply")
+
+
+def test_verify_failing_in_a_run_gives_one_line_naming_task_function_and_reply(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(VERIFY_HEAD + "def verify(prompt, response):\n    if 'boom' in response:\n"
+                    "        raise KeyError(response)\n    return response.strip() == str(prompt.answer)\n")
+    _, held_out = make_dataset(str(path), n_train=5, n_eval=2)
+    p = held_out[0]
+    assert is_correct(p, str(p.answer)) and not is_correct(p, "nope")
+    with pytest.raises(ValueError) as e:
+        get_reward([p], ["it goes boom\nand on"])
+    one_line(e, str(path), "verify raised KeyError", "'it goes boom\\nand on'")
+
+
+def test_sys_exit_at_import_gives_one_line(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(ValueError) as e:
+        get_task(str(path))
+    one_line(e, str(path), "importing it called sys.exit(3)")
+
+
+@pytest.mark.parametrize("answer,words", [
+    ("", ["empty", "an empty reply would be graded right"]),
+    ("   ", ["empty"]),
+    (10 ** 107, ["108 digits", "at most 30"]),
+    ([1, 10 ** 40], ["41 digits"]),
+    ("x" * 500, ["500 characters", "at most 200"]),
+], ids=["empty", "spaces", "108-digits", "list-41-digits", "500-chars"])
+def test_jsonl_answer_that_can_never_be_right_is_refused_when_it_loads(tmp_path, answer, words):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"question": "b?", "answer": 2}, {"question": "a?", "answer": answer}])
+    with pytest.raises(ValueError) as e:
+        get_task(path)
+    one_line(e, ":2:", '"answer"', *words)
+
+
+def test_jsonl_question_too_long_is_refused_when_it_loads(tmp_path):
+    path = write_jsonl(tmp_path / "big.jsonl", [{"question": "q" * 20_001, "answer": 1}, {"question": "b?", "answer": 2}])
+    with pytest.raises(ValueError) as e:
+        get_task(path)
+    one_line(e, ":1:", '"question"', "20,001 characters long", "at most 20,000")
+
+
+def test_module_answer_that_can_never_be_right_is_refused_when_it_loads(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("def make_prompt(rng):\n    return f'q{rng.random()}', ''\n")
+    with pytest.raises(ValueError) as e:
+        get_task(str(path))
+    one_line(e, str(path), "make_prompt returned an answer that is empty")
+
+
+def test_a_task_file_prompt_carries_its_verifier(tmp_path):
+    """No registry: the prompt itself knows how it is graded, wherever it goes."""
+    path = tmp_path / "yesno.py"
+    path.write_text("def make_prompt(rng):\n    return f'Is {rng.randint(1, 99)} a number?', 'yes'\n"
+                    "def verify(prompt, response):\n    return response.lower().startswith('y')\n")
+    p = get_task(str(path)).make(__import__("random").Random(0))
+    assert str(path) not in TASKS and p.verify is not None
+    assert is_correct(p, "Yep") and not is_correct(p, "no")
+
+
+def test_a_task_file_is_imported_once_while_unchanged(tmp_path):
+    """train.py asks for the task three times (check, log line, dataset): its module runs once; an edited
+    file is loaded again."""
+    counter, path = tmp_path / "imports.txt", tmp_path / "mine.py"
+    path.write_text(f"open({str(counter)!r}, 'a').write('x')\n" + MODULE)
+    assert get_task(str(path)) is get_task(str(path)) and counter.read_text() == "x"
+    path.write_text(f"open({str(counter)!r}, 'a').write('x')\n" + MODULE.replace("double", "twice"))
+    assert get_task(str(path)).description == "twice a number" and counter.read_text() == "xx"

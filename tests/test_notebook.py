@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebook.ipynb"
-MODULES = ["task.py", "grpo.py", "show.py", "eval.py", "model.py", "train.py", "load_weights.py"]
+MODULES = ["task.py", "verify.py", "grpo.py", "show.py", "eval.py", "model.py", "train.py", "load_weights.py"]
 KINDS = ["markdown", "markdown", "code", "code", "code", "code", "code", "code", "markdown"]
 HEADER = {"format": {"html": {"code-fold": True}}, "jupyter": "python3"}
 # cell index -> what the lesson must show pasted there
@@ -119,7 +119,7 @@ def test_the_lesson_functions_are_pasted(nb):
 
 def test_a_drifted_copy_is_caught():
     defs = module_definitions()
-    source = (ROOT / "task.py").read_text()
+    source = (ROOT / "verify.py").read_text()
     node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "verify_number")
     original = ast.get_source_segment(source, node)
     assert pasted_mismatches(original, defs) == []

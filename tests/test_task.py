@@ -7,9 +7,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import task  # noqa: E402
-from task import (AUDIT_CASES, TASKS, Prompt, WeightedReward, audit, correct_reward, format_reward,  # noqa: E402
-                  get_reward, get_task, is_correct, load_task_file, make_dataset, parse_weights, read_claims,
-                  sanity_check, words_to_digits)
+from task import (TASKS, Prompt, WeightedReward, correct_reward, format_reward, get_reward,  # noqa: E402
+                  get_task, is_correct, make_dataset, parse_weights)
+from verify import audit, audit_cases, read_claims, sanity_check, words_to_digits  # noqa: E402
+
+AUDIT_CASES = audit_cases()
 
 LARGER = Prompt("Which is larger, 42 or 57? Answer with just the number.", 57, "larger")
 
@@ -231,3 +233,32 @@ def test_make_dataset_sizes_and_validation():
             make_dataset("add2", **bad)
     with pytest.raises(ValueError, match="unknown task"):
         make_dataset("nope")
+
+
+def test_the_simple_rule_is_measured_as_verify_py_says():
+    """verify.py's docstring opens with the simplest honest rule and what it gets wrong on the audit cases:
+    the numbers there are recomputed here, and the claim reader pays what the rule misses (bar the known rows)."""
+    import verify
+    errors = verify.simple_rule_errors()
+    measured = {"cases": errors["cases"], "false_positives": len(errors["false_positives"]),
+                "false_negatives": len(errors["false_negatives"])}
+    assert measured == verify.SIMPLE_RULE
+    assert (f"{measured['cases']} audit cases" in verify.__doc__
+            and f"{measured['false_positives']} false positives, but {measured['false_negatives']} false negatives"
+            in verify.__doc__)
+    known = {r for _, r, kind, *_ in AUDIT_CASES if kind.startswith("known")}
+    by_reply = {r: p for p, r, *_ in AUDIT_CASES}
+    assert all(is_correct(by_reply[r], r) for r in errors["false_negatives"] if r not in known)
+    assert verify.simple_rule(LARGER, "57") and not verify.simple_rule(LARGER, "Not 57.")
+
+
+@pytest.mark.parametrize("script", ["verify.py", "task.py"])
+def test_audit_command(script):
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / script), "--audit", "--task=sort"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "8 cases: 0 false positives, 0 false negatives" in run.stdout, run.stdout
+    bad = subprocess.run([sys.executable, str(root / script), "--audit", "--task=nope"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--task=nope" in bad.stderr
