@@ -175,7 +175,7 @@ def step_of(folder):
 def clean_leftovers(out_dir):
     """Delete what killed saves left: .tinygrpo-tmp-* (and older versions' checkpoint-NNNNNN.tmp-PID), and the
     checkpoint-NNNNNN folders that `latest` does not name (none when `latest` is missing or broken: then they may
-    be all that is left of the run). Only in a folder that carries the marker: a run's; only names tinygrpo writes."""
+    be all that is left of the run). Only in a folder that carries the marker, and only names tinygrpo writes."""
     out_dir = Path(out_dir)
     if not (out_dir / MARKER).is_file():
         return

@@ -173,8 +173,9 @@ def task_sha256(task):
     return hashlib.sha256(Path(task).read_bytes()).hexdigest()
 
 
-def run_config(cfg):
-    """What a checkpoint records of the run: every setting, and the custom task file's sha256."""
+def recorded_config(cfg):
+    """What a checkpoint records of the run (config.json, train_state.pt): every setting, and a custom task
+    file's sha256. (checkpoint.run_config reads it back.)"""
     sha = task_sha256(cfg.task)
     return asdict(cfg) | ({"task_sha256": sha} if sha else {})
 
@@ -203,15 +204,16 @@ def check_resumable(cfg):
         raise ValueError(f"--resume --steps={cfg.steps}: {folder} is already at step {checkpoint.step_of(folder)}; "
                          f"give --steps={checkpoint.step_of(folder)} or more")
     stored = checkpoint.read_config(folder)
-    stored_sha = stored.pop("task_sha256", None)  # None: an older tinygrpo, which did not record it
+    stored_sha = stored.pop("task_sha256", None)  # None: a built-in task, or an older tinygrpo (not recorded)
+    if stored_sha and stored.get("task") == cfg.task and stored_sha != task_sha256(cfg.task):
+        now = task_sha256(cfg.task) or "none"
+        raise ValueError(f"--resume: the task file {cfg.task} changed since the run started (sha256 "
+                         f"{stored_sha[:12]}... then, {now[:12]}... now): resume with the file as it was, "
+                         f"or start a fresh run")
     differences = checkpoint.config_differences(stored, asdict(cfg))
     if differences:
         raise ValueError(f"--resume: settings differ from those of {folder}: {'; '.join(differences)} "
                          f"(only {', '.join(checkpoint.MAY_CHANGE_ON_RESUME)} may change; start a fresh run instead)")
-    if stored_sha and stored_sha != task_sha256(cfg.task):
-        raise ValueError(f"--resume: the task file {cfg.task} changed since the run started (sha256 "
-                         f"{stored_sha[:12]}... then, {(task_sha256(cfg.task) or 'none')[:12]}... now): resume with the "
-                         f"file as it was, or start a fresh run")
 
 
 # ----------------------------------------------------------------------------- checks the other tools share

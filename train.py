@@ -48,7 +48,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import checkpoint
-from configurator import apply_args, run_config, usage, validate
+from configurator import apply_args, recorded_config, usage, validate
 from ddp import (PolicyLogprobs, broadcast_dtype, init_distributed, local_device, loss_count, mean_across_ranks,
                  step_count)
 from device import pick_dtype
@@ -149,8 +149,8 @@ def step_prompts(train_set, cfg, step, rank, world):
 
 
 def save_checkpoint(out_dir, policy, optimizer, step, history, config):
-    """checkpoint.save of this step (config: configurator.run_config); a failed save (disk full, read-only) stops
-    the run in one line, with the last good checkpoint still current."""
+    """checkpoint.save of this step (config: configurator.recorded_config); a failed save (disk full, read-only)
+    stops the run in one line, with the last good checkpoint still current."""
     weights = {k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()}
     state = {"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": config}
     try:
@@ -204,7 +204,7 @@ def run_training(cfg, device):
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     resume_from = checkpoint.current(out_dir) if cfg.resume else None
-    config = run_config(cfg)                      # what the checkpoints record (with a task file's sha256)
+    config = recorded_config(cfg)                 # what the checkpoints record (with a task file's sha256)
 
     dtype = pick_dtype(cfg.dtype, device)
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks

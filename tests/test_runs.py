@@ -417,6 +417,6 @@ def test_a_broken_run_folder_is_refused_on_resume_and_moved_aside_by_a_fresh_run
     assert "names checkpoint-000004, which is missing" in msg, msg
     (out / "checkpoint-000003").mkdir()                        # not named by latest, but maybe all there is
     run(tiny_checkpoint, out, steps=1)
-    assert sorted(p.name for p in (tmp_path / "run.1").iterdir()) == [".tinygrpo-run", "checkpoint-000003", "latest",
-                                                                       "log.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "run.1").iterdir()) == [
+        ".tinygrpo-run", "checkpoint-000003", "latest", "log.jsonl"]
     assert steps_logged(out) == [1]

@@ -55,8 +55,8 @@ def test_a_folder_of_the_users_files_is_refused_before_loading(no_model_load, ti
     user_files(tmp_path / "d")
     before = snapshot(tmp_path / "d")
     msg = exit_line(tiny_argv(tiny_checkpoint, tmp_path / "d"))
-    assert msg.startswith(f"error: --out_dir={tmp_path / 'd'} holds files that are not a tinygrpo run's (backup.tmp, "
-                          f"checkpoint-ideas.txt, checkpoint-notes, ...)"), msg
+    assert msg.startswith(f"error: --out_dir={tmp_path / 'd'} holds files that are not a tinygrpo run's "
+                          f"(backup.tmp, checkpoint-ideas.txt, checkpoint-notes, ...)"), msg
     assert snapshot(tmp_path / "d") == before
 
 
@@ -304,8 +304,9 @@ def test_context_length_read_from_the_metadata():
 
 
 def test_sigterm_stops_like_ctrl_c(tiny_checkpoint, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-u", "train.py", *tiny_argv(tiny_checkpoint, tmp_path, "--steps=1000")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = tiny_argv(tiny_checkpoint, tmp_path, "--steps=1000")
+    proc = subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("step    2/"):
             break
