@@ -268,7 +268,9 @@ def run_figure(history, evals, beta=None):
     loss_ax.set_ylabel("loss")
     kl_ax.plot(steps, series("kl"), color="C4")
     kl_ax.set_ylabel("KL(pi || pi_ref) per token")
-    len_ax.plot(steps, series("completion_len"), color="C5")
+    # the length's key: completion_length, or completion_len in older logs
+    length = "completion_length" if any("completion_length" in h for h in history) else "completion_len"
+    len_ax.plot(steps, series(length), color="C5")
     len_ax.set_ylabel("length (tokens)")
     truncated_ax.plot(steps, series("truncated"), color="C3")
     truncated_ax.set_ylabel("truncated (share)")

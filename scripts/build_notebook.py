@@ -285,7 +285,7 @@ print(f"  {'mean answer length (chars)':28} {base['completion_chars']:6.1f} {tun
 pair = lambda question: " or ".join(re.findall(r"\\d+", question))             # "42 or 57"
 for name, replies in [("base", base["examples"][:4]), ("GRPO", tuned["examples"][:3]),
                       ("GRPO, wrong", tuned["wrong_examples"][:4])]:
-    print(f"{name}:", "".join(f"\\n  {pair(q)} -> '{clip(o, 60, keep_end=True)}' -> {r:.2f}" for q, o, r, ok in replies))
+    print(f"{name}:", "".join(f"\\n  {pair(q)} -> '{clip(o, 60, keep_end=True)}' -> {r:.2f}" for q, o, r, _ in replies))
 # pairs with the same tens digit ("40 or 47"): only the units digit tells which is larger
 same_tens = lambda question: len({n[0] for n in re.findall(r"\\d+", question)}) == 1
 split = {name: [(sum(e[3] for e in r["examples"] if same_tens(e[0]) == same), sum(same_tens(e[0]) == same
@@ -471,8 +471,8 @@ def sweep_sentences(summary):
         noisy = f"The reward curve is noisier at G = {big} than at G = {small}, but not at every step up"
     else:
         noisy = f"The reward curve is not noisier at G = {big} than at G = {small}"
-    noisy += f" ({by_G(noise, lambda x: f'{x:.3f}')})" + (": at larger G each step's mean reward rests on fewer prompts."
-                                                       if t in ("rises", "ends higher") else ".")
+    fewer = ": at larger G each step's mean reward rests on fewer prompts."
+    noisy += f" ({by_G(noise, lambda x: f'{x:.3f}')})" + (fewer if t in ("rises", "ends higher") else ".")
     t = trend(zero)
     if t == "falls":
         few = "The zero-variance share falls at every larger G"
@@ -495,6 +495,7 @@ def analysis_text(run=None, sweep=None):
     w = 4                                                       # cell 6 prints LOG_EVERY = 4-step averages
     first = lambda key: window(h, key, 1, w)
     last = lambda key: window(h, key, n - w + 1, n)
+    length = "completion_length" if "completion_length" in h[0] else "completion_len"    # older runs' name
     summary, runs = sweep["summary"], sweep["runs"]
     g8 = summary[str(run["group_size"])]
     worst = min(runs, key=lambda r: r["accuracy_after"])
@@ -540,7 +541,7 @@ settings (G = {run['group_size']}, {sweep['steps']} steps) with seeds {seeds[0]}
 
 **Dynamics** (cell 6). Early on many groups have equal rewards (zero-variance share
 {first('frac_reward_zero_std'):.2f} over steps 1-{w}): A = 0, nothing learned; the mixed groups carry the learning.
-Answers shrink from {first('completion_len'):.1f} tokens to {last('completion_len'):.1f} ({said(tuned_replies[:1])}
+Answers shrink from {first(length):.1f} tokens to {last(length):.1f} ({said(tuned_replies[:1])}
 and EOS). Late in the run the zero-variance share is {last('frac_reward_zero_std'):.2f} again, now with reward
 {last('reward'):.3f}: groups that are all right. The KL to the reference per token grows {kl_sentence(h, w)}.{eos}
 The loss rises with it: with mu = 1 a group's advantages sum to 0, so the loss's value is about beta x KL

@@ -349,6 +349,11 @@ def test_it_is_not_a_smoke_run(nb):
     assert "SMOKE RUN" not in text, "the committed notebook was executed with TINYGRPO_NB_SMOKE=1"
 
 
+def test_one_style_block_for_the_token_views(nb):
+    html_out = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert len(html_out) == 2 and "".join(html_out).count("<style") == 1, RUN_IT
+
+
 def test_training_plots_one_figure(nb):
     images = [o for o in nb.cells[6].outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, f"cell 6 should end with one reward plot, found {len(images)}: {RUN_IT}"
