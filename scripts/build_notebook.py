@@ -278,14 +278,15 @@ opts = dict(samples=EVAL_SAMPLES, temperature=cfg.temperature, max_new_tokens=cf
 base = evaluate(ref_model, tok, eval_set, **opts)       # ref_model: the untouched starting weights
 tuned = evaluate(policy, tok, eval_set, **opts)         # the trained weights, same dtype
 print(f"{f'{len(eval_set)} held-out prompts':30} {'base':>6} {'GRPO':>6}   (graded by the task's verifier)")
-for key, label in [("accuracy", "greedy accuracy"), ("format", "exactly the answer"), ("reward", "greedy mean reward"),
+for key, label in [("accuracy", "greedy accuracy"), ("format", "exactly the answer"),
                    ("sampled_accuracy", f"sampled accuracy (k={EVAL_SAMPLES})")]:
     print(f"  {label:28} {100 * base[key]:5.1f}% {100 * tuned[key]:5.1f}%")
-print(f"  {'mean answer length (chars)':28} {base['completion_chars']:6.1f} {tuned['completion_chars']:6.1f}")
+for key, label in [("reward", "greedy mean reward"), ("completion_chars", "mean answer length (chars)")]:
+    print(f"  {label:28} {base[key]:6.3g} {tuned[key]:6.3g}")
 pair = lambda question: " or ".join(re.findall(r"\\d+", question))             # "42 or 57"
 for name, replies in [("base", base["examples"][:4]), ("GRPO", tuned["examples"][:3]),
                       ("GRPO, wrong", tuned["wrong_examples"][:4])]:
-    print(f"{name}:", "".join(f"\\n  {pair(q)} -> '{clip(o, 60, keep_end=True)}' -> {r:.2f}" for q, o, r, _ in replies))
+    print(f"{name}:" + "".join(f"\\n  {pair(q)} -> '{clip(o, 60, keep_end=True)}' -> {r:.2f}" for q, o, r, _ in replies))
 # pairs with the same tens digit ("40 or 47"): only the units digit tells which is larger
 same_tens = lambda question: len({n[0] for n in re.findall(r"\\d+", question)}) == 1
 split = {name: [(sum(e[3] for e in r["examples"] if same_tens(e[0]) == same), sum(same_tens(e[0]) == same
@@ -301,8 +302,8 @@ with torch.no_grad():
 by_advantage, by_kl = token_contributions(logprobs, batch, cfg)
 eos = torch.isin(batch.completion_ids, torch.tensor(tok.stop_ids)) & batch.completion_mask.bool()
 kl_share_eos = (by_kl[eos].sum() / by_kl.sum()).item() if by_kl.sum() > 0 else 0.0
-print(f"\\ngroup {GROUP} after training: rewards {batch.rewards.view(-1, G)[GROUP].tolist()}; on the whole batch "
-      f"{100 * kl_share_eos:.0f}% of the KL term is on EOS ({eos.sum()} of {batch.completion_mask.sum():.0f} tokens)")
+print(f"KL term on EOS: {100 * kl_share_eos:.0f}% of the batch's ({eos.sum()} of {batch.completion_mask.sum():.0f} tokens)")
+print(f"group {GROUP} after training: rewards {batch.rewards.view(-1, G)[GROUP].tolist()}")
 display(HTML(group_html(group_view(tok, batch, by_advantage, by_kl, GROUP, G), css=False)))   # cell 5's style
 # what cell 8 quotes, written where scripts/build_notebook.py reads it when it fills in the analysis
 if not SMOKE and MODEL == "smollm2":
@@ -527,7 +528,7 @@ def analysis_text(run=None, sweep=None):
     if "kl_share_eos" in run:
         eos = (f" After training, {pct(run['kl_share_eos'], 0)} of the KL term of cell 7's batch is on EOS: the"
                f" reference model keeps talking after a number (its greedy replies average"
-               f" {base['completion_chars']:.1f} characters), the policy stops.")
+               f" {base['completion_chars']:.0f} characters), the policy stops.")
     return f"""## Analysis
 
 **Did it learn?** Yes. Graded by the task's verifier, held-out greedy accuracy went from {pct(base['accuracy'])}
