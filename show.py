@@ -156,7 +156,7 @@ def tint(rgb, level):
 
 GROUP_CSS = ("<style>" + "".join(f".tg .u{i}{{background:{tint(UP, i)}}}.tg .d{i}{{background:{tint(DOWN, i)}}}"
                                  f".tg .k{i}{{border-bottom:3px solid {tint(KL, i)}}}" for i in range(1, SHADES + 1))
-             + ".tg .s{font-style:italic}.tg p{font-family:monospace;white-space:pre-wrap;margin:2px 0}</style>")
+             + ".tg p{font-family:monospace;white-space:pre-wrap;margin:2px 0}</style>")
 
 
 def group_html(view, numbers=False, css=True):
@@ -164,7 +164,7 @@ def group_html(view, numbers=False, css=True):
     green where GRPO pushes it up (share via the advantage < 0), red where down. Each row is shaded on its own
     scale (its strongest token at full strength), so a losing row that spreads a small -A_i over many tokens is as
     visible as the winner; the row's A_i says how hard it is pushed. A blue underline as strong as the token's share
-    via the KL term, on the group's scale (KL is compared across rows). Special tokens (EOS) in italics.
+    via the KL term, on the group's scale (KL is compared across rows). Special tokens (EOS) in italics (<i>).
     numbers=True puts both shares in each token's tooltip (one span per token); otherwise neighbouring tokens
     shaded alike share a span. css=False leaves out the <style> block: its classes (scoped under .tg) apply to
     the whole page, so a notebook needs it once."""
@@ -173,25 +173,30 @@ def group_html(view, numbers=False, css=True):
 
     def classes(t, row_big):
         a, k = shade(t.by_advantage, row_big), shade(t.by_kl, big_k)
-        return " ".join(([f"{'u' if t.by_advantage < 0 else 'd'}{a}"] if a else []) + ([f"k{k}"] if k else [])
-                        + (["s"] if t.special else []))
+        return " ".join(([f"{'u' if t.by_advantage < 0 else 'd'}{a}"] if a else []) + ([f"k{k}"] if k else []))
+
+    def text(t):
+        escaped = html.escape(shown(t), quote=False)
+        return f"<i>{escaped}</i>" if t.special else escaped
+
+    def span(c, body, tip):
+        attrs = (f' class="{c}"' if " " in c else f" class={c}" if c else "") + (f' title="{tip}"' if numbers else "")
+        return f"<span{attrs}>{body}</span>" if attrs else body
 
     def line(row):
         # a row's scale: its largest share, unless that is float noise next to the group's largest
         row_big = max((abs(t.by_advantage) for t in row["tokens"]), default=0.0)
         row_big = row_big if row_big > 1e-4 * big_a else 0.0
-        runs = []                                     # [classes, text, tooltip]: one span each
+        runs = []                                     # [classes, html, tooltip]: one span each
         for t in row["tokens"]:
             c = classes(t, row_big)
             tip = f"token {t.id} {t.text!r}: via the advantage {t.by_advantage + 0:+.3e}, via KL {t.by_kl:+.3e}"
             if runs and not numbers and runs[-1][0] == c:
-                runs[-1][1] += shown(t)
+                runs[-1][1] += text(t)
             else:
-                runs.append([c, shown(t), tip])
-        spans = "".join(html.escape(text, quote=False) if not c and not numbers else
-                        f'<span class="{c}"' + (f' title="{html.escape(tip)}"' if numbers else "")
-                        + f">{html.escape(text, quote=False)}</span>" for c, text, tip in runs)
-        return f"<p>#{row['sample']} reward {row['reward']:.2f} A {row['advantage']:+.2f} | {spans}</p>"
+                runs.append([c, text(t), html.escape(tip)])
+        return (f"<p>#{row['sample']} reward {row['reward']:.2f} A {row['advantage']:+.2f} | "
+                + "".join(span(*run) for run in runs) + "</p>")
 
     legend = ("<div class=tg>" + (GROUP_CSS if css else "") + "each token's share of the loss via the advantage, "
               f"each row on its own scale: <span class=u{SHADES}>pushed up</span> <span class=d{SHADES}>pushed down"

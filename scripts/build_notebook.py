@@ -61,8 +61,8 @@ Desired output: `57<|im_end|>`.
 answer ("57" or "57.") and right; $r = (\text{correct} + \text{format}) / 2$. The verifier fails closed: a
 reply is right only if it commits to the right answer and asserts nothing false, so "57" scores 1,
 "57 is larger than 42." 0.5 (right, not the format asked for), and "15 is larger than 43." (a false claim
-that ends on the right number), "57 or 42" and "42? No, 57" (two candidate answers) score 0. Format is gated on
-correctness: a well-formatted wrong answer earns nothing. Every accuracy below is the verifier's.
+that ends on the right number), "57 or 42" and "42? No, 57" (two candidate answers) score 0. Every accuracy
+below is the verifier's.
 
 **GRPO.** For each of $B$ prompts, sample a group of $G$ completions $o_1..o_G$ from the policy
 $\pi_\theta$, score them, and normalise within the group:
@@ -284,7 +284,7 @@ for key, label in [("accuracy", "greedy accuracy"), ("format", "exactly the answ
 for key, label in [("reward", "greedy mean reward"), ("completion_chars", "mean answer length (chars)")]:
     print(f"  {label:28} {base[key]:6.3g} {tuned[key]:6.3g}")
 pair = lambda question: " or ".join(re.findall(r"\\d+", question))             # "42 or 57"
-for name, replies in [("base", base["examples"][:4]), ("GRPO", tuned["examples"][:3]),
+for name, replies in [("base", base["examples"][:3]), ("GRPO", tuned["examples"][:3]),
                       ("GRPO, wrong", tuned["wrong_examples"][:4])]:
     print(f"{name}:" + "".join(f"\\n  {pair(q)} -> '{clip(o, 60, keep_end=True)}' -> {r:.2f}" for q, o, r, _ in replies))
 # pairs with the same tens digit ("40 or 47"): only the units digit tells which is larger
