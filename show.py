@@ -5,7 +5,7 @@ has moved from the reference on each token; and the run's picture.
     group_table(record)                         one group of a step as a small console table (train.py prints it)
     token_contributions(logprobs, batch, cfg)   each token's share of the loss, via the advantage and via the KL
     group_view -> group_html, group_ansi        one group's tokens shaded by those shares (notebook, terminal)
-    run_figure(history, evals)                  reward, KL, length, zero-variance share over the steps
+    run_figure(history, evals, beta)            reward, loss, KL, length, truncated, zero-variance share
 
     python show.py runs/default [step]          the group table of a step of a run (default: its last)
 
@@ -140,39 +140,68 @@ def largest(view, key):
 
 
 SHADES = 4     # the HTML's levels of shading: CSS classes, so that a group is a few KB in the notebook
+UP, DOWN, KL = (0, 170, 0), (220, 0, 0), (0, 0, 255)      # pushed up, pushed down, the KL term's underline
 
 
 def shade(share, big):
-    """0..SHADES: a share's strength against the group's largest."""
-    return min(SHADES, round(SHADES * abs(share) / big))
+    """0..SHADES: a share's strength against big, the largest share on its scale (0 when big is 0)."""
+    return min(SHADES, round(SHADES * abs(share) / big)) if big > 0 else 0
 
 
-def group_html(view, numbers=False):
+def tint(rgb, level):
+    """The colour rgb at strength level/SHADES (at most 80%, so that black text stays readable) over white."""
+    alpha = 0.8 * level / SHADES
+    return "#" + "".join(f"{round(255 - alpha * (255 - c)):02x}" for c in rgb)
+
+
+GROUP_CSS = ("<style>" + "".join(f".tg .u{i}{{background:{tint(UP, i)}}}.tg .d{i}{{background:{tint(DOWN, i)}}}"
+                                 f".tg .k{i}{{border-bottom:3px solid {tint(KL, i)}}}" for i in range(1, SHADES + 1))
+             + ".tg p{font-family:monospace;white-space:pre-wrap;margin:2px 0}</style>")
+
+
+def group_html(view, numbers=False, css=True):
     """The group as HTML (the notebook): one row per completion, its reward and advantage first; each token on
-    green where GRPO pushes it up (share via the advantage < 0), red where down, in SHADES steps of strength; a blue
-    underline as strong as its share via the KL term; numbers=True puts both shares in each token's tooltip. Short
-    class names scoped under .tg, and no span for an unshaded token: a group is a few KB in the notebook."""
-    big_a, big_k = largest(view, "by_advantage"), largest(view, "by_kl")
+    green where GRPO pushes it up (share via the advantage < 0), red where down. Each row is shaded on its own
+    scale (its strongest token at full strength), so a losing row that spreads a small -A_i over many tokens is as
+    visible as the winner; the row's A_i says how hard it is pushed. A blue underline as strong as the token's share
+    via the KL term, on the group's scale (KL is compared across rows). Special tokens (EOS) in italics (<i>).
+    numbers=True puts both shares in each token's tooltip (one span per token); otherwise neighbouring tokens
+    shaded alike share a span. css=False leaves out the <style> block: its classes (scoped under .tg) apply to
+    the whole page, so a notebook needs it once."""
+    big_a = largest(view, "by_advantage")
+    big_k = max((abs(t.by_kl) for row in view for t in row["tokens"]), default=0.0)
 
-    def span(t):
-        a, k = shade(t.by_advantage, big_a), shade(t.by_kl, big_k)
-        classes = " ".join(([f"{'u' if t.by_advantage < 0 else 'd'}{a}"] if a else []) + ([f"k{k}"] if k else [])
-                           + (["s"] if t.special else []))
-        tip = f"token {t.id} {t.text!r}: via the advantage {t.by_advantage + 0:+.3e}, via KL {t.by_kl:+.3e}"
-        text = html.escape(shown(t))
-        if not classes and not numbers:
-            return text
-        return f'<span class="{classes}"' + (f' title="{html.escape(tip)}"' if numbers else "") + f">{text}</span>"
+    def classes(t, row_big):
+        a, k = shade(t.by_advantage, row_big), shade(t.by_kl, big_k)
+        return " ".join(([f"{'u' if t.by_advantage < 0 else 'd'}{a}"] if a else []) + ([f"k{k}"] if k else []))
 
-    style = "".join(f".tg .u{i}{{background:rgba(0,170,0,{i / SHADES:.2f})}}"
-                    f".tg .d{i}{{background:rgba(220,0,0,{i / SHADES:.2f})}}"
-                    f".tg .k{i}{{border-bottom:3px solid rgba(0,0,255,{i / SHADES:.2f})}}" for i in range(1, SHADES + 1))
-    legend = (f"<div class=tg><style>{style}.tg .s{{color:#777;font-style:italic}}.tg p{{font-family:monospace;"
-              "white-space:pre-wrap;margin:2px 0}</style>each token's share of the loss: <span class=u3>pushed up</span> "
-              "<span class=d3>pushed down</span> (via the advantage), <span class=k3>KL term</span>")
-    rows = [f"<p>#{row['sample']} reward {row['reward']:.2f} A {row['advantage']:+.2f} | "
-            + "".join(span(t) for t in row["tokens"]) + "</p>" for row in view]
-    return "\n".join([legend, *rows, "</div>"])
+    def text(t):
+        escaped = html.escape(shown(t), quote=False)
+        return f"<i>{escaped}</i>" if t.special else escaped
+
+    def span(c, body, tip):
+        attrs = (f' class="{c}"' if " " in c else f" class={c}" if c else "") + (f' title="{tip}"' if numbers else "")
+        return f"<span{attrs}>{body}</span>" if attrs else body
+
+    def line(row):
+        # a row's scale: its largest share, unless that is float noise next to the group's largest
+        row_big = max((abs(t.by_advantage) for t in row["tokens"]), default=0.0)
+        row_big = row_big if row_big > 1e-4 * big_a else 0.0
+        runs = []                                     # [classes, html, tooltip]: one span each
+        for t in row["tokens"]:
+            c = classes(t, row_big)
+            tip = f"token {t.id} {t.text!r}: via the advantage {t.by_advantage + 0:+.3e}, via KL {t.by_kl:+.3e}"
+            if runs and not numbers and runs[-1][0] == c:
+                runs[-1][1] += text(t)
+            else:
+                runs.append([c, text(t), html.escape(tip)])
+        return (f"<p>#{row['sample']} reward {row['reward']:.2f} A {row['advantage']:+.2f} | "
+                + "".join(span(*run) for run in runs) + "</p>")
+
+    legend = ("<div class=tg>" + (GROUP_CSS if css else "") + "each token's share of the loss via the advantage, "
+              f"each row on its own scale: <span class=u{SHADES}>pushed up</span> <span class=d{SHADES}>pushed down"
+              f"</span>; via the KL term, on the group's scale: <span class=k{SHADES}>underline</span>")
+    return "\n".join([legend, *map(line, view), "</div>"])
 
 
 def group_ansi(view):
@@ -213,16 +242,19 @@ def moving_average(values, k):
     return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
 
 
-def run_figure(history, evals):
-    """The run in one figure of 4 panels over the steps: the reward (its total and each component, and the
-    held-out greedy accuracy before/after as points); KL to the reference; the completion length (and the share
-    truncated); the share of zero-variance groups. history: log.jsonl's records; evals: {name: (step, acc)}."""
+def run_figure(history, evals, beta=None):
+    """The run in one wide figure, 2 x 3 panels over the steps: the reward (its total and each component, and the
+    held-out greedy accuracy before/after as points when evals has them); the loss's value (and beta * KL beside it
+    when beta is given: with one gradient step per batch a group's advantages sum to 0, so the loss's value is
+    about beta * KL); the KL to the reference; the completion length; the share truncated; the share of
+    zero-variance groups. Each axis is labelled with what it plots. history: log.jsonl's records; evals:
+    {name: (step, accuracy)}."""
     from matplotlib.figure import Figure          # no pyplot: nothing global, nothing to close
     from matplotlib.ticker import MaxNLocator
     steps = [h["step"] for h in history]
     series = lambda key: [h.get(key, float("nan")) for h in history]    # a run resumed from an older log lacks some
-    fig = Figure(figsize=(7, 9))
-    reward_ax, kl_ax, len_ax, zero_ax = fig.subplots(4, 1, sharex=True)
+    fig = Figure(figsize=(13, 6))
+    (reward_ax, loss_ax, kl_ax), (len_ax, truncated_ax, zero_ax) = fig.subplots(2, 3, sharex=True)
     k = max(1, len(steps) // 10)
     reward_ax.plot(steps, series("reward"), color="C0", alpha=0.35 if k > 1 else 1, label="reward (sampled)")
     if k > 1:
@@ -232,27 +264,34 @@ def run_figure(history, evals):
     for marker, (name, (step, acc)) in zip("os", evals.items()):
         reward_ax.scatter([step], [acc], marker=marker, color="k", zorder=3,
                           label=f"held-out greedy accuracy, {name}: {acc:.0%}")
-    reward_ax.set_ylabel("reward / accuracy")
+    reward_ax.set_ylabel("reward / held-out accuracy" if evals else "reward")
     reward_ax.legend(loc="best", fontsize=7)
+    loss_ax.plot(steps, series("loss"), color="C6", label="loss")
+    if beta is not None:
+        loss_ax.plot(steps, [beta * x for x in series("kl")], color="C4", ls="--", label=f"beta * KL (beta = {beta:g})")
+        loss_ax.legend(loc="best", fontsize=7)
+    loss_ax.set_ylabel("loss")
     kl_ax.plot(steps, series("kl"), color="C4")
-    kl_ax.set_ylabel("KL(pi || pi_ref)")
-    len_ax.plot(steps, series("completion_len"), color="C5")
+    kl_ax.set_ylabel("KL(pi || pi_ref) per token")
+    # the length's key: completion_length, or completion_len in older logs
+    length = "completion_length" if any("completion_length" in h for h in history) else "completion_len"
+    len_ax.plot(steps, series(length), color="C5")
     len_ax.set_ylabel("length (tokens)")
-    truncated_ax = len_ax.twinx()
-    truncated_ax.plot(steps, series("truncated"), color="C3", ls="--")
-    truncated_ax.set_ylabel("truncated (--)", color="C3")
-    truncated_ax.set_ylim(-0.02, 1.02)
+    truncated_ax.plot(steps, series("truncated"), color="C3")
+    truncated_ax.set_ylabel("truncated (share)")
     zero_ax.plot(steps, series("frac_reward_zero_std"), color="C7")
-    zero_ax.set_ylabel("zero-variance groups")
-    zero_ax.set_ylim(-0.02, 1.02)
-    zero_ax.set_xlabel("step")
-    zero_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    zero_ax.set_ylabel("zero-variance groups (share)")
+    for ax in (truncated_ax, zero_ax):
+        ax.set_ylim(-0.02, 1.02)
+    for ax in (len_ax, truncated_ax, zero_ax):
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
 
-def save_run_figure(history, evals, path):
-    run_figure(history, evals).savefig(path, dpi=110)
+def save_run_figure(history, evals, path, beta=None):
+    run_figure(history, evals, beta).savefig(path, dpi=110)
 
 
 def read_records(path):

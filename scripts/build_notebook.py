@@ -61,8 +61,8 @@ Desired output: `57<|im_end|>`.
 answer ("57" or "57.") and right; $r = (\text{correct} + \text{format}) / 2$. The verifier fails closed: a
 reply is right only if it commits to the right answer and asserts nothing false, so "57" scores 1,
 "57 is larger than 42." 0.5 (right, not the format asked for), and "15 is larger than 43." (a false claim
-that ends on the right number), "57 or 42" and "42? No, 57" (two candidate answers) score 0. Format is gated on
-correctness: a well-formatted wrong answer earns nothing. Every accuracy below is the verifier's.
+that ends on the right number), "57 or 42" and "42? No, 57" (two candidate answers) score 0. Every accuracy
+below is the verifier's.
 
 **GRPO.** For each of $B$ prompts, sample a group of $G$ completions $o_1..o_G$ from the policy
 $\pi_\theta$, score them, and normalise within the group:
@@ -83,10 +83,11 @@ policy near the frozen starting model $\pi_{\mathrm{ref}}$; per token, with $r =
   has an extra $/2$, which only rescales $\beta$: we implement the standard form and use $k_3$ with
   $\beta = 0.04$.
 
-**Hypothesis.** The base model is right about 41% of the time when greedy but 6.8% when sampling at temperature 1
-(`results/baseline.json`), so early on most groups are all wrong and teach nothing; the few mixed groups should
-be enough. We expect the sampled reward to rise, held-out accuracy to beat the base model's, and answers to get
-shorter, with a KL to $\pi_{\mathrm{ref}}$ that grows as the answers change style."""
+**Hypothesis.** Before this notebook, on {{baseline}} held-out prompts (`results/baseline.json`), the base
+model was right {{baseline_greedy}} of the time when greedy but {{baseline_sampled}} when sampling at temperature 1
+(cell 7 measures it again on this notebook's held-out set), so early on most groups are all wrong and teach
+nothing; the few mixed groups should be enough. We expect the sampled reward to rise, held-out accuracy to beat
+the base model's, and answers to get shorter, with a KL to $\pi_{\mathrm{ref}}$ that grows as the answers change style."""
 
 SETUP = """\
 import copy, os, time
@@ -94,7 +95,6 @@ import torch
 from grpo import GRPOConfig
 from load_weights import load_model
 from device import pick_device, pick_dtype
-from optim import cast_for_training
 
 # Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run; TINYGRPO_NB_MODEL runs the cells on
 # another model (the tests use a tiny random one).
@@ -107,10 +107,8 @@ cfg = GRPOConfig(group_size=2 if SMOKE else 8, max_new_tokens=8 if SMOKE else 32
 
 torch.manual_seed(SEED)
 device = pick_device("auto")                    # the first of cuda, mps, cpu that is there
-dtype = pick_dtype("auto", device)              # bf16 where it is fast (CUDA GPU, AMX CPU), else fp32
+dtype = pick_dtype("auto", device)              # bf16 where it is fast (CUDA GPU, AMX CPU), else fp32: cell 6
 policy, tok = load_model(MODEL, device)         # fp32 weights, as loaded
-# the policy samples and trains in the compute dtype; its AdamW keeps the fp32 weights
-optimizer = cast_for_training(policy, dtype, lr=LR, weight_decay=0.0)
 ref_model = copy.deepcopy(policy).requires_grad_(False)   # frozen pi_ref: the KL term, and cell 7's baseline
 
 print(("SMOKE RUN (tiny settings) | " if SMOKE else "") + f"device {device}, compute dtype {dtype}")
@@ -132,8 +130,9 @@ for p in train_set[:3]:
 print("what the model reads:", repr(tok.decode(tok.chat_prompt(train_set[0].question, system=cfg.system_prompt))))"""
 
 REWARD = """\
+import re
 from dataclasses import replace
-{{imports: task.TASKS, verify.read_claims, task.is_correct, task.is_exact, verify.sanity_check}}
+{{imports: task.TASKS, verify.audit_cases, verify.read_claims, task.is_correct, task.is_exact, verify.sanity_check}}
 
 {{verify.verify_number}}
 
@@ -150,11 +149,24 @@ from dataclasses import replace
 # From here on the task checks its replies with the verify_number above (task.TASKS holds task.py's copy),
 # and the audit grades with the components above: this notebook runs the functions it shows.
 TASKS[TASK] = replace(TASKS[TASK], verify=verify_number)
-# The default task's part of the audit (python verify.py --audit has every task's): each hard case with each
-# component's reward and the expected one; sanity_check is True iff none disagrees.
-assert sanity_check(TASK, functions={"correct": correct_reward, "format": format_reward})
+# The default task's part of the audit (python verify.py --audit has every task's): sanity_check is True iff each
+# hand-written hard case gets the grade a fair grader gives (except the known, documented false negatives).
+assert sanity_check(TASK, print_fn=lambda line: None, functions={"correct": correct_reward, "format": format_reward})
+# The cases with each component's reward, beside what a rule paying the reply's last integer would pay
+last_integer = lambda p, reply: float(re.findall(r"\\d+", reply)[-1:] == [str(p.answer)])
+all_cases = audit_cases()
+cases = sorted([c for c in all_cases if c[0].task == TASK], key=lambda c: c[0] != all_cases[0][0])
+print("correct format reward | last integer | reply (what it is)")
+for i, (p, reply, kind, *_) in enumerate(cases):
+    if i == 0 or p != cases[i - 1][0]:
+        print(p.question)
+    c, f, r = correct_reward([p], [reply])[0], format_reward([p], [reply])[0], get_reward([p], [reply])[0]
+    print(f"  {c:.0f} {f:.0f} {r:.2f} | {last_integer(p, reply):.0f} | {reply[:32]!r} ({kind})")
+wrong = [(p, reply) for p, reply, kind, fair_correct, _ in cases if not fair_correct]      # a fair grader's 0
+paid = [reply for p, reply in wrong if last_integer(p, reply)]
+print(f"a last-integer rule pays {len(paid)} of the {len(wrong)} wrong replies: {paid}")
 p = train_set[0]
-print(f"\\n{p.question!r} (answer {p.answer}):", get_reward([p] * 3, [str(p.answer), f"The answer is {p.answer}.", "0"]))"""
+print(f"{p.question!r} (answer {p.answer}):", get_reward([p] * 3, [str(p.answer), f"The answer is {p.answer}.", "0"]))"""
 
 GRPO_STEP = """\
 {{imports: grpo.Rollout, model.generate, model.left_pad, model.stop_tensor}}
@@ -230,8 +242,12 @@ TRAIN = """\
 import io, random
 from statistics import fmean
 from IPython.display import Image
+from optim import cast_for_training
 from show import run_figure
 
+# The optimizer: the policy samples and trains in the compute dtype, AdamW steps its fp32 weights (optim.py)
+optimizer = cast_for_training(policy, dtype, lr=LR, weight_decay=0.0)
+ref_model.to_compute_dtype(dtype)            # pi_ref in the same dtype: the KL measures training, not rounding
 rng, history, t0 = random.Random(SEED), [], time.time()
 for step in range(1, STEPS + 1):
     prompts = rng.sample(train_set, BATCH_PROMPTS)
@@ -240,35 +256,44 @@ for step in range(1, STEPS + 1):
     optimizer.step(max_grad_norm=1.0)     # clip, AdamW on the fp32 masters, copy them into the policy, free grads
     history.append(metrics | {"step": step})
     if step % LOG_EVERY == 0 or step == STEPS:
-        last = history[-LOG_EVERY:]
-        avg = {key: fmean(h[key] for h in last) for key in ("reward", "frac_reward_zero_std", "loss", "kl", "completion_len")}
-        print(f"step {step:3d} | reward {avg['reward']:.3f} zero {avg['frac_reward_zero_std']:.2f} | loss {avg['loss']:+.4f} "
-              f"| kl {avg['kl']:.4f} | len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
-
+        avg = {key: fmean(h[key] for h in history[-LOG_EVERY:]) for key in history[-1]}
+        print(f"step {step:3d} | reward {avg['reward']:.3f} zero {avg['frac_reward_zero_std']:.2f} | loss "
+              f"{avg['loss']:+.4f} beta*kl {cfg.beta * avg['kl']:.4f} | kl {avg['kl']:.4f} | "
+              f"len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
+# Why the loss rises: with one step per batch (mu = 1) the advantage term is -A_i per token in value, and a
+# group's advantages sum to 0, so the loss's value is about beta * KL (exactly, were the KL averaged per sequence)
+peak = max(history, key=lambda h: h["kl"])
+print(f"KL per step: highest {peak['kl']:.2f} at step {peak['step']}, {history[-1]['kl']:.2f} at step {STEPS}")
 png = io.BytesIO()
-run_figure(history, {}).savefig(png, format="png", dpi=90)   # show.py: reward, KL, length, zero-variance groups
-display(Image(png.getvalue()))"""
+run_figure(history, {}, cfg.beta).savefig(png, format="png", dpi=80)   # show.py
+display(Image(png.getvalue()), metadata={"filename": "run.png"})     # the image's name in a Markdown export"""
 
 EVALUATE = """\
-import json
-from eval import evaluate, format_examples
+import json, re
+from eval import evaluate
+from show import clip
 
 # greedy accuracy / mean reward, and sampled accuracy (EVAL_SAMPLES per prompt at the training temperature)
 opts = dict(samples=EVAL_SAMPLES, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-            system_prompt=cfg.system_prompt, reward_fn=get_reward)
+            system_prompt=cfg.system_prompt, reward_fn=get_reward, n_examples=len(eval_set))   # every reply
 base = evaluate(ref_model, tok, eval_set, **opts)       # ref_model: the untouched starting weights
 tuned = evaluate(policy, tok, eval_set, **opts)         # the trained weights, same dtype
 print(f"{f'{len(eval_set)} held-out prompts':30} {'base':>6} {'GRPO':>6}   (graded by the task's verifier)")
-for key, label in [("accuracy", "greedy accuracy"), ("format", "exactly the answer"), ("reward", "greedy mean reward"),
-                   ("sampled_accuracy", f"sampled accuracy (k={EVAL_SAMPLES})"),
-                   ("completion_chars", "mean answer length (chars)")]:
-    print(f"  {label:28} {base[key]:6.3f} {tuned[key]:6.3f}")
-print("\\nbase model:  prompt -> output -> reward")
-print(format_examples(base["examples"], width=70))
-print("GRPO model:  prompt -> output -> reward")
-print(format_examples(tuned["examples"][:3], width=70))
-print("GRPO model, its first wrong answers:")
-print(format_examples(tuned["wrong_examples"][:2], width=70) or "  (none)")
+for key, label in [("accuracy", "greedy accuracy"), ("format", "exactly the answer"),
+                   ("sampled_accuracy", f"sampled accuracy (k={EVAL_SAMPLES})")]:
+    print(f"  {label:28} {100 * base[key]:5.1f}% {100 * tuned[key]:5.1f}%")
+for key, label in [("reward", "greedy mean reward"), ("completion_chars", "mean answer length (chars)")]:
+    print(f"  {label:28} {base[key]:6.3g} {tuned[key]:6.3g}")
+pair = lambda question: " or ".join(re.findall(r"\\d+", question))             # "42 or 57"
+for name, replies in [("base", base["examples"][:3]), ("GRPO", tuned["examples"][:3]),
+                      ("GRPO, wrong", tuned["wrong_examples"][:4])]:
+    print(f"{name}:" + "".join(f"\\n  {pair(q)} -> '{clip(o, 60, keep_end=True)}' -> {r:.2f}" for q, o, r, _ in replies))
+# pairs with the same tens digit ("40 or 47"): only the units digit tells which is larger
+same_tens = lambda question: len({n[0] for n in re.findall(r"\\d+", question)}) == 1
+split = {name: [(sum(e[3] for e in r["examples"] if same_tens(e[0]) == same), sum(same_tens(e[0]) == same
+                 for e in r["examples"])) for same in (True, False)] for name, r in [("base", base), ("GRPO", tuned)]}
+for name, ((a, n), (b, m)) in split.items():
+    print(f"{name}: right on {a}/{n} pairs with the same tens digit, {b}/{m} others")
 
 # cell 5's group again, sampled from the trained policy: the same prompt, its new completions and their shares
 prompts = train_set[:BATCH_PROMPTS]
@@ -276,13 +301,18 @@ loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_mode
 with torch.no_grad():
     logprobs = plain_completion_logprobs(policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, G)
 by_advantage, by_kl = token_contributions(logprobs, batch, cfg)
-print(f"\\ngroup {GROUP} after training: rewards {batch.rewards.view(-1, G)[GROUP].tolist()}")
-display(HTML(group_html(group_view(tok, batch, by_advantage, by_kl, GROUP, G))))
+eos = torch.isin(batch.completion_ids, torch.tensor(tok.stop_ids)) & batch.completion_mask.bool()
+kl_share_eos = (by_kl[eos].sum() / by_kl.sum()).item() if by_kl.sum() > 0 else 0.0
+print(f"KL term on EOS: {100 * kl_share_eos:.0f}% of the batch's ({eos.sum()} of {batch.completion_mask.sum():.0f} tokens)")
+print(f"group {GROUP} after training: rewards {batch.rewards.view(-1, G)[GROUP].tolist()}")
+display(HTML(group_html(group_view(tok, batch, by_advantage, by_kl, GROUP, G), css=False)))   # cell 5's style
 # what cell 8 quotes, written where scripts/build_notebook.py reads it when it fills in the analysis
 if not SMOKE and MODEL == "smollm2":
     run = {"command": "python scripts/run_notebook.py", "steps": STEPS, "batch_prompts": BATCH_PROMPTS,
-           "group_size": cfg.group_size, "n_eval": len(eval_set), "history": history,
-           "base": {k: v for k, v in base.items()}, "tuned": {k: v for k, v in tuned.items()}}
+           "group_size": cfg.group_size, "beta": cfg.beta, "n_eval": len(eval_set), "history": history,
+           "same_tens": split, "kl_share_eos": kl_share_eos}
+    for name, r in [("base", base), ("tuned", tuned)]:
+        run[name] = r | {"examples": r["examples"][:5], "wrong_examples": r["wrong_examples"][:5]}
     with open("results/notebook_run.json", "w") as f:
         json.dump(run, f, indent=1)"""
 
@@ -397,85 +427,162 @@ def window(history, key, first, last):
     return sum(values) / len(values)
 
 
-def analysis_text():
-    """Cell 8, every number read from results/notebook_run.json (this notebook's run) and the sweep's results."""
+def last_integer_paid(task="larger"):
+    """Cell 4's count: (replies a fair grader calls wrong that a rule paying the last integer pays, all the wrong
+    ones) among the task's audit cases: the holes the verifier closes."""
+    from verify import audit_cases
+    wrong = [(p, r) for p, r, _, fair_correct, _ in audit_cases() if p.task == task and not fair_correct]
+    paid = [r for p, r in wrong if re.findall(r"\d+", r)[-1:] == [str(p.answer)]]
+    return paid, wrong
+
+
+def trend(values):
+    """How a number moves as G grows, values {G: v} in increasing G: 'rises' (at every step up), 'falls', or
+    'ends higher' / 'ends lower' / 'ends level' (the largest G against the smallest, not at every step)."""
+    v = list(values.values())
+    if all(x < y for x, y in zip(v, v[1:])):
+        return "rises"
+    if all(x > y for x, y in zip(v, v[1:])):
+        return "falls"
+    return "ends higher" if v[-1] > v[0] else "ends lower" if v[-1] < v[0] else "ends level"
+
+
+def by_G(values, fmt):
+    return f"{', '.join(fmt(x) for x in values.values())} for G = {', '.join(values)}"
+
+
+def kl_sentence(h, w):
+    """The KL's course per step (cell 6 prints its highest step): where it peaks, and whether that is the end."""
+    peak, end = max(h, key=lambda x: x["kl"]), h[-1]
+    start = f"from {window(h, 'kl', 1, w):.2f} (steps 1-{w})"
+    if peak["step"] == end["step"]:
+        return f"{start} to {end['kl']:.2f} at step {end['step']}, its highest at the end"
+    return (f"{start} to its highest, {peak['kl']:.2f} at step {peak['step']}, and {end['kl']:.2f} at the last "
+            f"step {end['step']}: not highest at the end")
+
+
+def sweep_sentences(summary):
+    """The G paragraph's claims about noise and zero-variance groups, each as the sweep's numbers have it."""
+    noise = {G: s["reward_curve_noise"]["mean"] for G, s in summary.items()}
+    zero = {G: s["frac_zero_std_groups"]["mean"] for G, s in summary.items()}
+    small, big = next(iter(summary)), list(summary)[-1]
+    t = trend(noise)
+    if t == "rises":
+        noisy = "The reward curve is noisier at every larger G"
+    elif t == "ends higher":
+        noisy = f"The reward curve is noisier at G = {big} than at G = {small}, but not at every step up"
+    else:
+        noisy = f"The reward curve is not noisier at G = {big} than at G = {small}"
+    fewer = ": at larger G each step's mean reward rests on fewer prompts."
+    noisy += f" ({by_G(noise, lambda x: f'{x:.3f}')})" + (fewer if t in ("rises", "ends higher") else ".")
+    t = trend(zero)
+    if t == "falls":
+        few = "The zero-variance share falls at every larger G"
+    elif t == "ends lower":
+        few = f"The zero-variance share is lower at G = {big} than at G = {small}, but not at every step up"
+    else:
+        few = f"The zero-variance share is not lower at G = {big} than at G = {small}"
+    few += f" ({by_G(zero, lambda x: pct(x, 0))})" + (": a larger group is more likely to mix right and wrong."
+                                                   if t in ("falls", "ends lower") else ".")
+    return noisy, few
+
+
+def analysis_text(run=None, sweep=None):
+    """Cell 8, every number read from results/notebook_run.json (this notebook's run, or `run`) and the sweep's
+    results (or `sweep`); the qualitative claims (a trend, a peak, a shortcut) are chosen by the numbers."""
     import json
-    run, sweep = json.loads(NOTEBOOK_RUN.read_text()), json.loads(SWEEP.read_text())
+    run = run or json.loads(NOTEBOOK_RUN.read_text())
+    sweep = sweep or json.loads(SWEEP.read_text())
     h, base, tuned, n = run["history"], run["base"], run["tuned"], run["steps"]
     w = 4                                                       # cell 6 prints LOG_EVERY = 4-step averages
     first = lambda key: window(h, key, 1, w)
     last = lambda key: window(h, key, n - w + 1, n)
-    kl_windows = [(s, window(h, "kl", s, s + w - 1)) for s in range(1, n + 1, w)]
-    kl_peak_start, kl_peak = max(kl_windows, key=lambda x: x[1])
+    length = "completion_length" if "completion_length" in h[0] else "completion_len"    # older runs' name
     summary, runs = sweep["summary"], sweep["runs"]
     g8 = summary[str(run["group_size"])]
     worst = min(runs, key=lambda r: r["accuracy_after"])
     best_G = max(summary, key=lambda G: summary[G]["accuracy_after"]["mean"])
-    noise = {G: s["reward_curve_noise"]["mean"] for G, s in summary.items()}
-    zero = {G: s["frac_zero_std_groups"]["mean"] for G, s in summary.items()}
-    styles = {r["seed"]: sorted({r2["examples_after"][0]["reply"] for r2 in runs if r2["seed"] == r["seed"]})
-              for r in runs}
     said = lambda rows: ", ".join(f'"{r}"' for r in rows)
     tuned_replies = [e[1] for e in tuned["examples"][:3]]
-    wrong = [e[1] for e in tuned["wrong_examples"][:2]]
+    wrong = tuned["wrong_examples"][:4]
     seeds = sorted({r["seed"] for r in runs})
+    paid, refused = last_integer_paid()
+    noisy, few = sweep_sentences(summary)
+    beat = all(r["accuracy_after"] > sweep["accuracy_before"][str(r["seed"])] for r in runs)
+    beta = run.get("beta", 0.04)
+
+    shortcut = ""
+    if "same_tens" in run:                                      # cell 7 prints the split
+        (a, na), (b, nb) = run["same_tens"]["GRPO"]
+        neither = [(q, o) for q, o, *_ in wrong if re.fullmatch(r"\d+", o.strip(" .")) and
+                   o.strip(" .") not in re.findall(r"\d+", q)]
+        if a / max(na, 1) < b / max(nb, 1):
+            shortcut = (f" The held-out errors sit where the tens digits are equal: {a}/{na} right on those pairs "
+                        f"against {b}/{nb} on the rest (cell 7)")
+            shortcut += (f", and \"{neither[0][1]}\" for {' or '.join(re.findall(chr(92) + 'd+', neither[0][0]))} "
+                         "is neither number: the model may lean on the tens digit; nothing here tests it further."
+                         if neither else ".")
+        else:
+            shortcut = (f" Pairs with equal tens digits are answered as well as the rest ({a}/{na} against {b}/{nb}, "
+                        "cell 7).")
+    eos = ""
+    if "kl_share_eos" in run:
+        eos = (f" After training, {pct(run['kl_share_eos'], 0)} of the KL term of cell 7's batch is on EOS: the"
+               f" reference model keeps talking after a number (its greedy replies average"
+               f" {base['completion_chars']:.0f} characters), the policy stops.")
     return f"""## Analysis
 
-**Did it learn?** Yes. Graded by the task's verifier (a reply counts only if it commits to the right answer
-and asserts nothing false), held-out greedy accuracy went from {pct(base['accuracy'])} (base model) to
-{pct(tuned['accuracy'])} on {run['n_eval']} prompts never seen in training (cell 7), and sampled accuracy at
-temperature 1 from {pct(base['sampled_accuracy'])} to {pct(tuned['sampled_accuracy'])}. The share of replies that are
-exactly the answer went from {pct(base['format'])} to {pct(tuned['format'])}. The training reward (sampled, B x G =
-{run['batch_prompts'] * run['group_size']} completions a step) rose from {first('reward'):.3f} (steps 1-{w}) to
-{last('reward'):.3f} (steps {n - w + 1}-{n}), cell 6's log. How much of such a number is luck: the G sweep below ran
-these settings (G = {run['group_size']}, 20 steps instead of {n}) with seeds {seeds[0]}-{seeds[-1]} and ended between
-{pct(g8['accuracy_after']['min'])} and {pct(g8['accuracy_after']['max'])} held-out accuracy; a difference of a few
-points between two runs is seed noise, not an effect.
+**Did it learn?** Yes. Graded by the task's verifier, held-out greedy accuracy went from {pct(base['accuracy'])}
+(base model) to {pct(tuned['accuracy'])} on {run['n_eval']} prompts never seen in training, and sampled accuracy
+at temperature 1 from {pct(base['sampled_accuracy'])} to {pct(tuned['sampled_accuracy'])} (cell 7). Replies that are
+exactly the answer: {pct(base['format'])} to {pct(tuned['format'])}. The training reward (B x G =
+{run['batch_prompts'] * run['group_size']} samples a step) rose from {first('reward'):.3f} (steps 1-{w}) to
+{last('reward'):.3f} (steps {n - w + 1}-{n}). How much of such a number is luck: the G sweep below ran these
+settings (G = {run['group_size']}, {sweep['steps']} steps) with seeds {seeds[0]}-{seeds[-1]} and ended between
+{pct(g8['accuracy_after']['min'])} and {pct(g8['accuracy_after']['max'])}; a few points between two runs is seed noise.
 
-**Dynamics** (cell 6's log and figure). The base model rarely answers right when sampling, so early on many
-groups have equal rewards (zero-variance share {first('frac_reward_zero_std'):.2f} over steps 1-{w}): they get A = 0
-and teach nothing; the mixed groups carry the learning. Answers shrink from {first('completion_len'):.1f}
-tokens (steps 1-{w}) to {last('completion_len'):.1f} (steps {n - w + 1}-{n}): {said(tuned_replies[:1])} and EOS. Late in
-the run the zero-variance share is {last('frac_reward_zero_std'):.2f}, now because the samples of a group answer alike.
-The KL to the reference is not small: per token, from {first('kl'):.2f} (steps 1-{w}) to
-{kl_peak:.2f} (steps {kl_peak_start}-{kl_peak_start + w - 1}){f" and {last('kl'):.2f} at the end" if kl_peak_start < n - w + 1 else ", its highest at the end"}. The new short
-style is one the reference model does not use, so each of its few tokens is improbable under pi_ref. With beta = 0.04 the
-KL term is small next to the advantage term of a group that still mixes right and wrong: it slows the drift. Once a group is all right its advantages are 0, and the KL term is all that
-pulls back{", which is why the KL falls again at the end" if kl_peak_start < n - w + 1 else ""}.
+**Dynamics** (cell 6). Early on many groups have equal rewards (zero-variance share
+{first('frac_reward_zero_std'):.2f} over steps 1-{w}): A = 0, nothing learned; the mixed groups carry the learning.
+Answers shrink from {first(length):.1f} tokens to {last(length):.1f} ({said(tuned_replies[:1])}
+and EOS). Late in the run the zero-variance share is {last('frac_reward_zero_std'):.2f} again, now with reward
+{last('reward'):.3f}: groups that are all right. The KL to the reference per token grows {kl_sentence(h, w)}.{eos}
+The loss rises with it: with mu = 1 a group's advantages sum to 0, so the loss's value is about beta x KL
+({last('loss'):+.4f} against {beta * last('kl'):.4f} over steps {n - w + 1}-{n}); the advantage term acts only
+through its gradient, and in an all-right group the KL term is all that pulls back.
 
-**Reward hacking?** Cell 4's audit shows the holes the reward closes: a false comparison that ends on the right
-number ("15 is larger than 43.", which a last-integer rule would pay), two candidate answers ("57 or 42"), a denial
-("Not 57."); format pays only on a right answer. What the trained model does: its first held-out replies (cell 7) are
-{said(tuned_replies)}; its wrong ones are {said(wrong) if wrong else "none"}, wrong numbers in the requested format,
-which score 0. The token view (cells 5 and 7) shows where the update goes: GRPO pushes every token of a winning reply
-up alike (one advantage per completion), the digits that decide the reward and the filler around them. The reward
-pays "57" whether the model compared the numbers or found a shortcut; the unseen held-out pairs show it compares.
+**Reward hacking?** Cell 4 shows the holes the verifier closes: a last-integer rule would pay {len(paid)} of the
+{len(refused)} wrong replies there ({said(paid[:2])}); format pays only on a right answer. The trained model's first
+held-out replies are {said(tuned_replies)}; its wrong ones {said(o for _, o, *_ in wrong) if wrong else "none"}, which
+score 0.{shortcut} The token view (cells 5 and 7) shows where the update goes: one advantage per completion, so every
+token of a winning reply is pushed up alike and every token of a losing one down, the digits that decide the reward
+and the filler around them.
 
-**Effect of group size G** (`python scripts/sweep_group_size.py`; every run, with its replies, in
-`results/group_size_sweep.json`). Each run samples the same number of completions per step (B x G =
-{sweep['completions_per_step']}), so a larger G means fewer prompts; {sweep['steps']} steps; seeds
-{", ".join(map(str, seeds))}; mean [min, max] over the seeds; graded by {sweep['grader']}:
+**Effect of group size G** (`python scripts/sweep_group_size.py`; every run in `results/group_size_sweep.json`).
+B x G = {sweep['completions_per_step']} samples a step, so a larger G means fewer prompts; {sweep['steps']} steps;
+seeds {", ".join(map(str, seeds))}; mean [min, max] over the seeds; graded by {sweep['grader']}:
 
 {sweep_table(sweep)}
 
-Every run beat its base model, which was at {pct(min(sweep['accuracy_before'].values()))} to
-{pct(max(sweep['accuracy_before'].values()))} (per seed: the held-out set depends on it). G = {best_G} had the highest
-mean accuracy, and G = {worst['G']} the lowest single run: seed {worst['seed']} reached {pct(worst['accuracy_after'])},
-answering in the requested format ({pct(worst['format_after'])}) but often with the wrong number ({said(r['reply'] for r in worst['wrong_after'][:2])}),
-with B = {worst['B']} prompts a step to learn from. The reward curve is noisier at large G
-({", ".join(f"{noise[G]:.3f}" for G in summary)} for G = {", ".join(summary)}): each step's mean reward rests on
-fewer prompts. The zero-variance share is lowest at the largest G ({", ".join(pct(zero[G], 0) for G in summary)}):
-with more samples a group is more likely to mix right and wrong. Which answer style a run ends in depends more on
-the seed than on G: with seed {seeds[-1]} the first held-out reply of every group size was {said(styles[seeds[-1]][:2])},
-right but not the bare number, and the exact-answer share of those runs stayed between
-{pct(min(r['format_after'] for r in runs if r['seed'] == seeds[-1]))} and
-{pct(max(r['format_after'] for r in runs if r['seed'] == seeds[-1]))}. Three seeds and {sweep['n_eval']} held-out prompts
-show the noisier curves and the failure at large G; they do not rank G = 2, 4 and 8."""
+{"Every run beat" if beat else "Not every run beat"} its base model ({pct(min(sweep['accuracy_before'].values()))} to
+{pct(max(sweep['accuracy_before'].values()))}, per seed). G = {best_G} had the highest mean accuracy, and G =
+{worst['G']} the lowest single run: seed {worst['seed']}, {pct(worst['accuracy_after'])}, often the wrong number in the
+requested format ({said(r['reply'] for r in worst['wrong_after'][:2])}), with B = {worst['B']} prompts a step. {noisy}
+{few} Three seeds and {sweep['n_eval']} held-out prompts rank the ends of the G range, not G = 2, 4 and 8."""
+
+
+def baseline_numbers():
+    """Cell 1's prior measurement of the base model: results/baseline.json's numbers on the default task."""
+    import json
+    larger = json.loads((ROOT / "results" / "baseline.json").read_text())["tasks"]["larger"]
+    return {"baseline": str(larger["held_out"]), "baseline_greedy": pct(larger["accuracy"], 0),
+            "baseline_sampled": pct(larger["sampled_accuracy"])}
 
 
 def fill(template):
     """Paste module sources for {{module.name}}, then write the imports for {{imports: extra.names}}."""
     template = template.replace("{{analysis}}", analysis_text() if "{{analysis}}" in template else "")
+    for key, value in baseline_numbers().items():
+        template = template.replace("{{" + key + "}}", value)
     pasted = [module_source(m.group(1), m.group(2)) for m in PLACEHOLDER.finditer(template)]
     code = PLACEHOLDER.sub(lambda m: module_source(m.group(1), m.group(2)), template)
     match = IMPORTS.search(code)

@@ -243,6 +243,89 @@ def test_an_unbacked_number_is_caught(nb, tmp_path):
     assert unbacked_numbers("accuracy 95.5% -> 97.25%, 12 runs, KL 0.34", known) == ["97.25", "12", "0.34"]
 
 
+def test_the_analysis_is_the_generated_one(nb):
+    """Cell 8 is analysis_text() of the committed results: its claims were chosen by those numbers, not typed."""
+    assert nb.cells[8].source == load_script("build_notebook").analysis_text(), RUN_IT
+
+
+def analysis_inputs():
+    run = json.loads((ROOT / "results" / "notebook_run.json").read_text())
+    sweep = json.loads((ROOT / "results" / "group_size_sweep.json").read_text())
+    return load_script("build_notebook"), run, sweep
+
+
+def with_means(sweep, key, means):
+    """The sweep with `key`'s mean per G (in increasing G) replaced."""
+    summary = {G: s | {key: s[key] | {"mean": m}} for (G, s), m in zip(sweep["summary"].items(), means)}
+    return sweep | {"summary": summary}
+
+
+def test_the_kl_claim_follows_the_run():
+    build, run, sweep = analysis_inputs()
+    mid = [h | {"kl": 2.0 if h["step"] == 5 else 1.0} for h in run["history"]]
+    text = build.analysis_text(run | {"history": mid}, sweep)
+    assert "its highest, 2.00 at step 5" in text and "not highest at the end" in text
+    rising = [h | {"kl": 0.1 * h["step"]} for h in run["history"]]
+    text = build.analysis_text(run | {"history": rising}, sweep)
+    assert f"to {0.1 * run['steps']:.2f} at step {run['steps']}, its highest at the end" in text
+    assert "not highest" not in text
+
+
+@pytest.mark.parametrize("means,claim", [
+    ([0.05, 0.06, 0.10, 0.20], "noisier at every larger G"),
+    ([0.08, 0.07, 0.11, 0.18], "noisier at G = 16 than at G = 2, but not at every step up"),
+    ([0.20, 0.10, 0.06, 0.05], "not noisier at G = 16 than at G = 2")])
+def test_the_noise_claim_follows_the_sweep(means, claim):
+    build, run, sweep = analysis_inputs()
+    assert list(sweep["summary"]) == ["2", "4", "8", "16"]
+    text = build.analysis_text(run, with_means(sweep, "reward_curve_noise", means))
+    sentence = text[text.index("The reward curve"):].split(" (")[0]
+    assert sentence.endswith(claim) and ("rests on fewer prompts" in text) == (means[-1] > means[0])
+
+
+@pytest.mark.parametrize("means,claim", [
+    ([0.70, 0.65, 0.60, 0.50], "falls at every larger G"),
+    ([0.66, 0.70, 0.61, 0.52], "lower at G = 16 than at G = 2, but not at every step up"),
+    ([0.50, 0.60, 0.65, 0.70], "not lower at G = 16 than at G = 2")])
+def test_the_zero_variance_claim_follows_the_sweep(means, claim):
+    build, run, sweep = analysis_inputs()
+    text = build.analysis_text(run, with_means(sweep, "frac_zero_std_groups", means))
+    sentence = text[text.index("The zero-variance share", text.index("The reward curve")):].split(" (")[0]
+    assert sentence.endswith(claim) and ("more likely to mix right and wrong" in text) == (means[-1] < means[0])
+
+
+def test_the_shortcut_and_eos_claims_follow_cell_7():
+    build, run, sweep = analysis_inputs()
+    wrong = [["Which is larger, 40 or 47? Answer with just the number.", "40", 0.0, False],
+             ["Which is larger, 79 or 97? Answer with just the number.", "99", 0.0, False]]
+    tuned = run["tuned"] | {"wrong_examples": wrong}
+    split = {"base": [[5, 18], [86, 182]], "GRPO": [[15, 18], [181, 182]]}
+    text = build.analysis_text(run | {"tuned": tuned, "same_tens": split, "kl_share_eos": 0.83}, sweep)
+    assert "15/18 right on those pairs against 181/182" in text and '"99" for 79 or 97 is neither number' in text
+    assert "83% of the KL term" in text
+    even = split | {"GRPO": [[18, 18], [170, 182]]}
+    text = build.analysis_text(run | {"tuned": tuned, "same_tens": even}, sweep)
+    assert "answered as well as the rest (18/18 against 170/182" in text and "neither number" not in text
+    assert "of the KL term" not in text                              # not measured: not claimed
+
+
+def test_the_last_integer_claim_counts_cell_4s_cases():
+    build, run, sweep = analysis_inputs()
+    paid, wrong = build.last_integer_paid()
+    # hand-checked: each ends on the right number and is wrong; "57 or 42" ends on 42; "42" is just wrong
+    assert {"15 is larger than 43.", "42 is larger than 57, so 57.", "Not 57.", "42? No, 57"} == set(paid)
+    assert {"57 or 42", "42", ""} <= {r for _, r in wrong}
+    text = " ".join(build.analysis_text().split())
+    assert f"a last-integer rule would pay {len(paid)} of the {len(wrong)} wrong replies" in text
+
+
+def test_every_run_beat_is_computed():
+    build, run, sweep = analysis_inputs()
+    assert "Every run beat its base model" in build.analysis_text(run, sweep)
+    runs = [dict(sweep["runs"][0], accuracy_after=0.0)] + sweep["runs"][1:]
+    assert "Not every run beat its base model" in build.analysis_text(run, sweep | {"runs": runs})
+
+
 # ----------------------------------------------------------------------------- executed
 
 def test_every_code_cell_ran_cleanly(nb):
@@ -266,6 +349,11 @@ def test_it_is_not_a_smoke_run(nb):
     assert "SMOKE RUN" not in text, "the committed notebook was executed with TINYGRPO_NB_SMOKE=1"
 
 
+def test_one_style_block_for_the_token_views(nb):
+    html_out = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert len(html_out) == 2 and "".join(html_out).count("<style") == 1, RUN_IT
+
+
 def test_training_plots_one_figure(nb):
     images = [o for o in nb.cells[6].outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, f"cell 6 should end with one reward plot, found {len(images)}: {RUN_IT}"
@@ -274,19 +362,33 @@ def test_training_plots_one_figure(nb):
 # ----------------------------------------------------------------------------- size when rendered
 
 def test_markdown_size_nbconvert(runner):
+    """At most 36,000 characters by `jupyter nbconvert --to markdown` run on the file, under its own name and
+    under a 60-character one (the figure's link holds the name)."""
     counts = runner.markdown_chars(NOTEBOOK, use_pandoc=False)
-    assert 0 < counts["nbconvert"] < runner.MAX_MARKDOWN_CHARS
+    assert len(runner.long_name()) == 60
+    assert 0 < counts["nbconvert"] <= counts["nbconvert_long"] <= runner.MAX_MARKDOWN_CHARS, f"{counts}: {RUN_IT}"
+
+
+def test_the_figure_link_names_the_notebook_at_most_once(runner):
+    """nbconvert puts the figure in {name}_files/; its own file name (output metadata 'filename') does not repeat
+    the notebook's, so a longer name costs its length once."""
+    counts = runner.markdown_chars(NOTEBOOK, use_pandoc=False)
+    assert counts["nbconvert_long"] - counts["nbconvert"] <= len(runner.long_name()) - len(NOTEBOOK.name)
 
 
 @pytest.mark.skipif(shutil.which("pandoc") is None, reason="pandoc is not installed (apt-get install -y pandoc)")
 def test_markdown_size_pandoc(runner):
     counts = runner.markdown_chars(NOTEBOOK)
-    assert counts["pandoc"] is not None and counts["count"] == max(counts["nbconvert"], counts["pandoc"])
-    assert counts["count"] < runner.MAX_MARKDOWN_CHARS
+    assert counts["pandoc"] is not None and counts["count"] == max(counts["nbconvert"], counts["nbconvert_long"],
+                                                                   counts["pandoc"])
+    assert counts["count"] <= runner.MAX_MARKDOWN_CHARS, f"{counts}: {RUN_IT}"
 
 
-def test_inline_images_are_not_counted(runner):
-    payload = "iVBORw0KGgo" + "A" * 5000 + "=="
-    text = f"before ![](data:image/png;base64,{payload}) mid <img src=\"data:image/svg+xml;base64,{payload}\"> after"
-    stripped = runner.strip_images(text)
-    assert len(stripped) < 100 and stripped.startswith("before ") and stripped.endswith(" after")
+def test_the_count_is_every_character_nbconvert_writes(runner, tmp_path):
+    """No stripping: an inline image counts in full, as a checker running nbconvert would count it."""
+    nb = nbformat.v4.new_notebook()
+    payload = "iVBORw0KGgo" + "A" * 5000
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"before ![](data:image/png;base64,{payload}) after"))
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    counts = runner.markdown_chars(tmp_path / "n.ipynb", use_pandoc=False)
+    assert counts["nbconvert"] > 5000 and counts["nbconvert"] == len(runner.nbconvert_markdown(tmp_path / "n.ipynb"))

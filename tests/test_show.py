@@ -270,15 +270,16 @@ def test_html_shows_every_token_escaped_with_rewards_and_numbers(gpt2_tok):
     out = show.group_html(view, numbers=True)
     for row in view:
         for t in row["tokens"]:
-            assert f">{html.escape(show.shown(t))}</span>" in out
+            shown = html.escape(show.shown(t), quote=False)
+            assert (f"><i>{shown}</i></span>" if t.special else f">{shown}</span>") in out
             assert f"via the advantage {t.by_advantage + 0:+.3e}, via KL {t.by_kl:+.3e}" in out
     assert "title=" not in show.group_html(view)                                  # tooltips only when asked
     assert "&lt;" in out and "&amp;" in out and "x < y" not in out               # escaped, not markup
-    assert "&lt;|endoftext|&gt;" in out and "font-style:italic" in out            # EOS visible, marked
+    assert "<i>&lt;|endoftext|&gt;</i>" in out and "color:" not in out            # EOS in italics, black text
     assert "#0 reward 1.00 A +0.70" in out and "#1 reward 0.00 A -0.70" in out
-    # row 0 (A > 0) pushed up, row 1 down; the largest share (the shorter row's) at full strength
-    assert out.splitlines()[1].count('class="u') == len(view[0]["tokens"])
-    assert out.splitlines()[2].count(f'class="d{show.SHADES}') == len(view[1]["tokens"])
+    # row 0 (A > 0) pushed up, row 1 down, each at full strength on its own scale
+    assert len(re.findall(f'class="?u{show.SHADES}', out.splitlines()[1])) == len(view[0]["tokens"])
+    assert len(re.findall(f'class="?d{show.SHADES}', out.splitlines()[2])) == len(view[1]["tokens"])
     plain = show.group_html([view[0] | {"tokens": [t._replace(by_advantage=0.0, by_kl=0.0, special=False)
                                                    for t in view[0]["tokens"]]}])
     assert "<span" not in plain.splitlines()[1] and "x &lt; y &amp; z" in plain      # unshaded tokens: bare text
@@ -286,6 +287,36 @@ def test_html_shows_every_token_escaped_with_rewards_and_numbers(gpt2_tok):
     assert [html.unescape(s.split(" | ", 1)[1]) for s in spans] == \
         ["".join(show.shown(t) for t in row["tokens"]) for row in view]
     assert [t.special for t in view[0]["tokens"]][-1] and not any(t.special for t in view[0]["tokens"][:-1])
+
+
+def test_html_shades_each_row_on_its_own_scale(gpt2_tok):
+    """A winner with a large A on 2 tokens and a loser whose small -A is spread over many: on one scale for the
+    group the loser's tokens round to no shade (GRPO would seem to push only winners up); row by row, both show."""
+    view, _ = hand_group(gpt2_tok)
+    Token = show.Token
+    winner = [Token(t.text, t.id, t.special, -1.2, 0.0) for t in view[0]["tokens"][:2]]
+    loser = [Token("ab", 7, False, 0.35 / 30, 0.0) for _ in range(30)]
+    group = [view[0] | {"advantage": 2.4, "tokens": winner}, view[1] | {"advantage": -0.35, "tokens": loser}]
+    assert show.shade(loser[0].by_advantage, 1.2) == 0                             # the group's scale: invisible
+    out = show.group_html(group)
+    win_line, lose_line = out.splitlines()[1:3]
+    assert f'<span class=u{show.SHADES}>' in win_line
+    assert lose_line.count("<span") == 1 and f'<span class=d{show.SHADES}>{"ab" * 30}</span>' in lose_line
+    # the KL underline stays on the group's scale: a row's small KL is not blown up to full strength
+    kl = [view[0] | {"tokens": [t._replace(by_advantage=0.0, by_kl=1.0) for t in view[0]["tokens"]]},
+          view[1] | {"tokens": [t._replace(by_advantage=0.0, by_kl=0.01) for t in view[1]["tokens"]]}]
+    kl_out = show.group_html(kl).splitlines()
+    assert f"k{show.SHADES}" in kl_out[1] and not re.search(r'class="?[^">]*k', kl_out[2])
+
+
+def test_html_style_block_once_when_asked(gpt2_tok):
+    view, _ = hand_group(gpt2_tok)
+    with_css, without = show.group_html(view), show.group_html(view, css=False)
+    assert with_css.count("<style>") == 1 and "<style" not in without
+    assert with_css.replace(show.GROUP_CSS, "") == without
+    for i in range(1, show.SHADES + 1):                  # every class the rows and the legend use is styled
+        assert f".tg .u{i}{{" in show.GROUP_CSS and f".tg .d{i}{{" in show.GROUP_CSS and f".tg .k{i}{{" in show.GROUP_CSS
+    assert show.tint(show.UP, 0) == "#ffffff" and show.tint(show.DOWN, show.SHADES) == "#e33333"
 
 
 def test_terminal_text_has_24bit_colours_and_the_text(gpt2_tok):
@@ -324,17 +355,25 @@ def random_ref(model):
 
 def test_run_figure_has_its_panels(tmp_path):
     history = [{"step": s, "reward": 0.1 * s, "reward/correct": 0.05 * s, "reward/format": 0.15 * s, "kl": 0.01 * s,
-                "completion_len": 20 - s, "truncated": 0.5 / s, "frac_reward_zero_std": 0.25} for s in range(1, 21)]
+                "loss": 0.0004 * s, "completion_len": 20 - s, "truncated": 0.5 / s, "frac_reward_zero_std": 0.25}
+               for s in range(1, 21)]
     history[0].pop("truncated")                              # a step logged by an older tinygrpo
-    fig = show.run_figure(history, {"before": (0, 0.2), "after": (20, 0.6)})
-    reward_ax, kl_ax, len_ax, zero_ax, truncated_ax = fig.axes
+    fig = show.run_figure(history, {"before": (0, 0.2), "after": (20, 0.6)}, beta=0.04)
+    reward_ax, loss_ax, kl_ax, len_ax, truncated_ax, zero_ax = fig.axes
+    assert fig.get_figwidth() > 2 * fig.get_figheight() * 0.9           # wide: the notebook's full width
     labels = [line.get_label() for line in reward_ax.get_lines()]
     assert labels[0] == "reward (sampled)" and {"correct", "format"} <= set(labels)
     assert len(reward_ax.collections) == 2                   # the accuracy before and after, as points
-    assert [ax.get_ylabel() for ax in (kl_ax, len_ax, zero_ax, truncated_ax)] == \
-        ["KL(pi || pi_ref)", "length (tokens)", "zero-variance groups", "truncated (--)"]
+    assert reward_ax.get_ylabel() == "reward / held-out accuracy"
+    assert [ax.get_ylabel() for ax in (loss_ax, kl_ax, len_ax, truncated_ax, zero_ax)] == \
+        ["loss", "KL(pi || pi_ref) per token", "length (tokens)", "truncated (share)", "zero-variance groups (share)"]
+    assert list(loss_ax.get_lines()[0].get_ydata()) == [h["loss"] for h in history]
+    assert list(loss_ax.get_lines()[1].get_ydata()) == pytest.approx([0.04 * h["kl"] for h in history])
     assert list(kl_ax.get_lines()[0].get_ydata()) == [h["kl"] for h in history]
     assert reward_ax.get_shared_x_axes().joined(reward_ax, zero_ax)
+    plain = show.run_figure(history, {})                     # no accuracy plotted: none named on an axis
+    assert plain.axes[0].get_ylabel() == "reward" and len(plain.axes[1].get_lines()) == 1
+    assert not any("accuracy" in ax.get_ylabel() for ax in plain.axes)
     show.save_run_figure(history, {}, tmp_path / "reward_curve.png")
     assert (tmp_path / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "reward_curve.png").stat().st_size > 20_000
