@@ -37,12 +37,13 @@ from pathlib import Path
 
 import torch
 
+import fused
 from ddp import PolicyLogprobs
 from device import pick_dtype
+from engine import generate
 from eval import GRADER, evaluate
 from grpo import GRPOConfig, rollout
 from load_weights import DEFAULT_SYSTEM, find_smollm2_gguf, load_model, load_smollm2
-from model import generate
 from optim import MasterAdamW, cast_for_training
 from train import TrainConfig, optimize
 from task import get_reward, make_dataset
@@ -176,7 +177,7 @@ def bench_fwdbwd(model, hf):
 
     theirs = hf(torch.float32) if hf else None
     for name, dtype in DTYPES.items():
-        ours = copy.deepcopy(model).to_compute_dtype(dtype)
+        ours = fused.apply(copy.deepcopy(model).to_compute_dtype(dtype))      # as train.py trains
         out[f"ours_{name}_s"] = round(timed(lambda: run(ours, lambda m: m(ids, logits_to_keep=25))), 2)
         del ours
         if theirs is not None:
@@ -205,6 +206,7 @@ class ComparisonRun:
         self.policy = model
         self.opt = cast_for_training(self.policy, self.dtype, TimedAdamW, lr=1e-5, weight_decay=0.01)
         self.ref = copy.deepcopy(self.policy).requires_grad_(False)
+        fused.apply(self.policy)
         self.train_set, self.eval_set = make_dataset("add1", seed=0)
         # TRL's chat template adds SmolLM2's default system turn: ours does too here, for the same prompts
         gcfg = GRPOConfig(group_size=8, max_new_tokens=32, temperature=1.0, beta=0.04, system_prompt=DEFAULT_SYSTEM,

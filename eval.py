@@ -18,7 +18,7 @@ from checkpoint import run_config, weights_path
 from configurator import check_option
 from device import pick_device, pick_dtype
 from load_weights import check_fits, load_model, read_safetensors
-from model import generate
+from engine import generate
 from show import clip
 from task import WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset, parse_weights
 

@@ -1,24 +1,30 @@
-"""Three autograd Functions with their backward written out, to save memory in the training pass.
+"""Autograd Functions with their backward written out, to save memory in the training pass, and
+`apply`, which swaps the first two into a model.
 
-Autograd keeps every intermediate tensor that a backward could need. These keep their inputs and a little more
-(the norm's 1/RMS per row, the MLP's two projections, the softmax as probabilities) and compute the gradient from
-them; each forward is the plain formula:
-    RMSNormFunction    y = x * r * w,  r = 1 / sqrt(mean(x^2) + eps)       model.RMSNorm (Llama)
-    SwiGLUFunction     y = (silu(x Wg^T) * (x Wu^T)) Wd^T                   model.MLP (Llama)
-    SelectedLogprobs   log_softmax(h W^T)[token]                            grpo.logprobs_from_hidden
-model.py calls the first two only while autograd records (the policy's training pass); sampling and the frozen
-log-probs run its plain lines, to the same bits. tests/test_model.py checks the norm's and the MLP's backward
-against finite differences and autograd through the plain lines, tests/test_grpo.py the log-prob's against autograd.
+Autograd keeps every intermediate tensor that a backward could need. These keep their inputs and a
+little more (the norm's 1/RMS per row, the MLP's two projections, the softmax as probabilities) and
+compute the gradient from them; each forward is the plain formula:
+    RMSNormFunction    y = x * r * w,  r = 1 / sqrt(mean(x^2) + eps)    model.RMSNorm (Llama)
+    SwiGLUFunction     y = (silu(x Wg^T) * (x Wu^T)) Wd^T                model.MLP (Llama)
+    SelectedLogprobs   log_softmax(h W^T)[token]                         grpo.logprobs_from_hidden
+model.py holds only the plain lines. `apply(model)`, called once on the model that trains (train.py;
+as nanochat swaps in its fp8 layers), makes its RMSNorms and Llama MLPs run the first two Functions
+while autograd records (the policy's training pass) and the plain lines otherwise (sampling, frozen
+log-probs), to the same forward bits. tests/test_fused.py checks the swap against the plain model,
+and the norm's and the MLP's backward against finite differences and autograd through the plain
+lines; tests/test_grpo.py checks the log-prob's against autograd.
 """
 import torch
 import torch.nn.functional as F
 
+from model import MLP, RMSNorm
+
 
 class RMSNormFunction(torch.autograd.Function):
-    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, computed in (at least) fp32 whatever x's dtype.
+    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row, in (at least) fp32 whatever x is.
 
-    The backward is written out, so that all it keeps is x in its own dtype and r (one float a row), not the
-    three fp32 copies of x that autograd would keep for the same lines:
+    The backward is written out, so that all it keeps is x in its own dtype and r (one float a row),
+    not the three fp32 copies of x that autograd would keep for the same lines:
         dx = r * (g w - x r^2 mean(g w x)),    dw = sum over rows of g x r
     """
 
@@ -41,11 +47,13 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 class SwiGLUFunction(torch.autograd.Function):
-    """down(silu(x Wg^T) * (x Wu^T)), the Llama MLP, for x (n, C) and weights Wg, Wu (I, C), Wd (C, I).
+    """down(silu(x Wg^T) * (x Wu^T)), the Llama MLP, for x (n, C), weights Wg, Wu (I, C), Wd (C, I).
 
-    The backward is written out and recomputes silu(gate) and the product from gate and up: it keeps x, gate and
-    up (what the weight gradients need), two (n, I) tensors where autograd would keep four (also silu(gate)
-    and the product): the MLP's are the largest activations of the training pass. With h = silu(gate) * up:
+    The backward is written out and recomputes silu(gate) and the product from gate and up: it
+    keeps x, gate and up (what the weight gradients need), two (n, I) tensors where autograd would
+    keep four (also silu(gate) and the product): the MLP's are the largest activations of the
+    training pass.
+    With h = silu(gate) * up:
         dWd = dy^T h;  dh = dy Wd;  dup = dh silu(gate);  dgate = silu'(gate) dh up;
         dx = dgate Wg + dup Wu;  dWg = dgate^T x;  dWu = dup^T x
     """
@@ -61,19 +69,21 @@ class SwiGLUFunction(torch.autograd.Function):
         x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
         act = F.silu(gate)
         dh = dy @ w_down
-        dgate = torch.ops.aten.silu_backward(dh * up, gate)       # the kernel autograd itself uses for silu
+        dgate = torch.ops.aten.silu_backward(dh * up, gate)     # the kernel autograd uses for silu
         dup = dh * act
         return dgate @ w_gate + dup @ w_up, dgate.t() @ x, dup.t() @ x, dy.t() @ (act * up)
 
 
 class SelectedLogprobs(torch.autograd.Function):
-    """log_softmax(hidden @ weight^T)[token] for rows of hidden (n, C), weight (V, C), tokens (n,) -> (n,) fp32.
+    """log_softmax(hidden @ weight^T)[token] for rows of hidden (n, C), weight (V, C), tokens (n,):
+    (n,) fp32.
 
     The log-softmax runs in fp32 whatever the logits' dtype. The backward is written out,
         d logp / d logits = onehot(token) - softmax(logits),
-    from the softmax the forward already has (exp of its log-softmax), kept in the compute dtype: no second
-    head matmul and softmax. Only the token's own entry, g (1 - p_token), is taken from the fp32 log-prob:
-    with p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds one (n, V) block per chunk.
+    from the softmax the forward already has (exp of its log-softmax), kept in the compute dtype: no
+    second head matmul and softmax. Only the token's own entry, g (1 - p_token), is taken from the
+    fp32 log-prob: with p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds
+    one (n, V) block per chunk.
     """
 
     @staticmethod
@@ -81,7 +91,8 @@ class SelectedLogprobs(torch.autograd.Function):
         logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # (n, V)
         selected = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
         if any(ctx.needs_input_grad):               # not for the reference / old log-prob passes
-            ctx.save_for_backward(hidden, weight, token_ids, selected, logprobs.exp_().to(hidden.dtype))
+            probs = logprobs.exp_().to(hidden.dtype)
+            ctx.save_for_backward(hidden, weight, token_ids, selected, probs)
         return selected
 
     @staticmethod
@@ -89,6 +100,42 @@ class SelectedLogprobs(torch.autograd.Function):
         hidden, weight, token_ids, selected, probs = ctx.saved_tensors
         grad_logits = probs * -grad[:, None].to(probs.dtype)                          # -g p
         rows = torch.arange(token_ids.size(0), device=token_ids.device)
-        # g (1 - p) on each row's own token; an index_put, where scatter_ copies the whole (n, V) block on a CPU
+        # g (1 - p) on each row's own token; an index_put, where scatter_ copies the whole (n, V)
+        # block on a CPU
         grad_logits[rows, token_ids] = (-grad * torch.expm1(selected)).to(probs.dtype)
         return grad_logits @ weight, grad_logits.t() @ hidden, None
+
+
+# ----------------------------------------------------------------------------- swapping them in
+
+class FusedRMSNorm(RMSNorm):
+    """model.RMSNorm whose training pass runs RMSNormFunction."""
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():     # no backward to keep tensors for: the plain lines
+            return super().forward(x)
+        return RMSNormFunction.apply(x, self.weight, self.eps)
+
+
+class FusedSwiGLU(MLP):
+    """model.MLP (Llama) whose training pass runs SwiGLUFunction."""
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        w_gate, w_up, w_down = self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+        return SwiGLUFunction.apply(x, w_gate, w_up, w_down)
+
+
+def apply(model):
+    """Make the model's RMSNorms and Llama MLPs the versions above, in place, and return the model.
+
+    Only each module's class changes: the parameters, the state dict and the forward's bits stay the
+    same; what changes is what the training pass keeps for its backward. GPT-2's LayerNorm and GELU
+    MLP stay as they are (autograd's own)."""
+    for m in model.modules():
+        if type(m) is RMSNorm:
+            m.__class__ = FusedRMSNorm
+        elif type(m) is MLP and m.arch == "llama":
+            m.__class__ = FusedSwiGLU
+    return model

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fused import SelectedLogprobs
-from model import generate, left_pad, prefill, stop_tensor
+from engine import generate, left_pad, prefill, stop_tensor
 
 
 @dataclass
@@ -187,7 +187,7 @@ def truncated_rows(completion_ids, completion_mask, stop_ids):
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask=None):
     """log pi(o_it | q, o_i<t) for every completion token: (N, T) in fp32 (0 outside completion_mask).
 
-    The B prompts are run once (their shared first tokens once for all: model.prefill) and their keys/values
+    The B prompts are run once (their shared first tokens once for all: engine.prefill) and their keys/values
     copied to their G completions (exact, and G times less prompt work than B*G padded rows); the completions
     then attend to them. prompt_ids, prompt_mask (B, P); completion_ids (N, T). Token t's logits come from
     position t-1: the last prompt position predicts o_i0.
@@ -202,8 +202,8 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
         cache = cache.repeat_interleave(group_size)
         mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0), prompt_mask.new_ones(N, T - 1)], dim=1)
         # position t predicts token t+1: compute it only if that token is in the mask (never after EOS)
-        keep = completion_mask[:, 1:].bool() if completion_mask is not None else None
-        h = model(completion_ids[:, :-1], attention_mask=mask, cache=cache, return_hidden=True, keep=keep)
+        active = completion_mask[:, 1:].bool() if completion_mask is not None else None
+        h = model.hidden(completion_ids[:, :-1], attention_mask=mask, cache=cache, active=active)
         hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
     return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
 

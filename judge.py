@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model import left_pad
+from engine import left_pad
 
 JUDGE_QUESTION = ("Here is a question and a proposed answer.\nQuestion: {question}\nProposed answer: {reply}\n"
                   "Is the proposed answer correct? Answer Yes or No.")

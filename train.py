@@ -48,6 +48,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import checkpoint
+import fused
 from configurator import apply_args, recorded_config, usage, validate
 from ddp import (PolicyLogprobs, broadcast_dtype, init_distributed, local_device, loss_count, mean_across_ranks,
                  step_count)
@@ -232,6 +233,7 @@ def run_training(cfg, device):
         log(f"no checkpoint in {out_dir}: starting from scratch")
     # the policy samples and trains in the compute dtype; the optimizer keeps the fp32 weights
     optimizer = cast_for_training(policy, dtype, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused.apply(policy)           # its training pass keeps less memory: fused.py's written-out backwards
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 

@@ -92,6 +92,7 @@ the base model's, and answers to get shorter, with a KL to $\pi_{\mathrm{ref}}$ 
 SETUP = """\
 import copy, os, time
 import torch
+import fused
 from grpo import GRPOConfig
 from load_weights import load_model
 from device import pick_device, pick_dtype
@@ -110,6 +111,7 @@ device = pick_device("auto")                    # the first of cuda, mps, cpu th
 dtype = pick_dtype("auto", device)              # bf16 where it is fast (CUDA GPU, AMX CPU), else fp32: cell 6
 policy, tok = load_model(MODEL, device)         # fp32 weights, as loaded
 ref_model = copy.deepcopy(policy).requires_grad_(False)   # frozen pi_ref: the KL term, and cell 7's baseline
+fused.apply(policy)                             # the training pass keeps less memory (fused.py), same numbers
 
 print(("SMOKE RUN (tiny settings) | " if SMOKE else "") + f"device {device}, compute dtype {dtype}")
 print(f"{MODEL}: {policy.num_params():,} parameters")
@@ -169,7 +171,7 @@ p = train_set[0]
 print(f"{p.question!r} (answer {p.answer}):", get_reward([p] * 3, [str(p.answer), f"The answer is {p.answer}.", "0"]))"""
 
 GRPO_STEP = """\
-{{imports: grpo.Rollout, model.generate, model.left_pad, model.stop_tensor}}
+{{imports: grpo.Rollout, engine.generate, engine.left_pad, engine.stop_tensor}}
 from IPython.display import HTML, display
 from show import group_html, group_view, pick_group
 

@@ -24,7 +24,8 @@ import ddp  # noqa: E402
 import grpo  # noqa: E402
 import optim  # noqa: E402
 import train  # noqa: E402
-from model import GPT, GPTConfig, completion_mask, left_pad  # noqa: E402
+from engine import completion_mask, left_pad  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 EOS, PAD, VOCAB = 1, 0, 16
 G, T = 4, 6                   # samples per prompt, completion tokens

@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 import load_weights
 from conftest import one_line, write_random_gpt2
-from model import GPT, GPTConfig, completion_mask, generate
+from engine import completion_mask, generate
+from model import GPT, GPTConfig
 
 
 def test_model_wheel_not_installed(monkeypatch):

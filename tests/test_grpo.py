@@ -9,7 +9,8 @@ import torch
 from grpo import (GRPOConfig, Rollout, aggregate_loss, completion_logprobs, group_advantages, grpo_loss,
                   grpo_step, kl_per_token, logprobs_by_part, logprobs_from_hidden, plain_completion_logprobs, ppo_clip_loss,
                   rollout, token_logprobs, zero_std_groups)
-from model import GPT, GPTConfig, generate, left_pad, shared_prefix_len
+from engine import generate, left_pad, shared_prefix_len
+from model import GPT, GPTConfig
 from task import Prompt
 
 from conftest import one_line

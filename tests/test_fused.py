@@ -1,0 +1,129 @@
+"""fused.py: its written-out backwards against finite differences and autograd, and fused.apply, which swaps
+them into a model, against the plain model: the same outputs, the same gradients, the plain path without
+gradients."""
+import copy
+
+import pytest
+import torch
+
+import fused
+from fused import FusedRMSNorm, FusedSwiGLU, RMSNormFunction, SwiGLUFunction
+from model import GPT, MLP, GPTConfig, RMSNorm
+
+
+def random_model(arch="llama", seed=0):
+    """A tiny random decoder whose weights (norms included) are away from their init."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(arch=arch, vocab_size=97, n_layer=2, n_head=4, n_kv_head=2 if arch == "llama" else 4,
+                          n_embd=32, n_inner=48, block_size=64))
+    with torch.no_grad():
+        for p in model.parameters():          # norms away from 1, so that their weight is exercised
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_rmsnorm_backward_equals_finite_differences_and_autograd():
+    """Oracles: torch.autograd.gradcheck (central differences, fp64) and autograd through the plain formula."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 8, dtype=torch.float64, generator=g).requires_grad_()
+    w = (torch.rand(8, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-5), (x, w))
+    xb, wb = x.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    up = torch.randn(3, 4, 8, generator=g).bfloat16()
+    (RMSNormFunction.apply(xb, wb, 1e-5) * up).sum().backward()
+    x32, w32 = xb.detach().float().requires_grad_(), wb.detach().float().requires_grad_()
+    plain = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5) * w32
+    (plain * up.float()).sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and torch.allclose(xb.grad.float(), x32.grad, rtol=1e-2, atol=1e-2)
+    assert torch.allclose(wb.grad.float(), w32.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_swiglu_backward_equals_finite_differences_and_autograd():
+    """Oracles: torch.autograd.gradcheck (fp64) and, in bf16, autograd through the plain lines, which must give
+    the same numbers: the backward runs the same kernels on the same values."""
+    g = torch.Generator().manual_seed(0)
+    x, wg, wu, wd = (torch.randn(*shape, dtype=torch.float64, generator=g).requires_grad_()
+                     for shape in ((5, 6), (7, 6), (7, 6), (6, 7)))
+    assert torch.autograd.gradcheck(SwiGLUFunction.apply, (x, wg, wu, wd))
+    dy = torch.randn(40, 32, generator=g).bfloat16()
+    ours = [(torch.randn(*shape, generator=g) * 0.3).bfloat16().requires_grad_()
+            for shape in ((40, 32), (96, 32), (96, 32), (32, 96))]
+    plain = [t.detach().clone().requires_grad_() for t in ours]
+    (SwiGLUFunction.apply(*ours) * dy).sum().backward()
+    x_, wg_, wu_, wd_ = plain
+    ((torch.nn.functional.silu(x_ @ wg_.t()) * (x_ @ wu_.t())) @ wd_.t() * dy).sum().backward()
+    for a, b in zip(ours, plain):
+        assert a.grad.dtype == torch.bfloat16 and torch.equal(a.grad, b.grad)
+
+
+def outputs_and_grads(model, ids, up):
+    """Logits (B, T, V) of a training forward and the gradients of sum(logits * up), by parameter name."""
+    logits = model(ids)
+    (logits.float() * up).sum().backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_apply_leaves_outputs_and_gradients_unchanged(dtype, tol):
+    """Oracle: the same model without the swap, trained on the same batch through autograd's own backward.
+    The forward is the same formula on the same kernels: equal bits. The gradients come from other formulas
+    (fused.py's docstrings), so they agree to rounding: within tol of each gradient's largest entry (fp32:
+    about 4e-7 measured; bf16: the norms' fp32 weights differ by about 2e-7, the rest is bit-equal)."""
+    plain = random_model().to_compute_dtype(dtype)
+    ours = fused.apply(copy.deepcopy(plain))
+    ids = torch.randint(0, 97, (3, 9), generator=torch.Generator().manual_seed(1))
+    up = torch.randn(3, 9, 97, generator=torch.Generator().manual_seed(2))
+    want, want_grads = outputs_and_grads(plain, ids, up)
+    got, got_grads = outputs_and_grads(ours, ids, up)
+    assert got.dtype == dtype and torch.equal(got, want)
+    assert got_grads.keys() == want_grads.keys()
+    for name, g in got_grads.items():
+        w = want_grads[name]
+        assert g.dtype == w.dtype and (g.float() - w.float()).abs().max() <= tol * w.float().abs().max(), name
+
+
+def backward_nodes(out):
+    """The names of every node in out's autograd graph."""
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [n for n, _ in node.next_functions]
+    return {type(n).__name__ for n in seen}
+
+
+def test_apply_swaps_every_rmsnorm_and_swiglu_and_the_training_pass_runs_them():
+    """What apply changes: the class of each Llama norm and MLP (5 norms and 2 MLPs in 2 blocks), not the
+    state dict; the training pass's graph goes through the Functions, the plain model's does not."""
+    plain = random_model()
+    ours = fused.apply(copy.deepcopy(plain))
+    assert sum(isinstance(m, FusedRMSNorm) for m in ours.modules()) == 5
+    assert sum(isinstance(m, FusedSwiGLU) for m in ours.modules()) == 2
+    assert not any(isinstance(m, (FusedRMSNorm, FusedSwiGLU)) for m in plain.modules())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), ours.state_dict().values()))
+    assert list(plain.state_dict()) == list(ours.state_dict())
+    ids = torch.randint(0, 97, (2, 5))
+    assert {"RMSNormFunctionBackward", "SwiGLUFunctionBackward"} <= backward_nodes(ours(ids))
+    assert not {"RMSNormFunctionBackward", "SwiGLUFunctionBackward"} & backward_nodes(plain(ids))
+
+
+def test_apply_leaves_gpt2_as_it_is():
+    """GPT-2 has LayerNorm and a GELU MLP: nothing to swap."""
+    model = fused.apply(random_model("gpt2"))
+    assert [type(m) for m in model.modules() if isinstance(m, (RMSNorm, MLP))] == [MLP, MLP]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_gradients_the_swapped_model_runs_the_plain_lines_to_the_same_bits(dtype, monkeypatch):
+    """Sampling and the frozen log-probs run the plain lines (the Functions would save tensors for nothing),
+    and their hidden states are bit-identical to the training forward's: the same kernels on the same values."""
+    model = fused.apply(random_model().to_compute_dtype(dtype))
+    ids = torch.randint(0, 97, (3, 9))
+    trained = model.hidden(ids)
+    monkeypatch.setattr(RMSNormFunction, "apply", None)      # calling either Function now fails
+    monkeypatch.setattr(SwiGLUFunction, "apply", None)
+    with torch.no_grad():
+        fast = model.hidden(ids)
+    assert trained.requires_grad and fast.dtype == dtype
+    assert torch.equal(fast, trained.detach())
