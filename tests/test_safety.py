@@ -16,6 +16,7 @@ import torch
 
 import checkpoint
 import configurator
+import task as task_module
 import train
 from conftest import ROOT, one_line, toy_reward
 from test_runs import exit_line, run, runs_of_1_and_2_steps, steps_logged, tiny_argv  # noqa: F401 (a fixture)
@@ -213,6 +214,7 @@ def write_task(path, answers):
 
 
 def test_resume_refuses_a_task_file_that_changed(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(task_module, "TASKS", dict(task_module.TASKS))  # what loading a task file registers
     task = tmp_path / "plus_one.jsonl"
     write_task(task, [i + 1 for i in range(60)])
     run(tiny_checkpoint, tmp_path / "run", steps=1, task=str(task))
