@@ -1,39 +1,40 @@
 """Train a small pretrained model with GRPO on a toy task, and evaluate it before and after.
 
-    python train.py                                    # the default experiment
+    python train.py                          # the default experiment
     python train.py --task=larger --group_size=4 --beta=0 --steps=50
-    python train.py --resume                           # continue runs/default from its last checkpoint
-                                                       # (the run folder and its checkpoints: checkpoint.py)
-    torchrun --nproc_per_node=2 train.py               # the same run on 2 processes (DistributedDataParallel)
+    python train.py --resume                 # continue runs/default from its last checkpoint
+                                             # (the run folder and its checkpoints: checkpoint.py)
+    torchrun --nproc_per_node=2 train.py     # the same run on 2 processes (DistributedDataParallel)
 
-Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; `python train.py --help`
-lists them with their defaults.
+Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; `python train.py
+--help` lists them with their defaults.
 
-One step: step_prompts (B prompts) -> grpo.rollout (G completions each, rewards, advantages) -> optimize (the GRPO
-loss, backward, one AdamW step on fp32 master weights: optim.py) -> log -> checkpoint. Around it: the command line
-(configurator.py), the device and dtype (device.py) and, under torchrun, the processes (ddp.py).
+One step: step_prompts (B prompts) -> grpo.rollout (G completions each, rewards, advantages) ->
+optimize (the GRPO loss, backward, one AdamW step on fp32 master weights: optim.py) -> log ->
+checkpoint. Around it: the command line (configurator.py), the device and dtype (device.py) and,
+under torchrun, the processes (ddp.py).
 
-What each logged number means (printed with the same key as in log.jsonl):
-  reward                mean reward of this step's B*G sampled completions: the weighted components
-                        (--reward_weights, task.WeightedReward)
-  reward/correct        each component's mean: sampled accuracy by the task's verifier;
-  reward/format         the share answering with exactly the answer ("57")
-  reward_std            mean over groups of the reward std within a group: the signal GRPO learns from
-  frac_reward_zero_std  fraction of groups whose G rewards are all equal: they get A = 0 and teach nothing
-  loss                  the GRPO loss (with mu = 1 its value is ~ beta*KL: a group's advantages sum to zero)
-  kl                    mean per-token KL(pi || pi_ref) estimate over the generated tokens in the loss:
-                        k3 = r - 1 - log r with r = pi_ref / pi (or k1 = log pi - log pi_ref)
-  clip_ratio            share of those tokens whose ratio pi/pi_old left [1 - eps, 1 + eps] and was clipped
-                        (0 when mu = 1)
-  grad_norm             the gradient's L2 norm before clipping to --grad_clip, sqrt(sum over all parameters
-                        of grad^2) (of the last of the mu passes)
+Each step's line prints every number of log.jsonl under its key (show.step_metrics):
+  reward                mean reward of the step's B*G sampled completions (task.WeightedReward)
+  reward/correct ...    each component's mean: correct = sampled accuracy by the task's verifier,
+                        format = the share answering with exactly the answer ("57")
+  reward_std            mean over groups of the reward std within a group: what GRPO learns from
+  frac_reward_zero_std  share of groups whose G rewards are all equal: A = 0, they teach nothing
+  loss                  the GRPO loss (with mu = 1 it is ~ beta*KL: a group's advantages sum to 0)
+  kl                    mean per-token KL(pi || pi_ref) over the generated tokens in the loss: k3 =
+                        r - 1 - log r with r = pi_ref / pi (or k1 = log pi - log pi_ref)
+  clip_ratio            share of those tokens whose ratio pi/pi_old left [1 - eps, 1 + eps] and was
+                        clipped (0 when mu = 1)
+  grad_norm             the gradient's L2 norm before clipping to --grad_clip, sqrt(sum of grad^2
+                        over all parameters) (of the last of the mu passes)
   completion_length     mean completion length in tokens (EOS included)
-  truncated             share of the completions cut off at max_new_tokens, mean_i [o_i has no EOS]
+  truncated             share of completions cut off at max_new_tokens, mean_i [o_i has no EOS]
                         (TRL's clipped_ratio)
-  tok_per_s             sampled tokens per second of the rollout;  s_per_step: wall time of the whole step
-Every --log_every steps a table shows one group: the first whose rewards differ, else the first (show.group_table).
-In the run folder, completions.jsonl keeps every step's prompts and completions (show.step_record; under torchrun
-those of rank 0, B / world of the B prompts), reward_curve.png is the run's picture (show.run_figure).
+  tok_per_s, s_per_step sampled tokens per second of the rollout; wall time of the whole step
+Every --log_every steps a table shows one group: the first whose rewards differ, else the first
+(show.group_table). In the run folder, completions.jsonl keeps every step's prompts and completions
+(show.step_record; under torchrun those of rank 0, B / world of the B prompts), reward_curve.png is
+the run's picture (show.run_figure).
 """
 import copy
 import json
@@ -63,30 +64,30 @@ from task import WeightedReward, get_task, make_dataset, parse_weights
 @dataclass
 class TrainConfig:
     # what to train, on what
-    model: str = "smollm2"         # smollm2, gpt2, distilgpt2, a .gguf file or a GPT-2 folder (load_weights.py)
-    task: str = "larger"           # a task of task.py, or your own: path/to/task.py or path/to/data.jsonl
-    reward_weights: str = "correct:1,format:1"   # components of the reward and their weights (task.py)
-    judge: str = "ref"             # the judge component's model: "ref" (the frozen start) or a checkpoint folder
+    model: str = "smollm2"         # smollm2, gpt2, distilgpt2, .gguf, GPT-2 folder (load_weights)
+    task: str = "larger"           # a task of task.py, or your own: a .py or .jsonl file
+    reward_weights: str = "correct:1,format:1"   # the reward's components, weights (task.py)
+    judge: str = "ref"             # judge model: "ref" (the frozen start) or a checkpoint
     # optimisation
-    steps: int = 30                # GRPO steps: one rollout of B*G completions, then mu optimizer steps on it
-    batch_prompts: int = 8         # B prompts per step (all ranks together); each gets G = group_size samples
+    steps: int = 30                # GRPO steps: a rollout of B*G completions, mu AdamW steps
+    batch_prompts: int = 8         # B prompts per step (all ranks), G = group_size samples each
     lr: float = 5e-5               # AdamW learning rate (optim.py)
     weight_decay: float = 0.0      # AdamW's decoupled weight decay: w -= lr * wd * w each step
     grad_clip: float = 1.0         # clip the total gradient norm to this (0 or none: no clipping)
     mu: int = 1                    # optimisation passes over each batch of rollouts
     # data
-    n_train: int = 1000            # training prompts, none of them a held-out one (task.make_dataset)
+    n_train: int = 1000            # training prompts, none of them held out (task.make_dataset)
     n_eval: int = 200              # held-out prompts for the evaluations before and after
-    seed: int = 0                  # seeds the train/eval split, each step's prompts and every sample
+    seed: int = 0                  # seeds the split, each step's prompts and every sample
     # where and in what precision
-    dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (the optimizer keeps fp32 master weights)
-    device: str = "auto"           # auto (the first of cuda, mps, cpu that is there) | cuda | cuda:N | mps | cpu
+    dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (AdamW keeps fp32 weights)
+    device: str = "auto"           # auto (first of cuda, mps, cpu) | cuda | cuda:N | mps | cpu
     # logging, evaluation, checkpoints
-    log_every: int = 1             # print a step line every this many steps (log.jsonl gets every step)
+    log_every: int = 1             # print every this many steps (log.jsonl: every step)
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
-    out_dir: str = "runs/default"  # the run folder: log.jsonl, reward_curve.png, checkpoints (checkpoint.py)
+    out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
     # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -97,13 +98,11 @@ def parse_args(argv):
     return apply_args(argv, TrainConfig())
 
 
-# ----------------------------------------------------------------------------- loss, backward, optimizer step
-
+# ----------------------------------------------------------------------------- loss, backward, step
 def optimize(policy, optimizer, batch, cfg, ddp_policy=None):
-    """cfg.mu passes over one batch of rollouts, each a backward of the GRPO loss chunk by chunk
-    (grpo.backward_by_chunk) and one clipped AdamW step (optim.py). Returns (loss, kl (N, T) or None,
-    clipped (N, T), grad_norm) of the last pass; grad_norm is the gradient's norm before clipping.
-    ddp_policy: under torchrun, ddp.DDPPolicy (DDP's forward, a normaliser summed over the ranks)."""
+    """cfg.mu passes over a batch of rollouts, each a backward chunk by chunk
+    (grpo.backward_by_chunk) and a clipped AdamW step (optim.py). Returns (loss, kl (N, T) or None,
+    clipped (N, T), grad_norm) of the last pass. ddp_policy: under torchrun, ddp.DDPPolicy."""
     grpo_cfg = cfg.grpo
     normaliser = loss_normaliser(batch.loss_mask, grpo_cfg.loss_agg, grpo_cfg.max_new_tokens)
     policy_logprobs = partial(completion_logprobs, policy)
@@ -119,8 +118,8 @@ def optimize(policy, optimizer, batch, cfg, ddp_policy=None):
 # ----------------------------------------------------------------------------- the loop
 
 def step_prompts(train_set, cfg, step, rank, world):
-    """This rank's prompts for a step: the same global draw on every rank (seeded by step), then a slice.
-    Sampling seeds follow the global prompt index, so N ranks reproduce the 1-process rollouts."""
+    """This rank's prompts for a step: the same global draw on every rank (seeded by step), then a
+    slice. Sampling seeds follow the global prompt index: N ranks sample as 1 process does."""
     rng = random.Random(cfg.seed * 1_000_003 + step)
     idx = rng.sample(range(len(train_set)), cfg.batch_prompts)
     per_rank = cfg.batch_prompts // world
@@ -144,11 +143,12 @@ def save_checkpoint(out_dir, policy, optimizer, step, history, cfg):
 
 
 def format_log(step, steps, m):
-    """The step's line: every logged number as `key value`, with its key in log.jsonl (the legend above)."""
+    """The step's line: each logged number as `key value`, keyed as in log.jsonl (legend above)."""
     components = "".join(f" {k} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
-    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f}{components} reward_std {m['reward_std']:.2f}"
-            f" frac_reward_zero_std {m['frac_reward_zero_std']:.2f} | loss {m['loss']:+.4f} kl {m['kl']:.4f}"
-            f" clip_ratio {m['clip_ratio']:.2f} grad_norm {m['grad_norm']:.2f}"
+    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f}{components} reward_std "
+            f"{m['reward_std']:.2f} frac_reward_zero_std {m['frac_reward_zero_std']:.2f}"
+            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip_ratio {m['clip_ratio']:.2f}"
+            f" grad_norm {m['grad_norm']:.2f}"
             f" | completion_length {m['completion_length']:.1f} truncated {m['truncated']:.2f}"
             f" | tok_per_s {m['tok_per_s']:.0f} s_per_step {m['s_per_step']:.1f}")
 
