@@ -339,3 +339,10 @@ def test_run_figure_has_its_panels(tmp_path):
     show.save_run_figure(history, {}, tmp_path / "reward_curve.png")
     assert (tmp_path / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "reward_curve.png").stat().st_size > 20_000
+
+
+def test_older_log_keys_are_renamed():
+    """Hand: a history logged by an older tinygrpo (a checkpoint resumed, results/notebook_run.json) reads
+    under today's keys; other keys and the values are kept."""
+    old = [{"step": 1, "clip_frac": 0.25, "completion_len": 7.5, "kl": 0.01}]
+    assert show.renamed(old) == [{"step": 1, "clip_ratio": 0.25, "completion_length": 7.5, "kl": 0.01}]
