@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 
 import fused
-from ddp import PolicyLogprobs
 from device import pick_dtype
 from engine import generate
 from eval import GRADER, evaluate
@@ -222,7 +221,7 @@ class ComparisonRun:
         batch = rollout(self.policy, self.tok, prompts, get_reward, self.cfg.grpo, self.ref,
                         seeds=list(range(first, first + 8)))
         t1 = time.perf_counter()
-        optimize(PolicyLogprobs(self.policy), self.opt, batch, self.cfg)
+        optimize(self.policy, self.opt, batch, self.cfg)
         t2 = time.perf_counter()
         return {"step_s": t2 - t0, "sample_s": batch.seconds["sample"], "reward_s": batch.seconds["reward"],
                 "ref_logprobs_s": batch.seconds["logprobs"], "forward_backward_s": t2 - t1 - self.opt.seconds,

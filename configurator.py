@@ -67,7 +67,7 @@ def convert(name, value, current):
     return value
 
 
-# what each of TrainConfig's numeric options may be (GRPOConfig.validate checks its own)
+# what each numeric option of TrainConfig and GRPOConfig may be, and the choices of the others
 ALLOWED = {
     "steps": (">= 1", lambda v: v >= 1), "batch_prompts": (">= 1", lambda v: v >= 1),
     "lr": ("> 0 and <= 1", lambda v: 0 < v <= 1), "weight_decay": (">= 0 and <= 1", lambda v: 0 <= v <= 1),
@@ -75,8 +75,17 @@ ALLOWED = {
     "mu": (">= 1", lambda v: v >= 1), "n_train": (">= 1", lambda v: v >= 1), "n_eval": (">= 1", lambda v: v >= 1),
     "seed": (">= 0", lambda v: v >= 0), "log_every": (">= 1", lambda v: v >= 1),
     "eval_samples": (">= 0", lambda v: v >= 0), "save_every": (">= 1", lambda v: v >= 1),
+    "group_size": (">= 2 (GRPO compares the samples of a group)", lambda v: v >= 2),
+    "max_new_tokens": (">= 1", lambda v: v >= 1), "prompts_per_pass": (">= 1", lambda v: v >= 1),
+    "temperature": (">= 0 (0 = greedy)", lambda v: v >= 0),
+    "top_k": (">= 1, or none (no top-k filter)", lambda v: v is None or v >= 1),
+    "top_p": ("in (0, 1], or none (no nucleus filter)", lambda v: v is None or 0 < v <= 1),
+    "beta": (">= 0 (0: no reference model)", lambda v: v >= 0), "clip_eps": ("> 0", lambda v: v > 0),
+    "adv_eps": ("> 0 (it keeps A finite in a flat group)", lambda v: v > 0),
 }
 MAY_BE_NONE = ("grad_clip",)       # options whose none means "off" although their default is a number
+CHOICES = {"kl_estimator": ("k1", "k3"), "kl_mode": ("loss", "reward"),
+           "loss_agg": ("seq_mean", "token_mean", "seq_sum", "constant")}
 
 
 def validate(cfg):
@@ -91,7 +100,8 @@ def validate(cfg):
             raise ValueError(f"--{name}={value}: {name} must be a finite number")
         if name in ALLOWED and not ALLOWED[name][1](value):
             raise ValueError(f"--{name}={value}: {name} must be {ALLOWED[name][0]}")
-    cfg.grpo.validate()
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ValueError(f"--{name}={value}: unknown {name}; choose one of: {', '.join(CHOICES[name])}")
     resolve_model(cfg.model)                      # a mistyped --model, before an earlier run is moved aside
     get_task(cfg.task)
     weights = parse_weights(cfg.reward_weights)

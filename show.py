@@ -1,7 +1,7 @@
 """What GRPO does to one group: which completions won, which tokens it pushes up or down, and how far the policy
 has moved from the reference on each token; and the run's picture.
 
-    step_record(step, prompts, batch, G)       one step's prompts and completions: a line of completions.jsonl
+    step_record(step, prompts, batch, G, stop)  one step's prompts and completions: a line of completions.jsonl
     group_table(record)                         one group of a step as a small console table (train.py prints it)
     token_contributions(logprobs, batch, cfg)   each token's share of the loss, via the advantage and via the KL
     group_view -> group_html, group_ansi        one group's tokens shaded by those shares (notebook, terminal)
@@ -21,20 +21,21 @@ from typing import NamedTuple
 
 import torch
 
-from grpo import kl_per_token, logprobs_by_part, loss_weights, ppo_clip_loss
+from grpo import aggregate_loss, kl_per_token, logprobs_by_chunk, ppo_clip_loss, zero_std_groups
+from engine import stop_tensor
 
 # ----------------------------------------------------------------------------- completions.jsonl and the console
 
 
-def step_record(step, prompts, batch, group_size):
+def step_record(step, prompts, batch, group_size, stop_ids):
     """One line of completions.jsonl: {"step", "prompts": [{"question", "answer", "completions": [{"text", "reward",
     "parts": {component: value}, "advantage", "length" (tokens, EOS included), "truncated" (no EOS before
     max_new_tokens)} x G]} x B]}. prompts: the B task.Prompts of a grpo.Rollout of N = B*G rows."""
     rewards, advantages = batch.rewards.tolist(), batch.advantages.tolist()
     lengths = batch.completion_mask.sum(1).tolist()
-    truncated = batch.truncated.tolist() if batch.truncated is not None else [None] * len(lengths)
-    parts = {name: values.tolist() for name, values in batch.reward_parts.items()}
-    rows = [{"text": text, "reward": rewards[i], "parts": {name: v[i] for name, v in parts.items()},
+    truncated = truncated_rows(batch.completion_ids, batch.completion_mask, stop_ids).tolist()
+    components = {name: values.tolist() for name, values in batch.reward_components.items()}
+    rows = [{"text": text, "reward": rewards[i], "parts": {name: v[i] for name, v in components.items()},
              "advantage": advantages[i], "length": lengths[i], "truncated": truncated[i]}
             for i, text in enumerate(batch.texts)]
     return {"step": step, "prompts": [{"question": p.question, "answer": p.answer,
@@ -83,10 +84,10 @@ def token_contributions(logprobs, batch, cfg):
         via the advantage   w_it * -min(ratio_it A_i, clip(ratio_it, 1-eps, 1+eps) A_i)   = -A_i w_it when mu = 1
         via the KL term     w_it * beta * KL_it          (0 when beta = 0, or with kl_mode=reward: KL is in A_i)
 
-    w = grpo.loss_weights(loss_mask, loss_agg, max_new_tokens): the token's weight in the aggregated loss, 0 on
+    w = loss_weights(loss_mask, loss_agg, max_new_tokens): the token's weight in the aggregated loss, 0 on
     tokens out of the loss (padding, dropped groups). Summed over the batch, the two give grpo_loss's value.
     A negative share via the advantage: GRPO pushes the token's probability up (the loss falls as it rises).
-    logprobs (N, T): log pi(o_it) under the policy (grpo.logprobs_by_part, no gradient needed); batch: the
+    logprobs (N, T): log pi(o_it) under the policy (grpo.logprobs_by_chunk, no gradient needed); batch: the
     whole grpo.Rollout (w depends on all of it: tokens and rows in the normaliser); cfg: its GRPOConfig.
     """
     w = loss_weights(batch.loss_mask, cfg.loss_agg, cfg.max_new_tokens)
@@ -226,7 +227,7 @@ def group_ansi(view):
 def shade_group(policy, tok, batch, cfg, group=None, as_html=True, numbers=False):
     """One group of a rollout (pick_group's when None) shaded by its tokens' shares of the loss under the
     policy's current log-probs: group_html for a notebook (IPython.display.HTML), group_ansi for a terminal."""
-    logprobs = logprobs_by_part(policy, batch, cfg.group_size, cfg.prompts_per_pass)
+    logprobs = logprobs_by_chunk(policy, batch, cfg.group_size, cfg.prompts_per_pass)
     by_advantage, by_kl = token_contributions(logprobs, batch, cfg)
     if group is None:
         group = pick_group(batch.rewards.view(-1, cfg.group_size).tolist())
@@ -325,6 +326,53 @@ def main(argv):
                  if records else f"error: {path} holds no complete step")
     print(group_table(chosen[-1]))
 
+
+
+# ----------------------------------------------------------------------------- what a step logs
+
+
+def loss_weights(mask, mode="seq_mean", max_tokens=None):
+    """Each token's weight w (N, T) in the aggregated loss: aggregate_loss(L, mask, ...) = sum_it w_it * L_it.
+
+    aggregate_loss is linear in L, so w is its gradient (computed from it: the modes are defined once, in grpo.py):
+    seq_mean 1 / (|o_i| * sequences), token_mean 1 / tokens, seq_sum 1 / sequences, constant
+    1 / (sequences * max_tokens), with sequences = those with a token in the mask; 0 outside the mask.
+    """
+    zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return torch.func.grad(aggregate_loss)(zeros, mask, mode, max_tokens)
+
+
+def truncated_rows(completion_ids, completion_mask, stop_ids):
+    """(N,) bool: True on each completion that has no stop token (EOS) in its mask, i.e. was cut off at
+    max_new_tokens (TRL's clipped_ratio counts these). completion_ids, completion_mask (N, T)."""
+    stops = torch.isin(completion_ids, stop_tensor(stop_ids, completion_ids.device)) & completion_mask.bool()
+    return ~stops.any(1)
+
+
+@torch.no_grad()
+def step_metrics(batch, kl, clipped, group_size, stop_ids):
+    """A step's scalars, keyed as log.jsonl and the printed log name them (train.py's docstring explains each).
+    batch: the step's grpo.Rollout; kl (N, T) or None; clipped (N, T) or None (grpo_step: no clipping at mu = 1)."""
+    cm = batch.completion_mask.float()
+    mask = batch.loss_mask.bool()
+    return {
+        "reward": batch.rewards.mean().item(),
+        "reward_std": batch.rewards.view(-1, group_size).std(dim=1).mean().item(),
+        "frac_reward_zero_std": zero_std_groups(batch.rewards, group_size).float().mean().item(),
+        "kl": ((kl * mask).sum() / mask.sum().clamp(min=1)).item() if kl is not None else 0.0,
+        "clip_ratio": ((clipped & mask).sum() / mask.sum().clamp(min=1)).item() if clipped is not None else 0.0,
+        "completion_length": cm.sum(1).mean().item(),
+    } | {f"reward/{name}": values.float().mean().item() for name, values in batch.reward_components.items()} | {
+        "truncated": truncated_rows(batch.completion_ids, batch.completion_mask, stop_ids).float().mean().item()}
+
+
+# log.jsonl keys of older versions, and today's: a run resumed from an older checkpoint logs today's
+RENAMED = {"clip_frac": "clip_ratio", "completion_len": "completion_length"}
+
+
+def renamed(history):
+    """history (log.jsonl's records, or a checkpoint's) with today's keys."""
+    return [{RENAMED.get(k, k): v for k, v in h.items()} for h in history]
 
 if __name__ == "__main__":
     main(sys.argv[1:])

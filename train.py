@@ -1,38 +1,41 @@
 """Train a small pretrained model with GRPO on a toy task, and evaluate it before and after.
 
-    python train.py                                    # the default experiment
+    python train.py                          # the default experiment
     python train.py --task=larger --group_size=4 --beta=0 --steps=50
-    python train.py --resume                           # continue runs/default from its last checkpoint
-                                                       # (the run folder and its checkpoints: checkpoint.py)
-    torchrun --nproc_per_node=2 train.py               # the same run on 2 processes (DistributedDataParallel)
+    python train.py --resume                 # continue runs/default from its last checkpoint
+                                             # (the run folder and its checkpoints: checkpoint.py)
+    torchrun --nproc_per_node=2 train.py     # the same run on 2 processes (DistributedDataParallel)
 
-Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; `python train.py --help`
-lists them with their defaults.
+Every field of TrainConfig (and of grpo.GRPOConfig) can be set as --name=value; `python train.py
+--help` lists them with their defaults.
 
-One step: step_prompts (B prompts) -> grpo.rollout (G completions each, rewards, advantages) -> optimize (the GRPO
-loss, backward, one AdamW step on fp32 master weights: optim.py) -> log -> checkpoint. Around it: the command line
-(configurator.py), the device and dtype (device.py) and, under torchrun, the processes (ddp.py).
+One step: step_prompts (B prompts) -> grpo.rollout (G completions each, rewards, advantages) ->
+optimize (the GRPO loss, backward, one AdamW step on fp32 master weights: optim.py) -> log ->
+checkpoint. Around it: the command line (configurator.py), the device and dtype (device.py) and,
+under torchrun, the processes (ddp.py).
 
-What each logged column means:
-  reward    mean reward of this step's B*G sampled completions: the weighted components (--reward_weights,
-            task.WeightedReward), each one's mean after it: correct = sampled accuracy by the task's verifier,
-            format = the share answering with exactly the answer ("57")
-  ±         mean over groups of the reward std within a group: the signal GRPO learns from
-  zero      fraction of groups whose G rewards are all equal: they get A = 0 and teach nothing
-  loss      the GRPO loss (with mu = 1 its value is ~ beta*KL: the advantages of a group sum to zero)
-  kl        mean per-token KL(pi || pi_ref) estimate (k1 or k3) over the generated tokens in the loss
-  clip      fraction of tokens whose ratio pi/pi_old was clipped (0 when mu = 1)
-  gnorm     grad_norm: the gradient's L2 norm before clipping to --grad_clip, sqrt(sum over all parameters of g^2)
-            (of the last of the mu passes)
-  len       mean completion length in tokens (EOS included)
-  trunc     truncated: share of the completions cut off at max_new_tokens, mean_i [o_i has no EOS]
-            (TRL's clipped_ratio)
-  tok/s     sampled tokens per second of the rollout;  s/step: wall time of the whole step
-Every --log_every steps a table shows one group: the first whose rewards differ, else the first (show.group_table).
-In the run folder, completions.jsonl keeps every step's prompts and completions (show.step_record; under torchrun
-those of rank 0, B / world of the B prompts), reward_curve.png is the run's picture (show.run_figure).
+Each step's line prints every number of log.jsonl under its key (show.step_metrics):
+  reward                mean reward of the step's B*G sampled completions (task.WeightedReward)
+  reward/correct ...    each component's mean: correct = sampled accuracy by the task's verifier,
+                        format = the share answering with exactly the answer ("57")
+  reward_std            mean over groups of the reward std within a group: what GRPO learns from
+  frac_reward_zero_std  share of groups whose G rewards are all equal: A = 0, they teach nothing
+  loss                  the GRPO loss (with mu = 1 it is ~ beta*KL: a group's advantages sum to 0)
+  kl                    mean per-token KL(pi || pi_ref) over the generated tokens in the loss: k3 =
+                        r - 1 - log r with r = pi_ref / pi (or k1 = log pi - log pi_ref)
+  clip_ratio            share of those tokens whose ratio pi/pi_old left [1 - eps, 1 + eps] and was
+                        clipped (0 when mu = 1)
+  grad_norm             the gradient's L2 norm before clipping to --grad_clip, sqrt(sum of grad^2
+                        over all parameters) (of the last of the mu passes)
+  completion_length     mean completion length in tokens (EOS included)
+  truncated             share of completions cut off at max_new_tokens, mean_i [o_i has no EOS]
+                        (TRL's clipped_ratio)
+  tok_per_s, s_per_step sampled tokens per second of the rollout; wall time of the whole step
+Every --log_every steps a table shows one group: the first whose rewards differ, else the first
+(show.group_table). In the run folder, completions.jsonl keeps every step's prompts and completions
+(show.step_record; under torchrun those of rank 0, B / world of the B prompts), reward_curve.png is
+the run's picture (show.run_figure).
 """
-import contextlib
 import copy
 import json
 import os
@@ -41,53 +44,52 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import checkpoint
 import fused
 from configurator import apply_args, recorded_config, usage, validate
-from ddp import (PolicyLogprobs, broadcast_dtype, init_distributed, local_device, loss_count, mean_across_ranks,
-                 step_count)
+from ddp import DDPPolicy, broadcast_dtype, init_distributed, local_device, mean_across_ranks
 from device import pick_dtype
 from eval import GRADER, evaluate, format_examples
-from grpo import GRPOConfig, grpo_loss, rollout, step_metrics
+from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
 from load_weights import check_fits, load_model
 from optim import cast_for_training
-from show import group_table, save_run_figure, step_record
+from show import group_table, renamed, save_run_figure, step_metrics, step_record
 from task import WeightedReward, get_task, make_dataset, parse_weights
 
 
 @dataclass
 class TrainConfig:
     # what to train, on what
-    model: str = "smollm2"         # smollm2, gpt2, distilgpt2, a .gguf file or a GPT-2 folder (load_weights.py)
-    task: str = "larger"           # a task of task.py, or your own: path/to/task.py or path/to/data.jsonl
-    reward_weights: str = "correct:1,format:1"   # components of the reward and their weights (task.py)
-    judge: str = "ref"             # the judge component's model: "ref" (the frozen start) or a checkpoint folder
+    model: str = "smollm2"         # smollm2, gpt2, distilgpt2, .gguf, GPT-2 folder (load_weights)
+    task: str = "larger"           # a task of task.py, or your own: a .py or .jsonl file
+    reward_weights: str = "correct:1,format:1"   # the reward's components, weights (task.py)
+    judge: str = "ref"             # judge model: "ref" (the frozen start) or a checkpoint
     # optimisation
-    steps: int = 30                # GRPO steps: one rollout of B*G completions, then mu optimizer steps on it
-    batch_prompts: int = 8         # B prompts per step (all ranks together); each gets G = group_size samples
+    steps: int = 30                # GRPO steps: a rollout of B*G completions, mu AdamW steps
+    batch_prompts: int = 8         # B prompts per step (all ranks), G = group_size samples each
     lr: float = 5e-5               # AdamW learning rate (optim.py)
     weight_decay: float = 0.0      # AdamW's decoupled weight decay: w -= lr * wd * w each step
     grad_clip: float = 1.0         # clip the total gradient norm to this (0 or none: no clipping)
     mu: int = 1                    # optimisation passes over each batch of rollouts
     # data
-    n_train: int = 1000            # training prompts, none of them a held-out one (task.make_dataset)
+    n_train: int = 1000            # training prompts, none of them held out (task.make_dataset)
     n_eval: int = 200              # held-out prompts for the evaluations before and after
-    seed: int = 0                  # seeds the train/eval split, each step's prompts and every sample
+    seed: int = 0                  # seeds the split, each step's prompts and every sample
     # where and in what precision
-    dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (the optimizer keeps fp32 master weights)
-    device: str = "auto"           # auto (the first of cuda, mps, cpu that is there) | cuda | cuda:N | mps | cpu
+    dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (AdamW keeps fp32 weights)
+    device: str = "auto"           # auto (first of cuda, mps, cpu) | cuda | cuda:N | mps | cpu
     # logging, evaluation, checkpoints
-    log_every: int = 1             # print a step line every this many steps (log.jsonl gets every step)
+    log_every: int = 1             # print every this many steps (log.jsonl: every step)
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
-    out_dir: str = "runs/default"  # the run folder: log.jsonl, reward_curve.png, checkpoints (checkpoint.py)
+    out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
     # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -98,49 +100,28 @@ def parse_args(argv):
     return apply_args(argv, TrainConfig())
 
 
-# ----------------------------------------------------------------------------- loss, backward, optimizer step
-
-def optimize(policy_pass, optimizer, batch, cfg, world=1):
-    """cfg.mu passes over one batch of rollouts; each backpropagates the batch part by part (grpo.Rollout.parts)
-    and then makes one clipped AdamW step. Returns (loss, kl, clipped, grad_norm) of the last pass: the first
-    three for step_metrics, grad_norm the gradient's norm before clipping.
-
-    Part k's loss L_k is normalised by its own count n_k (loss_count); backpropagating L_k * world * n_k / n,
-    with n the count of the whole step (all parts, all ranks), makes the gradients add up to those of the whole
-    batch's loss, DDP's average over the ranks included. A part with nothing in the loss (dropped groups) is
-    skipped on one process; with DDP every rank must run every backward, so it runs there at weight 0.
-    """
-    g = cfg.grpo
-    n = step_count(batch.loss_mask, g.loss_agg, world)
-    T = batch.completion_ids.size(1)
-    parts = list(batch.parts(g.prompts_per_pass))
+# ----------------------------------------------------------------------------- loss, backward, step
+def optimize(policy, optimizer, batch, cfg, ddp_policy=None):
+    """cfg.mu passes over a batch of rollouts, each a backward chunk by chunk
+    (grpo.backward_by_chunk) and a clipped AdamW step (optim.py). Returns (loss, kl (N, T) or None,
+    clipped (N, T), grad_norm) of the last pass. ddp_policy: under torchrun, ddp.DDPPolicy."""
+    grpo_cfg = cfg.grpo
+    normaliser = loss_normaliser(batch.loss_mask, grpo_cfg.loss_agg, grpo_cfg.max_new_tokens)
+    policy_logprobs = partial(completion_logprobs, policy)
     for _ in range(cfg.mu):
-        loss, kls, clips = 0.0, [], []
-        for k, part in enumerate(parts):
-            n_k = loss_count(part.loss_mask, g.loss_agg)
-            rows = part.completion_ids.size(0)
-            if n_k == 0 and world == 1:
-                kls.append(batch.rewards.new_zeros(rows, T))
-                clips.append(batch.rewards.new_zeros(rows, T, dtype=torch.bool))
-                continue
-            sync = world == 1 or k == len(parts) - 1
-            with contextlib.nullcontext() if sync else policy_pass.no_sync():     # all-reduce once, at the end
-                part_loss, kl, clipped = grpo_loss(None, part, g, logprob_fn=policy_pass)
-                share = world * n_k / n if n > 0 else 0.0
-                (part_loss * share).backward()
-            loss += part_loss.item() * share
-            pad = (0, T - clipped.size(1))
-            kls.append(F.pad(kl.detach(), pad) if kl is not None else batch.rewards.new_zeros(rows, T))
-            clips.append(F.pad(clipped, pad))
+        if ddp_policy is None:                       # one process
+            loss, kl, clipped = backward_by_chunk(policy_logprobs, batch, grpo_cfg, normaliser)
+        else:                                        # torchrun
+            loss, kl, clipped = ddp_policy.backward(batch, grpo_cfg, normaliser)
         grad_norm = optimizer.step(cfg.grad_clip)
-    return loss, torch.cat(kls) if g.beta > 0 else None, torch.cat(clips), float(grad_norm)
+    return loss, kl, clipped, float(grad_norm)
 
 
 # ----------------------------------------------------------------------------- the loop
 
 def step_prompts(train_set, cfg, step, rank, world):
-    """This rank's prompts for a step: the same global draw on every rank (seeded by step), then a slice.
-    Sampling seeds follow the global prompt index, so N ranks reproduce the 1-process rollouts."""
+    """This rank's prompts for a step: the same global draw on every rank (seeded by step), then a
+    slice. Sampling seeds follow the global prompt index: N ranks sample as 1 process does."""
     rng = random.Random(cfg.seed * 1_000_003 + step)
     idx = rng.sample(range(len(train_set)), cfg.batch_prompts)
     per_rank = cfg.batch_prompts // world
@@ -164,11 +145,14 @@ def save_checkpoint(out_dir, policy, optimizer, step, history, config):
 
 
 def format_log(step, steps, m):
-    parts = "".join(f" {k.removeprefix('reward/')} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
-    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f} ±{m['reward_std']:.2f}{parts} zero {m['frac_reward_zero_std']:.2f}"
-            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip {m['clip_frac']:.2f} gnorm {m['grad_norm']:.2f}"
-            f" | len {m['completion_len']:4.1f} trunc {m['truncated']:.2f}"
-            f" | {m['tok_per_s']:5.0f} tok/s {m['s_per_step']:5.1f} s/step")
+    """The step's line: each logged number as `key value`, keyed as in log.jsonl (legend above)."""
+    components = "".join(f" {k} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
+    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f}{components} reward_std "
+            f"{m['reward_std']:.2f} frac_reward_zero_std {m['frac_reward_zero_std']:.2f}"
+            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip_ratio {m['clip_ratio']:.2f}"
+            f" grad_norm {m['grad_norm']:.2f}"
+            f" | completion_length {m['completion_length']:.1f} truncated {m['truncated']:.2f}"
+            f" | tok_per_s {m['tok_per_s']:.0f} s_per_step {m['s_per_step']:.1f}")
 
 
 def make_reward(cfg, weights, ref_model, policy, tok, device):
@@ -224,7 +208,7 @@ def run_training(cfg, device):
     if resume_from:
         master, state = checkpoint.load(resume_from, device)          # fp32 masters and the optimizer, checked
         policy.load_state_dict(check_fits(policy, master, resume_from / "model.safetensors"))
-        start, history = state["step"], state["history"]
+        start, history = state["step"], renamed(state["history"])
         if rank == 0:
             checkpoint.rewrite_log(out_dir, history)                  # steps after the checkpoint run again
             checkpoint.cut_after(out_dir / "completions.jsonl", start)
@@ -247,9 +231,7 @@ def run_training(cfg, device):
         return res
 
     before = held_out("before") if rank == 0 and start == 0 and cfg.eval_before else None
-    policy_pass = PolicyLogprobs(policy)
-    if world > 1:
-        policy_pass = torch.nn.parallel.DistributedDataParallel(policy_pass)
+    ddp_policy = DDPPolicy(policy, world) if world > 1 else None
     jsonl = samples = None
     if rank == 0:                 # completions of rank 0's prompts only: the others' would cost a gather each step
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,15 +241,15 @@ def run_training(cfg, device):
         t0 = time.perf_counter()
         prompts, seeds = step_prompts(train_set, cfg, step, rank, world)
         batch = rollout(policy, tok, prompts, reward_fn, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
-        loss, kl, clipped, grad_norm = optimize(policy_pass, optimizer, batch, cfg, world)
-        metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size)
+        loss, kl, clipped, grad_norm = optimize(policy, optimizer, batch, cfg, ddp_policy)
+        metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size, tok.stop_ids)
         metrics["loss"], metrics["grad_norm"] = loss, grad_norm
         metrics["s_per_step"] = time.perf_counter() - t0
         metrics["tok_per_s"] = batch.completion_mask.sum().item() / batch.seconds["sample"]
         metrics = mean_across_ranks(metrics, world) | {"step": step}
         checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)   # nothing non-finite
         history.append(metrics)
-        record = step_record(step, prompts, batch, cfg.grpo.group_size)       # this rank's prompts
+        record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids)       # this rank's prompts
         if jsonl:
             jsonl.write(json.dumps(metrics) + "\n")
             jsonl.flush()

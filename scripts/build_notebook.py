@@ -171,21 +171,17 @@ p = train_set[0]
 print(f"{p.question!r} (answer {p.answer}):", get_reward([p] * 3, [str(p.answer), f"The answer is {p.answer}.", "0"]))"""
 
 GRPO_STEP = """\
-{{imports: grpo.Rollout, engine.generate, engine.left_pad, engine.stop_tensor}}
+{{imports}}
 from IPython.display import HTML, display
 from show import group_html, group_view, pick_group
 
-# Every function this step calls is defined in this cell or cell 4, except the model's own primitives:
-# generate (the KV-cache sampler), left_pad, the decoder's forward, and the tokenizer. train.py runs the same
-# math batched for speed (grpo.rollout + grpo.grpo_loss; tests/test_grpo.py checks that they agree).
+# The core of GRPO as this run uses it, from grpo.py. sample_groups samples G completions per prompt with the
+# KV-cache sampler and scores them with cell 4's get_reward; train.py runs the same math batched
+# (tests/test_grpo.py checks that the two agree). The options this run does not use stay in grpo.py: the k1
+# estimator, KL as a reward penalty, the token_mean / seq_sum / constant aggregations, dropping zero-variance
+# groups, PPO's clipping (it acts only at mu > 1), and the display weights (show.loss_weights).
 
 {{grpo.group_advantages}}
-
-
-{{grpo.zero_std_groups}}
-
-
-{{grpo.truncated_rows}}
 
 
 {{grpo.token_logprobs}}
@@ -197,21 +193,6 @@ from show import group_html, group_view, pick_group
 {{grpo.kl_per_token}}
 
 
-{{grpo.ppo_clip_loss}}
-
-
-{{grpo.aggregate_loss}}
-
-
-{{grpo.loss_weights}}
-
-
-{{grpo.step_metrics}}
-
-
-{{grpo.encode_prompts}}
-
-
 {{grpo.grpo_step}}
 
 
@@ -220,7 +201,7 @@ from show import group_html, group_view, pick_group
 
 # One step on one batch, no optimizer step.
 prompts = train_set[:BATCH_PROMPTS]
-loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)
+loss, kl, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)
 G = cfg.group_size
 print("rewards per group:", " | ".join(" ".join(f"{r:g}" for r in g) for g in batch.rewards.view(-1, G).tolist()))
 print(f"advantages {tuple(batch.advantages.shape)}; group 0: {[round(a, 2) for a in batch.advantages[:G].tolist()]}")
@@ -245,7 +226,7 @@ import io, random
 from statistics import fmean
 from IPython.display import Image
 from optim import cast_for_training
-from show import run_figure
+from show import run_figure, step_metrics
 
 # The optimizer: the policy samples and trains in the compute dtype, AdamW steps its fp32 weights (optim.py)
 optimizer = cast_for_training(policy, dtype, lr=LR, weight_decay=0.0)
@@ -253,15 +234,16 @@ ref_model.to_compute_dtype(dtype)            # pi_ref in the same dtype: the KL 
 rng, history, t0 = random.Random(SEED), [], time.time()
 for step in range(1, STEPS + 1):
     prompts = rng.sample(train_set, BATCH_PROMPTS)
-    loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)   # cell 5's step
+    loss, kl, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)   # cell 5's step
     loss.backward()
     optimizer.step(max_grad_norm=1.0)     # clip, AdamW on the fp32 masters, copy them into the policy, free grads
-    history.append(metrics | {"step": step})
+    history.append(step_metrics(batch, kl, None, G, tok.stop_ids) | {"loss": loss.item(), "step": step})
     if step % LOG_EVERY == 0 or step == STEPS:
-        avg = {key: fmean(h[key] for h in history[-LOG_EVERY:]) for key in history[-1]}
+        last = history[-LOG_EVERY:]
+        avg = {key: fmean(h[key] for h in last) for key in ("reward", "frac_reward_zero_std", "loss", "kl", "completion_length")}
         print(f"step {step:3d} | reward {avg['reward']:.3f} zero {avg['frac_reward_zero_std']:.2f} | loss "
               f"{avg['loss']:+.4f} beta*kl {cfg.beta * avg['kl']:.4f} | kl {avg['kl']:.4f} | "
-              f"len {avg['completion_len']:4.1f} tok | {time.time() - t0:4.0f} s")
+              f"len {avg['completion_length']:4.1f} tok | {time.time() - t0:4.0f} s")
 # Why the loss rises: with one step per batch (mu = 1) the advantage term is -A_i per token in value, and a
 # group's advantages sum to 0, so the loss's value is about beta * KL (exactly, were the KL averaged per sequence)
 peak = max(history, key=lambda h: h["kl"])
@@ -299,7 +281,7 @@ for name, ((a, n), (b, m)) in split.items():
 
 # cell 5's group again, sampled from the trained policy: the same prompt, its new completions and their shares
 prompts = train_set[:BATCH_PROMPTS]
-loss, metrics, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)
+loss, kl, batch = grpo_step(policy, tok, prompts, get_reward, cfg, ref_model)
 with torch.no_grad():
     logprobs = plain_completion_logprobs(policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, G)
 by_advantage, by_kl = token_contributions(logprobs, batch, cfg)
@@ -493,9 +475,10 @@ def analysis_text(run=None, sweep=None):
     """Cell 8, every number read from results/notebook_run.json (this notebook's run, or `run`) and the sweep's
     results (or `sweep`); the qualitative claims (a trend, a peak, a shortcut) are chosen by the numbers."""
     import json
+    from show import renamed                                    # a run logged with older metric names
     run = run or json.loads(NOTEBOOK_RUN.read_text())
     sweep = sweep or json.loads(SWEEP.read_text())
-    h, base, tuned, n = run["history"], run["base"], run["tuned"], run["steps"]
+    h, base, tuned, n = renamed(run["history"]), run["base"], run["tuned"], run["steps"]
     w = 4                                                       # cell 6 prints LOG_EVERY = 4-step averages
     first = lambda key: window(h, key, 1, w)
     last = lambda key: window(h, key, n - w + 1, n)

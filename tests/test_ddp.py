@@ -5,6 +5,7 @@ Each worker is this file run as a script with torchrun's environment (RANK, WORL
 MASTER_PORT), so ddp.init_distributed is what connects them. Only tiny random models and one thread per
 process: the file runs in a few seconds.
 """
+import contextlib
 import copy
 import os
 import socket
@@ -23,6 +24,7 @@ if str(ROOT) not in sys.path:            # run as a worker script, without conft
 import ddp  # noqa: E402
 import grpo  # noqa: E402
 import optim  # noqa: E402
+import show  # noqa: E402
 import train  # noqa: E402
 from engine import completion_mask, left_pad  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -102,31 +104,41 @@ def make_rollout(items, cfg, tcfg, policy, ref_model, mu):
     with torch.no_grad():
         ref = grpo.completion_logprobs(ref_model, *args, completion_mask=cmask) if cfg.beta > 0 else None
         old = grpo.completion_logprobs(policy, *args, completion_mask=cmask) if mu > 1 else None
-    return grpo.Rollout(prompt_ids, prompt_mask, completion_ids, cmask, rewards, advantages, loss_mask,
-                        ref, old, [""] * len(rewards), {})
+    return grpo.Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                        completion_mask=cmask, rewards=rewards, texts=[""] * len(rewards), advantages=advantages,
+                        loss_mask=loss_mask, ref_logprobs=ref, old_logprobs=old)
 
 
 def one_step(case, rank, world):
     """train.py's step on this rank's share of the global batch: mu passes of loss, backward, clip, AdamW."""
     spec = dict(CASES[case])
     mu, scale_on = spec.pop("mu", 1), spec.pop("scale", True)
-    cfg = grpo.GRPOConfig(group_size=G, max_new_tokens=T, **spec).validate()
+    cfg = grpo.GRPOConfig(group_size=G, max_new_tokens=T, **spec)
     tcfg = train.TrainConfig(batch_prompts=B, seed=0, grad_clip=1.0, grpo=cfg)
     items, _ = train.step_prompts(list(range(NDATA)), tcfg, STEP, rank, world)
     policy = tiny()
     batch = make_rollout(items, cfg, tcfg, policy, perturbed(policy), mu)
     optimizer = RecordingAdamW(policy.parameters(), lr=LR, weight_decay=0.01)
     optimizer.names = [n for n, _ in policy.named_parameters()]
-    policy_pass = ddp.PolicyLogprobs(policy)
+    ddp_policy = None
     if world > 1:
-        policy_pass = torch.nn.parallel.DistributedDataParallel(policy_pass)
-    # unscaled: each rank normalises by its own count alone (what DDP's plain average would give)
-    n = ddp.step_count(batch.loss_mask, cfg.loss_agg, world)
-    scale = world * ddp.loss_count(batch.loss_mask, cfg.loss_agg) / n if n else 0.0
-    loss, kl, clipped, grad_norm = train.optimize(policy_pass, optimizer, batch, tcfg, world if scale_on else 1)
-    metrics = grpo.step_metrics(batch, kl, clipped, G) | {"loss": loss, "grad_norm": grad_norm}
+        # unscaled: each rank normalises by its own count alone (what DDP's plain average would give)
+        ddp_policy = (ddp.DDPPolicy if scale_on else PerRankNormaliser)(policy, world)
+    n_rank = grpo.loss_normaliser(batch.loss_mask, cfg.loss_agg, cfg.max_new_tokens)
+    n = ddp.sum_across_ranks(n_rank) if world > 1 else n_rank
+    scale = world * n_rank / n if n else 0.0           # this rank's share of the step's loss
+    loss, kl, clipped, grad_norm = train.optimize(policy, optimizer, batch, tcfg, ddp_policy)
+    metrics = show.step_metrics(batch, kl, clipped, G, EOS) | {"loss": loss, "grad_norm": grad_norm}
     return {"params": {n: p.detach().clone() for n, p in policy.named_parameters()}, "grads": optimizer.grads,
             "metrics": ddp.mean_across_ranks(metrics, world), "scale": scale}
+
+
+class PerRankNormaliser(ddp.DDPPolicy):
+    """The wrong DDP pass: each rank's loss divided by its own normaliser, and DDP's plain average."""
+
+    def backward(self, batch, cfg, normaliser):
+        sync = lambda last: contextlib.nullcontext() if last else self.module.no_sync()
+        return grpo.backward_by_chunk(self.module, batch, cfg, normaliser, skip_empty=False, sync=sync)
 
 
 class RecordingAdamW(optim.MasterAdamW):
@@ -199,8 +211,8 @@ def test_two_processes_step_like_one(ranks, single, case):
     assert max(max_diff(a, b) for a, b in zip(r0["grads"], one["grads"])) <= 1e-6
     # the replicas stay identical: the same all-reduced gradient, clipped and stepped the same way
     assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"])
-    # the logged metrics are those of the whole batch (kl and clip_frac are approximate: see mean_across_ranks)
-    for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "completion_len"):
+    # the logged metrics are those of the whole batch (kl and clip_ratio are approximate: see mean_across_ranks)
+    for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "completion_length"):
         assert r0["metrics"][key] == pytest.approx(one["metrics"][key], abs=1e-6), key
         assert r1["metrics"][key] == r0["metrics"][key], key
     # the norm of the all-reduced gradient: the whole batch's, the same on both replicas

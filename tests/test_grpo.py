@@ -2,16 +2,21 @@
 finite differences and Monte-Carlo estimates. Only tiny random models: the whole file runs in seconds."""
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
 
-from grpo import (GRPOConfig, Rollout, aggregate_loss, completion_logprobs, group_advantages, grpo_loss,
-                  grpo_step, kl_per_token, logprobs_by_part, logprobs_from_hidden, plain_completion_logprobs, ppo_clip_loss,
-                  rollout, token_logprobs, zero_std_groups)
+from grpo import (GRPOConfig, Rollout, aggregate_loss, backward_by_chunk, completion_logprobs, group_advantages, grpo_loss,
+                  grpo_step, kl_per_token, logprobs_by_chunk, loss_normaliser,
+                  plain_completion_logprobs, ppo_clip_loss, rollout, token_logprobs, zero_std_groups)
+from batching import chunks
+from configurator import validate
+from fused import logprobs_from_hidden
 from engine import generate, left_pad, shared_prefix_len
 from model import GPT, GPTConfig
 from task import Prompt
+from train import TrainConfig
 
 from conftest import one_line
 
@@ -67,6 +72,13 @@ def frac_target(prompts, texts):
         words = t.split()
         out.append(1.0 if p.answer == -1 else sum(w == str(TARGET) for w in words) / max(len(words), 1))
     return out
+
+
+def policy_loss(model, batch, cfg, normaliser=None):
+    """grpo_loss of the batch under the model's log-probs (completion_logprobs, as train.py computes them)."""
+    logprobs = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                   cfg.group_size, batch.loss_mask)
+    return grpo_loss(logprobs, batch, cfg, normaliser)
 
 
 def grads(model):
@@ -288,9 +300,10 @@ def test_grpo_loss_gradient_equals_analytic_and_finite_difference(beta):
     A = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0], dtype=torch.float64)
     with torch.no_grad():
         ref_lp = full_row_logprobs(ref, prompt_ids, prompt_mask, comp, 2)
-    batch = Rollout(prompt_ids, prompt_mask, comp, cmask, A.float(), A.float(), cmask.clone(), ref_lp, None, [], {})
+    batch = Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp, completion_mask=cmask,
+                    rewards=A.float(), texts=[], advantages=A.float(), loss_mask=cmask.clone(), ref_logprobs=ref_lp)
     cfg = GRPOConfig(group_size=2, beta=beta, max_new_tokens=comp.size(1))
-    loss, _, _ = grpo_loss(model, batch, cfg)
+    loss, _, _ = policy_loss(model, batch, cfg)
     loss.backward()
     got = grads(model)
     p, idx, h = model.blocks[0].attn.q_proj.weight, (3, 5), 1e-5
@@ -403,20 +416,22 @@ def hand_loss(lp, ref_lp, A, mask, beta, agg, max_tokens):
     return L.sum() / (keep.sum() * max_tokens)
 
 
-def test_parts_are_cut_to_their_own_lengths_and_give_the_same_logprobs():
+def test_chunks_are_cut_to_their_own_lengths_and_give_the_same_logprobs():
     """Oracle: completion_logprobs of the whole batch (fp32); each part keeps only its own columns."""
     model = tiny()
     prompt_ids, prompt_mask, comp, cmask = toy_batch()
     z = torch.zeros(6)
-    batch = Rollout(prompt_ids, prompt_mask, comp, cmask, z, z, cmask.clone(), None, None, list("abcdef"), {})
-    parts = list(batch.parts(1))
+    batch = Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp, completion_mask=cmask,
+                    rewards=z, texts=list("abcdef"), advantages=z, loss_mask=cmask.clone())
+    rows, pieces = zip(*chunks(batch, 1))
     # prompt lengths 3, 5, 2 and longest completions (EOS at 1/-, 0/3, -/2 of T = 5) -> 5, 4, 5 columns
-    assert [tuple(p.prompt_ids.shape) for p in parts] == [(1, 3), (1, 5), (1, 2)]
-    assert [tuple(p.completion_ids.shape) for p in parts] == [(2, 5), (2, 4), (2, 5)]
-    assert parts[1].texts == ["c", "d"] and torch.equal(parts[1].completion_mask, cmask[2:4, :4])
+    assert [tuple(c.prompt_ids.shape) for c in pieces] == [(1, 3), (1, 5), (1, 2)]
+    assert [tuple(c.completion_ids.shape) for c in pieces] == [(2, 5), (2, 4), (2, 5)]
+    assert rows == (slice(0, 2), slice(2, 4), slice(4, 6))
+    assert pieces[1].texts == ["c", "d"] and torch.equal(pieces[1].completion_mask, cmask[2:4, :4])
     whole = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)
     for k in (1, 2, 3):
-        assert (logprobs_by_part(model, batch, 2, k) - whole).abs().max() <= 1e-5
+        assert (logprobs_by_chunk(model, batch, 2, k) - whole).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("agg", ["seq_mean", "token_mean", "seq_sum", "constant"])
@@ -432,7 +447,7 @@ def test_drop_zero_std_groups_leaves_them_out_of_loss_and_normaliser(agg):
     assert flat.view(4, 4)[[1, 3], 0].all() and not flat.all()     # answer -1 groups are flat, others not
     assert batch.loss_mask[flat].sum() == 0
     assert torch.equal(batch.loss_mask[~flat], batch.completion_mask[~flat])
-    loss, _, _ = grpo_loss(policy, batch, cfg)
+    loss, _, _ = policy_loss(policy, batch, cfg)
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, 4)
     with torch.no_grad():
         lp, ref_lp = plain_completion_logprobs(policy, *args), plain_completion_logprobs(ref, *args)
@@ -466,7 +481,7 @@ def test_kl_as_reward_penalty(estimator):
     want = ((shaped - mean) / (std + cfg.adv_eps)).reshape(-1)
     assert (batch.advantages - want).abs().max() <= 1e-4
     assert (batch.advantages - group_advantages(r, G)).abs().max() > 1e-3   # the penalty changed them
-    loss, _, _ = grpo_loss(policy, batch, cfg)                     # no KL term in the loss itself
+    loss, _, _ = policy_loss(policy, batch, cfg)                   # no KL term in the loss itself
     want_loss = aggregate_loss(-batch.advantages[:, None].expand_as(lp), batch.completion_mask, "seq_mean")
     assert abs(loss.item() - want_loss.item()) <= 1e-6
 
@@ -475,38 +490,62 @@ def test_kl_as_reward_penalty(estimator):
 
 
 @pytest.mark.parametrize("field,value", [("group_size", 1), ("kl_estimator", "k2"), ("kl_mode", "both"),
-                                         ("loss_agg", "seq_max")])
+                                         ("loss_agg", "seq_max"), ("top_p", 1.5), ("top_k", 0),
+                                         ("clip_eps", 0.0), ("adv_eps", 0.0)])
 def test_config_validate_names_the_bad_value(field, value):
     """Oracle: one line naming the bad value."""
     with pytest.raises(ValueError) as e:
-        GRPOConfig(**{field: value}).validate()
-    one_line(e, str(value))
+        validate(TrainConfig(grpo=GRPOConfig(**{field: value})))
+    one_line(e, f"--{field}={value}")
 
 
-@pytest.mark.parametrize("settings", [dict(beta=0.0), dict(beta=0.1, loss_agg="token_mean"),
-                                      dict(beta=0.1, kl_mode="reward", kl_estimator="k1"),
-                                      dict(beta=0.1, drop_zero_std_groups=True, loss_agg="seq_sum"),
-                                      dict(beta=0.1, loss_agg="constant", scale_rewards=False)])
+@pytest.mark.parametrize("settings", [dict(beta=0.0), dict(beta=0.1), dict(beta=0.1, scale_rewards=False),
+                                      dict(beta=0.1, prompts_per_pass=1)])
 def test_written_out_step_equals_the_batched_path(settings):
-    """Oracle: train.py's path, rollout + grpo_loss (one prompt pass per group, no log-prob after EOS), on the
-    same seeds: the same completions, rewards, advantages and loss, and the same parameter gradients (fp32, 1e-5)."""
+    """Oracle: train.py's path, rollout + backward_by_chunk (one prompt pass per group, chunk by chunk, no
+    log-prob after EOS), on the same seeds: the same completions, rewards, advantages, KL and loss, and the same
+    parameter gradients (fp32, 1e-5)."""
     policy = tiny()
     ref = perturbed(policy, scale=0.1)
     cfg = GRPOConfig(group_size=4, max_new_tokens=5, **settings)
     prompts, seeds = [Prompt("ab", 0), Prompt("xyz", -1), Prompt("hello", 0)], [1, 2, 3]
-    loss, metrics, batch = grpo_step(policy, FakeTok(), prompts, frac_target, cfg, ref_model=ref, seeds=seeds)
+    loss, kl, batch = grpo_step(policy, FakeTok(), prompts, frac_target, cfg, ref_model=ref, seeds=seeds)
     loss.backward()
     written = grads(policy).clone()
     policy.zero_grad()
     fast = rollout(policy, FakeTok(), prompts, frac_target, cfg, ref_model=ref, seeds=seeds)
-    fast_loss = grpo_loss(policy, fast, cfg)[0]
-    fast_loss.backward()
+    normaliser = loss_normaliser(fast.loss_mask, cfg.loss_agg, cfg.max_new_tokens)
+    fast_loss, fast_kl, clipped = backward_by_chunk(partial(completion_logprobs, policy), fast, cfg, normaliser)
     assert batch.texts == fast.texts and torch.equal(batch.rewards, fast.rewards)
-    assert torch.equal(batch.truncated, fast.truncated)
-    assert torch.equal(batch.loss_mask, fast.loss_mask)
+    assert torch.equal(batch.loss_mask, fast.loss_mask) and not clipped.any()
     assert (batch.advantages - fast.advantages).abs().max() <= 1e-5
-    assert abs(loss.item() - fast_loss.item()) <= 1e-5 and metrics["loss"] == loss.item()
+    assert (kl is None) == (fast_kl is None) == (cfg.beta == 0)
+    if kl is not None:
+        m = batch.completion_mask.bool()
+        assert torch.allclose(kl[m], fast_kl[m], rtol=1e-5, atol=1e-6)
+    assert abs(loss.item() - fast_loss) <= 1e-5
     assert (written - grads(policy)).abs().max() <= 1e-5 * max(1.0, written.abs().max().item())
+
+
+@pytest.mark.parametrize("option", [dict(kl_estimator="k1"), dict(kl_mode="reward"), dict(loss_agg="seq_sum"),
+                                    dict(drop_zero_std_groups=True)])
+def test_grpo_step_refuses_what_it_does_not_write_out(option):
+    """Oracle: one line naming the option, before any sampling (the batched path runs it)."""
+    with pytest.raises(ValueError) as e:
+        grpo_step(None, FakeTok(), PROMPTS, frac_target, GRPOConfig(**option))
+    one_line(e, "=".join(map(str, next(iter(option.items())))))
+
+
+def test_loss_normaliser_hand_values():
+    """Hand: 2 sequences with 2 and 1 tokens in the loss, and a third with none (a dropped group)."""
+    m = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    assert loss_normaliser(m, "token_mean") == 3.0
+    assert loss_normaliser(m, "seq_mean") == loss_normaliser(m, "seq_sum") == 2.0
+    assert loss_normaliser(m, "constant") == 6.0 and loss_normaliser(m, "constant", 10) == 20.0
+    L = torch.randn(3, 3)
+    for mode in ("seq_mean", "token_mean", "seq_sum", "constant"):     # a whole batch's normaliser, given
+        assert aggregate_loss(L, m, mode, normaliser=4.0) * 4 == pytest.approx(
+            aggregate_loss(L, m, mode) * loss_normaliser(m, mode), rel=1e-6)
 
 
 def test_grpo_step_empty_prompt_list():
@@ -528,11 +567,11 @@ def test_end_to_end_reward_rises():
     prompts = [Prompt("ab", 0), Prompt("xyz", 1)]
     history = []
     for _ in range(30):
-        loss, metrics, _ = grpo_step(policy, FakeTok(), prompts, frac_target, cfg)
+        loss, _, batch = grpo_step(policy, FakeTok(), prompts, frac_target, cfg)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        assert math.isfinite(metrics["loss"]) and all(p.isfinite().all() for p in policy.parameters())
-        history.append(metrics["reward"])
+        assert math.isfinite(loss.item()) and all(p.isfinite().all() for p in policy.parameters())
+        history.append(batch.rewards.mean().item())
     first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert last > first + 0.5, history

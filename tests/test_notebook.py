@@ -24,9 +24,8 @@ KINDS = ["markdown", "markdown", "code", "code", "code", "code", "code", "code",
 HEADER = {"format": {"html": {"code-fold": True}}, "jupyter": "python3"}
 # cell index -> what the lesson must show pasted there
 PASTED = {4: {"verify_number", "correct_reward", "format_reward", "get_reward"},
-          5: {"group_advantages", "zero_std_groups", "truncated_rows", "token_logprobs", "plain_completion_logprobs",
-              "kl_per_token", "ppo_clip_loss", "aggregate_loss", "loss_weights", "step_metrics", "encode_prompts",
-              "grpo_step", "token_contributions"}}
+          5: {"group_advantages", "token_logprobs", "plain_completion_logprobs", "kl_per_token", "grpo_step",
+              "token_contributions"}}
 RUN_IT = "execute it with `python scripts/run_notebook.py` (rebuilds, runs from a clean kernel, renders)"
 
 

@@ -18,7 +18,7 @@ import train
 from conftest import tiny_config, toy_reward
 from load_weights import load_model
 from test_grpo import EOS, FakeTok, frac_target, tiny
-from test_train import random_model, toy_rollout
+from test_train import random_model, toy_rollout, whole_batch_loss
 from task import Prompt
 
 COMPLETION_KEYS = {"text", "reward", "parts", "advantage", "length", "truncated"}
@@ -45,7 +45,7 @@ def test_run_writes_a_record_per_step_and_shows_a_group(tiny_checkpoint, tmp_pat
         assert all(set(c) == COMPLETION_KEYS and set(c["parts"]) == {"correct", "format"} for c in rows)
         mean = lambda values: sum(values) / len(values)
         assert mean([c["reward"] for c in rows]) == pytest.approx(log["reward"], abs=1e-6)
-        assert mean([c["length"] for c in rows]) == pytest.approx(log["completion_len"], abs=1e-6)
+        assert mean([c["length"] for c in rows]) == pytest.approx(log["completion_length"], abs=1e-6)
         assert mean([c["truncated"] for c in rows]) == pytest.approx(log["truncated"], abs=1e-6)
         for name in ("correct", "format"):
             assert mean([c["parts"][name] for c in rows]) == pytest.approx(log[f"reward/{name}"], abs=1e-6)
@@ -58,7 +58,9 @@ def test_run_writes_a_record_per_step_and_shows_a_group(tiny_checkpoint, tmp_pat
         assert log["grad_norm"] >= 0 and (log["grad_norm"] == 0) == (log["reward"] == 0 and log["kl"] == 0)
     # every step (log_every = 1): its log line with the new columns, then its group's table
     step_lines = [line for line in printed.splitlines() if line.startswith("step ")]
-    assert len(step_lines) == 3 and all(" gnorm " in line and " trunc " in line for line in step_lines)
+    assert len(step_lines) == 3
+    for line, log in zip(step_lines, logged):           # every logged key printed, by its own name
+        assert {k for k in log if k != "step"} == set(re.findall(r"(?:^| )([a-z_/]+) [-+0-9.]", line)) - {"step"}
     assert printed.count("  group ") == 3
     header = next(line for line in printed.splitlines() if line.startswith("   # reward"))
     assert header.split()[:4] == ["#", "reward", "correct", "format"] and "adv" in header and "trunc" in header
@@ -140,18 +142,15 @@ def test_truncated_rows_and_metric_hand_built():
     equals EOS (pad_id = eos_id, as SmolLM2's: outside the mask, not counted), a second stop id (a newline)."""
     ids = torch.tensor([[5, 6, 1], [5, 6, 7], [1, 1, 1], [8, 9, 9], [9, 3, 0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
-    assert grpo.truncated_rows(ids, mask, (1,)).tolist() == [False, True, False, True, True]
-    assert grpo.truncated_rows(ids, mask, (1, 3)).tolist() == [False, True, False, True, False]
-    assert grpo.truncated_rows(ids, mask, 1).tolist() == [False, True, False, True, True]
+    assert show.truncated_rows(ids, mask, (1,)).tolist() == [False, True, False, True, True]
+    assert show.truncated_rows(ids, mask, (1, 3)).tolist() == [False, True, False, True, False]
+    assert show.truncated_rows(ids, mask, 1).tolist() == [False, True, False, True, True]
     z = torch.zeros(4)
-    batch = grpo.Rollout(torch.tensor([[3], [4]]), torch.ones(2, 1), ids[:4], mask[:4], z, z, mask[:4], None, None,
-                         [""] * 4, {},
-                         truncated=grpo.truncated_rows(ids[:4], mask[:4], (1,)))
-    metrics = grpo.step_metrics(batch, None, torch.zeros(4, 3, dtype=torch.bool), 2)
-    assert metrics["truncated"] == 0.5
-    assert "truncated" not in grpo.step_metrics(dataclasses.replace(batch, truncated=None), None,
-                                                torch.zeros(4, 3, dtype=torch.bool), 2)
-    assert len(list(batch.parts(1))) == 2                 # a Rollout with the new field still splits into parts
+    batch = grpo.Rollout(prompt_ids=torch.tensor([[3], [4]]), prompt_mask=torch.ones(2, 1), completion_ids=ids[:4],
+                         completion_mask=mask[:4], rewards=z, texts=[""] * 4, advantages=z, loss_mask=mask[:4])
+    assert show.step_metrics(batch, None, torch.zeros(4, 3, dtype=torch.bool), 2, (1,))["truncated"] == 0.5
+    metrics = show.step_metrics(batch, None, None, 2, (1,))        # grpo_step: no KL at beta = 0, no clipping
+    assert (metrics["truncated"], metrics["kl"], metrics["clip_ratio"]) == (0.5, 0.0, 0.0)
 
 
 def test_rollout_marks_the_rows_cut_off():
@@ -160,7 +159,8 @@ def test_rollout_marks_the_rows_cut_off():
     batch = grpo.rollout(tiny(), FakeTok(), [Prompt("ab", 0), Prompt("xyz", 1)], frac_target, cfg, seeds=[3, 4])
     lengths = batch.completion_mask.sum(1)
     want = [int(n) == 3 and int(ids[2]) != EOS for n, ids in zip(lengths, batch.completion_ids)]
-    assert batch.truncated.tolist() == want and 0 < sum(want) < len(want)
+    got = show.truncated_rows(batch.completion_ids, batch.completion_mask, FakeTok.stop_ids)
+    assert got.tolist() == want and 0 < sum(want) < len(want)
 
 
 @pytest.mark.parametrize("clip", [1.0, None])
@@ -168,9 +168,9 @@ def test_grad_norm_is_clip_grad_norm(clip):
     """Oracle: torch.nn.utils.clip_grad_norm_'s total norm of the same batch's gradients, by one backward."""
     batch, gcfg = toy_rollout("seq_mean", False)
     ours, theirs = random_model(), random_model()
-    *_, norm = train.optimize(train.PolicyLogprobs(ours), optim.MasterAdamW(ours.parameters(), lr=1e-4), batch,
+    *_, norm = train.optimize(ours, optim.MasterAdamW(ours.parameters(), lr=1e-4), batch,
                               train.TrainConfig(grad_clip=clip, grpo=dataclasses.replace(gcfg, prompts_per_pass=1)))
-    grpo.grpo_loss(theirs, batch, gcfg)[0].backward()
+    whole_batch_loss(theirs, batch, gcfg)[0].backward()
     want = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0).item()
     assert isinstance(norm, float) and norm == pytest.approx(want, rel=1e-5) and want > 1e-3
 
@@ -187,9 +187,9 @@ def test_token_contributions_sum_to_the_loss(agg, drop, beta):
     cfg = dataclasses.replace(cfg, beta=beta)
     model = random_model()
     with torch.no_grad():
-        logprobs = grpo.logprobs_by_part(model, batch, 2, 8)
+        logprobs = grpo.logprobs_by_chunk(model, batch, 2, 8)
     by_advantage, by_kl = show.token_contributions(logprobs, batch, cfg)
-    loss = grpo.grpo_loss(model, batch, cfg)[0].item()
+    loss = whole_batch_loss(model, batch, cfg)[0].item()
     assert (by_advantage.sum() + by_kl.sum()).item() == pytest.approx(loss, rel=1e-5, abs=1e-7)
     m = batch.loss_mask.float()
     rows = (m.sum(1) > 0).sum()
@@ -211,10 +211,10 @@ def test_token_contributions_with_old_logprobs_and_kl_in_the_reward(kl_mode):
     cfg = dataclasses.replace(cfg, kl_mode=kl_mode)
     model = random_model()
     with torch.no_grad():
-        logprobs = grpo.logprobs_by_part(model, batch, 2, 8)
+        logprobs = grpo.logprobs_by_chunk(model, batch, 2, 8)
     noise = 0.5 * torch.randn(logprobs.shape, generator=torch.Generator().manual_seed(0))
     batch = dataclasses.replace(batch, old_logprobs=(logprobs + noise) * batch.completion_mask)
-    loss, _, clipped = grpo.grpo_loss(model, batch, cfg)
+    loss, _, clipped = whole_batch_loss(model, batch, cfg)
     assert clipped[batch.loss_mask.bool()].any()
     by_advantage, by_kl = show.token_contributions(logprobs, batch, cfg)
     assert (by_advantage.sum() + by_kl.sum()).item() == pytest.approx(loss.item(), rel=1e-5, abs=1e-7)
@@ -227,7 +227,7 @@ def test_loss_weights_hand_values():
     on = m.float()
     for mode, value, kw in [("seq_mean", None, {}), ("token_mean", 1 / 3, {}), ("seq_sum", 1 / 2, {}),
                             ("constant", 1 / 6, {}), ("constant", 1 / 20, {"max_tokens": 10})]:
-        w = grpo.loss_weights(m, mode, **kw)
+        w = show.loss_weights(m, mode, **kw)
         want = torch.tensor([[1 / 4, 1 / 4, 0], [1 / 2, 0, 0], [0, 0, 0]]) if value is None else on * value
         assert torch.allclose(w, want), mode
         L = torch.randn(3, 3)
@@ -250,7 +250,8 @@ def hand_group(tok):
     comp = torch.tensor([row + [tok.pad_id] * (T - len(row)) for row in ids])
     mask = torch.tensor([[1] * len(row) + [0] * (T - len(row)) for row in ids])
     rewards, adv = torch.tensor([1.0, 0.0]), torch.tensor([0.7, -0.7])
-    batch = grpo.Rollout(comp[:1, :1], torch.ones(1, 1), comp, mask, rewards, adv, mask, None, None, texts, {})
+    batch = grpo.Rollout(prompt_ids=comp[:1, :1], prompt_mask=torch.ones(1, 1), completion_ids=comp,
+                         completion_mask=mask, rewards=rewards, texts=texts, advantages=adv, loss_mask=mask)
     by_advantage = -adv[:, None] * mask / mask.sum(1, keepdim=True) / 2
     by_kl = 0.01 * torch.arange(T).float()[None].expand(2, T) * mask
     return show.group_view(tok, batch, by_advantage, by_kl, 0, 2), texts
@@ -355,7 +356,7 @@ def random_ref(model):
 
 def test_run_figure_has_its_panels(tmp_path):
     history = [{"step": s, "reward": 0.1 * s, "reward/correct": 0.05 * s, "reward/format": 0.15 * s, "kl": 0.01 * s,
-                "loss": 0.0004 * s, "completion_len": 20 - s, "truncated": 0.5 / s, "frac_reward_zero_std": 0.25}
+                "loss": 0.0004 * s, "completion_length": 20 - s, "truncated": 0.5 / s, "frac_reward_zero_std": 0.25}
                for s in range(1, 21)]
     history[0].pop("truncated")                              # a step logged by an older tinygrpo
     fig = show.run_figure(history, {"before": (0, 0.2), "after": (20, 0.6)}, beta=0.04)
@@ -377,3 +378,10 @@ def test_run_figure_has_its_panels(tmp_path):
     show.save_run_figure(history, {}, tmp_path / "reward_curve.png")
     assert (tmp_path / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "reward_curve.png").stat().st_size > 20_000
+
+
+def test_older_log_keys_are_renamed():
+    """Hand: a history logged by an older tinygrpo (a checkpoint resumed, results/notebook_run.json) reads
+    under today's keys; other keys and the values are kept."""
+    old = [{"step": 1, "clip_frac": 0.25, "completion_len": 7.5, "kl": 0.01}]
+    assert show.renamed(old) == [{"step": 1, "clip_ratio": 0.25, "completion_length": 7.5, "kl": 0.01}]

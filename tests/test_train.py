@@ -16,7 +16,6 @@ import train as train_module
 from conftest import ROOT, tiny_config, toy_reward
 from load_weights import load_model
 from model import GPT, GPTConfig
-from ddp import PolicyLogprobs
 from optim import MasterAdamW, cast_for_training
 from train import TrainConfig, main, optimize, parse_args, train
 
@@ -220,18 +219,26 @@ def toy_rollout(loss_agg, drop):
     if drop:
         loss_mask[grpo.zero_std_groups(rewards, 2)] = 0
     ref = (-math.log(16) - 0.3 * torch.rand(6, 4, generator=torch.Generator().manual_seed(3))) * cmask
-    return grpo.Rollout(prompt_ids, prompt_mask, comp, cmask, rewards, adv, loss_mask, ref, None, [""] * 6, {}), cfg
+    return grpo.Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp, completion_mask=cmask,
+                        rewards=rewards, texts=[""] * 6, advantages=adv, loss_mask=loss_mask, ref_logprobs=ref), cfg
+
+
+def whole_batch_loss(model, batch, cfg):
+    """grpo.grpo_loss of the whole batch in one pass, under the model's log-probs."""
+    logprobs = grpo.completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                        cfg.group_size, batch.loss_mask)
+    return grpo.grpo_loss(logprobs, batch, cfg)
 
 
 @pytest.mark.parametrize("drop", [False, True])
 @pytest.mark.parametrize("agg", ["seq_mean", "token_mean", "seq_sum", "constant"])
-def test_optimize_by_parts_equals_the_whole_batch(agg, drop):
+def test_optimize_by_chunks_equals_the_whole_batch(agg, drop):
     """Oracle: grpo_loss of the whole batch in one pass, clip_grad_norm_ and torch's AdamW (fp32)."""
     batch, gcfg = toy_rollout(agg, drop)
     ours, theirs = random_model(), random_model()
-    loss, kl, clipped, _ = optimize(PolicyLogprobs(ours), MasterAdamW(ours.parameters(), lr=1e-4), batch,
+    loss, kl, clipped, _ = optimize(ours, MasterAdamW(ours.parameters(), lr=1e-4), batch,
                                     TrainConfig(grad_clip=1.0, grpo=dataclasses.replace(gcfg, prompts_per_pass=1)))
-    want, want_kl, _ = grpo.grpo_loss(theirs, batch, gcfg)
+    want, want_kl, _ = whole_batch_loss(theirs, batch, gcfg)
     want.backward()
     torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
     torch.optim.AdamW(theirs.parameters(), lr=1e-4).step()

@@ -1,0 +1,65 @@
+"""How the batched path of train.py (grpo.rollout, grpo.backward_by_chunk) computes the policy's
+log-probs fast and in bounded memory: each prompt runs once for its G completions, nothing after EOS
+is computed, and a batch runs in chunks of prompts. grpo.plain_completion_logprobs is the plain
+reference: tests/test_grpo.py checks that the two agree, values and gradients.
+"""
+from dataclasses import replace
+
+import torch
+
+from fused import logprobs_from_hidden
+from engine import prefill
+
+
+def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size,
+                        completion_mask=None):
+    """log pi(o_it | q, o_i<t) of every completion token, (N, T) fp32, 0 outside completion_mask.
+
+    The B prompts (B, P) run once (prefill) and their keys/values are copied to their G completions
+    (exact, and G times less prompt work); positions after EOS are not computed at all. The model
+    runs in its own dtype; the log-softmax is fp32. Token t's logits come from position t - 1.
+    """
+    B, P = prompt_ids.shape
+    N, T = completion_ids.shape
+    cache, h_last, prompt_mask = prefill(model, prompt_ids, prompt_mask, P + T, return_hidden=True)
+    hidden = h_last.repeat_interleave(group_size, dim=0)                   # (N, 1, C)
+    if T > 1:
+        cache = cache.repeat_interleave(group_size)
+        mask = torch.cat([prompt_mask.repeat_interleave(group_size, dim=0),
+                          prompt_mask.new_ones(N, T - 1)], dim=1)
+        # position t predicts token t+1: compute it only if that token is in the mask (before EOS)
+        active = completion_mask[:, 1:].bool() if completion_mask is not None else None
+        h = model.hidden(completion_ids[:, :-1], attention_mask=mask, cache=cache, active=active)
+        hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
+    return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
+
+
+def chunks(batch, prompts_per_chunk):
+    """(rows, chunk) for consecutive chunks of a grpo.Rollout: prompts_per_chunk prompts and their G
+    completions each; rows is the chunk's slice of the N rows. Each chunk is cut to its own longest
+    prompt and completion: a chunk of short answers makes a short forward pass."""
+    B, N = batch.prompt_ids.size(0), batch.completion_ids.size(0)
+    G = N // B
+    for i in range(0, B, prompts_per_chunk):
+        p, rows = slice(i, i + prompts_per_chunk), slice(i * G, (i + prompts_per_chunk) * G)
+        first = int(batch.prompt_mask[p].any(0).nonzero()[0])            # leading padding columns
+        last = int(batch.completion_mask[rows].any(0).nonzero()[-1]) + 1  # post-EOS columns
+        cut = lambda x: None if x is None else x[rows, :last]
+        yield rows, replace(
+            batch,
+            prompt_ids=batch.prompt_ids[p, first:], prompt_mask=batch.prompt_mask[p, first:],
+            completion_ids=cut(batch.completion_ids), completion_mask=cut(batch.completion_mask),
+            rewards=batch.rewards[rows], texts=batch.texts[rows],
+            advantages=None if batch.advantages is None else batch.advantages[rows],
+            loss_mask=cut(batch.loss_mask), ref_logprobs=cut(batch.ref_logprobs),
+            old_logprobs=cut(batch.old_logprobs), seconds={},
+            reward_components={k: v[rows] for k, v in batch.reward_components.items()})
+
+
+def logprobs_by_chunk(model, batch, group_size, prompts_per_chunk):
+    """completion_logprobs of a grpo.Rollout, chunk by chunk (chunks): (N, T), 0 after EOS."""
+    out = torch.zeros(batch.completion_ids.shape, device=batch.completion_ids.device)
+    for rows, c in chunks(batch, prompts_per_chunk):
+        out[rows, :c.completion_ids.size(1)] = completion_logprobs(
+            model, c.prompt_ids, c.prompt_mask, c.completion_ids, group_size, c.completion_mask)
+    return out
