@@ -10,16 +10,19 @@ completions per prompt at the training temperature shows what the policy does du
 accuracy = mean over the k samples).
 """
 import argparse
+import re
 import sys
 
 import torch
 
 from checkpoint import run_config, weights_path
 from device import pick_device, pick_dtype
+from grpo import GRPOConfig
 from load_weights import check_fits, load_model, read_safetensors
 from model import generate
 from show import clip
-from task import WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset, parse_weights
+from task import (TASKS, Prompt, WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset,
+                  parse_weights)
 
 GRADER = "the task's verifier"     # what every accuracy below counts (task.py)
 
@@ -67,6 +70,24 @@ def evaluate(model, tok, prompts, samples=0, temperature=1.0, max_new_tokens=32,
     return result
 
 
+def paraphrased(prompts):
+    """The held-out prompts reworded by their task's paraphrase templates (task.Task.paraphrases: (regex,
+    replacement) pairs that training never uses), prompt i by template i mod 3; same answers, same verifier.
+    [] for a task without templates (a task file). Training never sees these: its questions all have the
+    task's one wording, and the numbers and words here are those of held-out questions."""
+    out = []
+    for i, p in enumerate(prompts):
+        templates = TASKS[p.task].paraphrases if p.task in TASKS else ()
+        if not templates:
+            return []
+        pattern, replacement = templates[i % len(templates)]
+        question, n = re.subn(pattern, replacement, p.question)
+        if n != 1:
+            raise ValueError(f"paraphrase template {pattern!r} does not match {p.question!r}")
+        out.append(Prompt(question, p.answer, p.task))
+    return out
+
+
 def format_examples(examples, width=70):
     """One line per example: prompt -> output -> reward, right or wrong (the verifier). Long outputs keep
     their end, where an answer usually is."""
@@ -101,7 +122,10 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=0, help="also sample k completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max_new_tokens", type=int, default=32)
-    ap.add_argument("--system_prompt", default=None)
+    ap.add_argument("--system_prompt", default=None, help="default: the --checkpoint run's (what it trained with), "
+                                                          "else the TrainConfig default")
+    ap.add_argument("--paraphrase", action="store_true", help="evaluate the held-out questions reworded by the "
+                                                              "task's paraphrase templates (never seen in training)")
     ap.add_argument("--dtype", default="auto", help="auto | fp32 | bf16")
     ap.add_argument("--device", default="auto", help="auto (the first of cuda, mps, cpu that is there) | cuda | "
                                                      "cuda:N | mps | cpu")
@@ -109,6 +133,8 @@ def main(argv=None):
     try:
         run = (run_config(args.checkpoint) or {}) if args.checkpoint else {}
         args.task = args.task or run.get("task", "larger")
+        if args.system_prompt is None:      # the same system prompt at eval as in training
+            args.system_prompt = run["grpo"]["system_prompt"] if "grpo" in run else GRPOConfig().system_prompt
         get_task(args.task)
         reward_fn = WeightedReward(parse_weights(args.reward_weights))
         device = pick_device(args.device)
@@ -119,6 +145,10 @@ def main(argv=None):
         model, tok = load_policy(args.model, args.checkpoint, device)
         model = model.to_compute_dtype(dtype)
         _, eval_set = make_dataset(args.task, n_eval=args.n_eval, seed=args.seed)
+        if args.paraphrase:
+            eval_set = paraphrased(eval_set)
+            if not eval_set:
+                raise ValueError(f"--paraphrase: task {args.task!r} has no paraphrase templates")
         res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt,
                        reward_fn=reward_fn)
     except (ValueError, OSError) as e:
@@ -127,7 +157,8 @@ def main(argv=None):
             f"{res['format']:.1%}, mean reward {res['reward']:.3f}")
     if "sampled_accuracy" in res:
         line += f", sampled accuracy {res['sampled_accuracy']:.1%} ({args.samples} per prompt, T={args.temperature})"
-    print(f"{line}, mean completion {res['completion_chars']:.0f} chars on {len(eval_set)} held-out prompts")
+    print(f"{line}, mean completion {res['completion_chars']:.0f} chars on {len(eval_set)} held-out prompts"
+          + (" reworded (--paraphrase)" if args.paraphrase else ""))
     print(format_examples(res["examples"]))
 
 
