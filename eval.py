@@ -12,12 +12,12 @@ accuracy = mean over the k samples).
 import argparse
 import re
 import sys
+from dataclasses import asdict
 
 import torch
 
 from checkpoint import run_config, weights_path
 from device import pick_device, pick_dtype
-from grpo import GRPOConfig
 from load_weights import check_fits, load_model, read_safetensors
 from model import generate
 from show import clip
@@ -121,7 +121,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
     ap.add_argument("--samples", type=int, default=0, help="also sample k completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max_new_tokens", type=int, default=32)
+    ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the --checkpoint run's, else "
+                                                                    "the TrainConfig default")
     ap.add_argument("--system_prompt", default=None, help="default: the --checkpoint run's (what it trained with), "
                                                           "else the TrainConfig default")
     ap.add_argument("--paraphrase", action="store_true", help="evaluate the held-out questions reworded by the "
@@ -133,8 +134,12 @@ def main(argv=None):
     try:
         run = (run_config(args.checkpoint) or {}) if args.checkpoint else {}
         args.task = args.task or run.get("task", "larger")
+        from train import TrainConfig       # here: train.py imports this module
+        recipe = run.get("grpo") or asdict(TrainConfig().grpo)      # the run's settings, else the defaults
         if args.system_prompt is None:      # the same system prompt at eval as in training
-            args.system_prompt = run["grpo"]["system_prompt"] if "grpo" in run else GRPOConfig().system_prompt
+            args.system_prompt = recipe["system_prompt"]
+        if args.max_new_tokens is None:
+            args.max_new_tokens = recipe["max_new_tokens"]
         get_task(args.task)
         reward_fn = WeightedReward(parse_weights(args.reward_weights))
         device = pick_device(args.device)

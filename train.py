@@ -64,7 +64,8 @@ class TrainConfig:
     # what to train, on what
     model: str = "smollm2"         # smollm2, gpt2, distilgpt2, a .gguf file or a GPT-2 folder (load_weights.py)
     task: str = "larger"           # a task of task.py, or your own: path/to/task.py or path/to/data.jsonl
-    reward_weights: str = "correct:1,format:1"   # components of the reward and their weights (task.py)
+    reward_weights: str = "correct:1,format:1,short:1"   # components of the reward and their weights (task.py;
+                                   # short: partial credit for a shorter right reply, see README's recipe)
     judge: str = "ref"             # the judge component's model: "ref" (the frozen start) or a checkpoint folder
     # optimisation
     steps: int = 30                # GRPO steps: one rollout of B*G completions, then mu optimizer steps on it
@@ -91,7 +92,10 @@ class TrainConfig:
     out_dir: str = "runs/default"  # the run folder: log.jsonl, reward_curve.png, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
     # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    # the default recipe (README): the GRPO paper's settings but for max_new_tokens (16: a right reply needs 2-4
+    # tokens, and long early samples cost less) and scale_rewards=False (Dr. GRPO: a small reward difference, such
+    # as the short component's between two right sentences, then makes a small push, not a full-sized one)
+    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(max_new_tokens=16, scale_rewards=False))
 
 
 def parse_args(argv):

@@ -7,7 +7,7 @@ dtypes, and write every run's numbers to results/seeds-<machine>.json and README
 
 Per run: held-out greedy accuracy before and after (the task's verifier, n_eval prompts), exact format after,
 the accuracy on the held-out questions reworded (eval.paraphrased), the first step at which the small periodic
-held-out check (--eval_every steps, --eval_subset prompts, logged in log.jsonl as eval_accuracy) passed 90%,
+held-out check (every 5 steps, --eval_subset prompts, logged in log.jsonl as eval_accuracy) passed 90%,
 and the run's wall time (load and both evaluations included; on a shared machine not a speed measurement).
 Resumable: a run already in the file (same recipe, seed, dtype) is skipped, so an interrupted sweep continues
 where it stopped. Each run's folder is runs/seeds/<dtype>-seed<N>.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import train                                                        # noqa: E402
 from device import machine_name                                     # noqa: E402
 
-DEFAULT_EXTRA = ["--eval_every=3", "--eval_subset=50"]      # the periodic check the table's "90% at" reads
+DEFAULT_EXTRA = ["--eval_every=5", "--eval_subset=50"]      # the periodic check the table's "90% at" reads
 
 
 def run_key(cfg):
@@ -92,7 +92,8 @@ def main(argv=None):
             out = train.train(cfg)
             wall = time.perf_counter() - t
             after, para = out["after"], out["paraphrase"]
-            data["runs"].append({
+            data = json.loads(path.read_text()) if path.exists() else {"runs": []}   # another sweep may have
+            data["runs"].append({                                                       # added runs meanwhile
                 "seed": seed, "dtype": dtype, "threads": threads,
                 "command": f"OMP_NUM_THREADS={threads} python train.py {' '.join(args)}",
                 "before": out["before"]["accuracy"] if out["before"] else None, "after": after["accuracy"],

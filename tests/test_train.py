@@ -33,8 +33,9 @@ def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monke
     assert all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     assert set(out) == {"before", "after", "paraphrase", "history"} and len(out["after"]["examples"]) == 4
-    # each reward component's mean is logged beside the total, which is their weighted mean (weights 1 and 1)
-    assert all(l["reward"] == pytest.approx((l["reward/correct"] + l["reward/format"]) / 2) for l in lines)
+    # each reward component's mean is logged beside the total, which is their weighted mean (weights all 1)
+    parts = ("reward/correct", "reward/format", "reward/short")
+    assert all(l["reward"] == pytest.approx(sum(l[p] for p in parts) / 3) for l in lines)
     assert "graded by the task's verifier" in printed and "exact format" in printed
 
 
