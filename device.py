@@ -4,8 +4,7 @@ and judge.py pick before loading a model.
 An explicit choice that cannot work here is refused in one line, before any model is loaded; 'auto' takes what is
 there (a CUDA GPU, then Apple's MPS, then the CPU) and bf16 where it is fast.
 """
-import functools
-import time
+import re
 
 import torch
 
@@ -39,33 +38,73 @@ def pick_device(setting="auto"):
     return device
 
 
-def bf16_is_fast(device):
-    """Whether bf16 matmuls beat fp32 here: on CUDA GPUs with bf16 units (compute capability 8.0+, Ampere on; older
-    GPUs only emulate it), never on MPS (see pick_dtype), on CPUs with AMX, and on other CPUs by a timed matmul."""
+def cpu_features(cpuinfo=None):
+    """What this CPU is, as dtype=auto's CPU rules read it: {'vendor', 'amx', 'avx512_bf16', 'model', 'family'}.
+
+    amx: torch._C._cpu._init_amx(), True only where the AMX tiles work (the kernel must allow them too, so this
+    and not /proc/cpuinfo's amx_* flags); avx512_bf16 and the vendor from /proc/cpuinfo (Linux; elsewhere
+    unknown: False / ''). cpuinfo: that file's text instead (tests)."""
+    info = cpuinfo or ""
+    try:
+        if cpuinfo is None:
+            with open("/proc/cpuinfo") as f:
+                info = f.read(200_000)
+    except OSError:
+        pass
+    field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, ""])[1].strip()
+    return {"vendor": field("vendor_id"), "amx": bool(torch._C._cpu._init_amx()),
+            "avx512_bf16": "avx512_bf16" in field("flags").split(), "model": field("model name"),
+            "family": field("cpu family")}
+
+
+def machine_name():
+    """A short name of this kind of machine for results files: 'amd-epyc-family25', 'intel-xeon-amx', ..."""
+    f = cpu_features()
+    words = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*", " ", f["model"].lower()).split()[:2] or ["cpu"]
+    return "-".join(words + (["amx"] if f["amx"] else [f"family{f['family']}"] if f["family"] else []))
+
+
+# Measured on an AMD EPYC of family 25, model 17 (Zen 4), 1 thread, busy machine, scripts/dtype_speed.py
+# (results/dtype-amd-epyc-family25.json): matmul bf16 186 vs fp32 64 GFLOP/s, sampling 82 vs 44 tok/s; and
+# on a Zen 5 (family 26) transformers' generate 343 vs 206 tok/s (NOTES.md). (An Intel Xeon with
+# avx512_bf16 but no AMX measured the opposite: see cpu_dtype_rule.)
+AMD_BF16 = (torch.bfloat16, "AMD CPU with avx512_bf16: bf16 matmuls measured 2-3x faster than fp32 on Zen 4")
+
+
+def cpu_dtype_rule(features):
+    """(dtype, the rule that chose it) for a CPU with these cpu_features. Decided from what the CPU is, never
+    from a timing, so that the same machine always picks the same dtype (a timing picks differently when the
+    machine is busy). The rules and the measurements behind them (scripts/dtype_speed.py):
+      AMX (Intel Xeon 4th gen on)        bf16: matmul 2.7 vs 0.42 TFLOP/s fp32 (NOTES.md, 2026-11-24)
+      AMD with avx512_bf16 (Zen 4, 5)    bf16: see AMD_BF16 below
+      Intel avx512_bf16 without AMX      fp32: bf16 matmul 0.17 vs fp32 0.31 TFLOP/s (NOTES.md, 2026-11-25)
+      no bf16 instructions               fp32: bf16 is emulated, slower still"""
+    if features["amx"]:
+        return torch.bfloat16, "CPU with AMX: bf16 matmuls run on its tiles"
+    if features["avx512_bf16"] and features["vendor"] == "AuthenticAMD":
+        return AMD_BF16
+    if features["avx512_bf16"]:
+        return torch.float32, "CPU with avx512_bf16 but no AMX: bf16 matmuls are slower than fp32 there"
+    return torch.float32, "CPU without bf16 instructions (no AMX, no avx512_bf16)"
+
+
+def auto_dtype(device):
+    """(dtype, rule) that dtype=auto picks on this device: CUDA GPUs with bf16 units (compute capability 8.0+,
+    Ampere on; older ones only emulate bf16), never MPS (see pick_dtype), CPUs by cpu_dtype_rule."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        major, minor = torch.cuda.get_device_capability(device)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16, f"CUDA GPU of compute capability {major}.{minor} (>= 8.0: bf16 units)"
+        return torch.float32, f"CUDA GPU of compute capability {major}.{minor} (< 8.0: bf16 only emulated)"
     if device.type == "cpu":
-        return cpu_bf16_is_fast()
-    return False
+        return cpu_dtype_rule(cpu_features())
+    return torch.float32, f"{device.type}: no bf16 speed-up measured there"
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_is_fast():
-    """True on CPUs with AMX; on others (some have AVX-512 BF16, some emulate bf16 slowly) when a model-sized
-    matmul is clearly faster in bf16 than in fp32. Measured once per process."""
-    if torch._C._cpu._init_amx():
-        return True
-    operands = {dtype: (torch.randn(256, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype))
-                for dtype in (torch.float32, torch.bfloat16)}
-    seconds = {dtype: float("inf") for dtype in operands}
-    for _ in range(9):      # the two dtypes in turn, the fastest trial of each: other work on the machine slows
-        for dtype, (a, b) in operands.items():      # both alike instead of whichever ran during a busy spell
-            t = time.perf_counter()
-            for _ in range(3):
-                a @ b
-            seconds[dtype] = min(seconds[dtype], time.perf_counter() - t)
-    return seconds[torch.bfloat16] < 0.8 * seconds[torch.float32]
+def bf16_is_fast(device):
+    """Whether dtype=auto picks bf16 on this device (auto_dtype)."""
+    return auto_dtype(device)[0] == torch.bfloat16
 
 
 def check_bf16(device):
@@ -88,7 +127,7 @@ def pick_dtype(setting, device):
     on a Mac; --dtype=bf16 still asks for it there."""
     names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
     if setting == "auto":
-        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+        return auto_dtype(device)[0]
     if setting not in names:
         raise ValueError(f"unknown dtype {setting!r}; choose one of: auto, fp32, bf16")
     if names[setting] == torch.bfloat16:

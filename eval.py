@@ -10,7 +10,9 @@ completions per prompt at the training temperature shows what the policy does du
 accuracy = mean over the k samples).
 """
 import argparse
+import re
 import sys
+from dataclasses import asdict
 
 import torch
 
@@ -20,7 +22,8 @@ from device import pick_device, pick_dtype
 from load_weights import check_fits, load_model, read_safetensors
 from engine import generate
 from show import clip
-from task import WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset, parse_weights
+from task import (TASKS, Prompt, WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset,
+                  parse_weights)
 
 GRADER = "the task's verifier"     # what every accuracy below counts (task.py)
 
@@ -68,6 +71,24 @@ def evaluate(model, tok, prompts, samples=0, temperature=1.0, max_new_tokens=32,
     return result
 
 
+def paraphrased(prompts):
+    """The held-out prompts reworded by their task's paraphrase templates (task.Task.paraphrases: (regex,
+    replacement) pairs that training never uses), prompt i by template i mod 3; same answers, same verifier.
+    [] for a task without templates (a task file). Training never sees these: its questions all have the
+    task's one wording, and the numbers and words here are those of held-out questions."""
+    out = []
+    for i, p in enumerate(prompts):
+        templates = TASKS[p.task].paraphrases if p.task in TASKS else ()
+        if not templates:
+            return []
+        pattern, replacement = templates[i % len(templates)]
+        question, n = re.subn(pattern, replacement, p.question)
+        if n != 1:
+            raise ValueError(f"paraphrase template {pattern!r} does not match {p.question!r}")
+        out.append(Prompt(question, p.answer, p.task))
+    return out
+
+
 def format_examples(examples, width=70):
     """One line per example: prompt -> output -> reward, right or wrong (the verifier). Long outputs keep
     their end, where an answer usually is."""
@@ -104,7 +125,8 @@ def check_args(args):
     for name, value, like in [("n_eval", args.n_eval, None), ("seed", args.seed, None),
                               ("samples", args.samples, "eval_samples"), ("temperature", args.temperature, None),
                               ("max_new_tokens", args.max_new_tokens, None)]:
-        check_option(name, value, like)
+        if value is not None:           # max_new_tokens None: the run's own (or the default), filled in later
+            check_option(name, value, like)
     if args.samples > 0 and args.temperature == 0:
         raise ValueError(f"--samples={args.samples} at --temperature=0 would repeat the greedy reply: sample "
                          "at a temperature > 0, or use --samples=0")
@@ -123,8 +145,12 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
     ap.add_argument("--samples", type=int, default=0, help="also sample k completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max_new_tokens", type=int, default=32)
-    ap.add_argument("--system_prompt", default=None)
+    ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the --checkpoint run's, else "
+                                                                    "the TrainConfig default")
+    ap.add_argument("--system_prompt", default=None, help="default: the --checkpoint run's (what it trained with), "
+                                                          "else the TrainConfig default")
+    ap.add_argument("--paraphrase", action="store_true", help="evaluate the held-out questions reworded by the "
+                                                              "task's paraphrase templates (never seen in training)")
     ap.add_argument("--dtype", default="auto", help="auto | fp32 | bf16")
     ap.add_argument("--device", default="auto", help="auto (the first of cuda, mps, cpu that is there) | cuda | "
                                                      "cuda:N | mps | cpu")
@@ -134,6 +160,12 @@ def main(argv=None):
         run = (run_config(args.checkpoint) or {}) if args.checkpoint else {}
         args.task = args.task or task_of_run(run, args.checkpoint)
         task = get_task(args.task)
+        from train import TrainConfig       # here: train.py imports this module
+        recipe = run.get("grpo") or asdict(TrainConfig().grpo)      # the run's settings, else the defaults
+        if args.system_prompt is None:      # the same system prompt at eval as in training
+            args.system_prompt = recipe["system_prompt"]
+        if args.max_new_tokens is None:
+            args.max_new_tokens = recipe["max_new_tokens"]
         reward_fn = WeightedReward(parse_weights(args.reward_weights))
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
@@ -143,6 +175,10 @@ def main(argv=None):
         model, tok = load_policy(args.model, args.checkpoint, device)
         model = model.to_compute_dtype(dtype)
         _, eval_set = make_dataset(task, n_eval=args.n_eval, seed=args.seed)
+        if args.paraphrase:
+            eval_set = paraphrased(eval_set)
+            if not eval_set:
+                raise ValueError(f"--paraphrase: task {args.task!r} has no paraphrase templates")
         res = evaluate(model, tok, eval_set, args.samples, args.temperature, args.max_new_tokens, args.system_prompt,
                        reward_fn=reward_fn)
     except (ValueError, OSError) as e:
@@ -151,7 +187,8 @@ def main(argv=None):
             f"{res['format']:.1%}, mean reward {res['reward']:.3f}")
     if "sampled_accuracy" in res:
         line += f", sampled accuracy {res['sampled_accuracy']:.1%} ({args.samples} per prompt, T={args.temperature})"
-    print(f"{line}, mean completion {res['completion_chars']:.0f} chars on {len(eval_set)} held-out prompts")
+    print(f"{line}, mean completion {res['completion_chars']:.0f} chars on {len(eval_set)} held-out prompts"
+          + (" reworded (--paraphrase)" if args.paraphrase else ""))
     print(format_examples(res["examples"]))
 
 

@@ -39,6 +39,8 @@ class Task:
     description: str                              # one line, shown in logs
     make: Callable[[random.Random], Prompt]
     verify: Callable[[Prompt, str], bool]         # is this reply right? (fails closed)
+    # held-out questions reworded, for eval.paraphrased only (training never uses them): (regex, replacement)
+    paraphrases: tuple[tuple[str, str], ...] = ()
 
 
 SUFFIX = " Answer with just the number."
@@ -128,14 +130,33 @@ def make_sort(rng: random.Random) -> Prompt:
 
 # ----------------------------------------------------------------------------- tasks and the split
 
+ADD_PARAPHRASES = ((r"^What is (\d+) \+ (\d+)\?", r"Add \1 and \2."),
+                   (r"^What is (\d+) \+ (\d+)\?", r"Compute the sum of \1 and \2."),
+                   (r"^What is (\d+) \+ (\d+)\?", r"\1 plus \2 makes how much?"))
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("add1", "one-digit addition, a + b with a, b in 0..9", make_add(0, 9, "add1"), verify_number),
-    Task("add2", "two-digit addition, a + b with a, b in 10..99", make_add(10, 99, "add2"), verify_number),
-    Task("larger", "the larger of two distinct two-digit numbers", make_larger, verify_number),
-    Task("count_items", "count the items in a list of 3..9 words", make_count_items, verify_number),
-    Task("count_letter", "count a letter's occurrences in a common word (0..3)", make_count_letter, verify_number),
-    Task("reverse", "write a 4-7 letter word backwards (a string answer)", make_reverse, verify_reversal),
-    Task("sort", "sort 3-5 numbers in 1..99 (a list answer)", make_sort, verify_list),
+    Task("add1", "one-digit addition, a + b with a, b in 0..9", make_add(0, 9, "add1"), verify_number, ADD_PARAPHRASES),
+    Task("add2", "two-digit addition, a + b with a, b in 10..99", make_add(10, 99, "add2"), verify_number, ADD_PARAPHRASES),
+    Task("larger", "the larger of two distinct two-digit numbers", make_larger, verify_number, (
+        (r"^Which is larger, (\d+) or (\d+)\?", r"Between \1 and \2, name the greater one."),
+        (r"^Which is larger, (\d+) or (\d+)\?", r"Of the numbers \1 and \2, which is bigger?"),
+        (r"^Which is larger, (\d+) or (\d+)\?", r"Tell me the greater number: \1 or \2."))),
+    Task("count_items", "count the items in a list of 3..9 words", make_count_items, verify_number, (
+        (r"^How many items are in this list: (.*)\?", r"Count the words in this list: \1."),
+        (r"^How many items are in this list: (.*)\?", r"Here is a list: \1. How many entries does it have?"),
+        (r"^How many items are in this list: (.*)\?", r"What is the number of items in \1?"))),
+    Task("count_letter", "count a letter's occurrences in a common word (0..3)", make_count_letter, verify_number, (
+        (r"^How many times does the letter '(.)' appear in '(\w+)'\?",
+         r"Count how often the letter '\1' occurs in the word '\2'."),
+        (r"^How many times does the letter '(.)' appear in '(\w+)'\?", r"In '\2', how many times do you see '\1'?"),
+        (r"^How many times does the letter '(.)' appear in '(\w+)'\?", r"What is the number of '\1' letters in '\2'?"))),
+    Task("reverse", "write a 4-7 letter word backwards (a string answer)", make_reverse, verify_reversal, (
+        (r"^Write the word '(\w+)' backwards\.", r"Spell '\1' in reverse order."),
+        (r"^Write the word '(\w+)' backwards\.", r"Reverse the letters of the word '\1'."),
+        (r"^Write the word '(\w+)' backwards\.", r"What is '\1' written from right to left?"))),
+    Task("sort", "sort 3-5 numbers in 1..99 (a list answer)", make_sort, verify_list, (
+        (r"^Sort these numbers from smallest to largest: (.*?)\.", r"Put \1 in increasing order."),
+        (r"^Sort these numbers from smallest to largest: (.*?)\.", r"Arrange these numbers in ascending order: \1."),
+        (r"^Sort these numbers from smallest to largest: (.*?)\.", r"Order \1 from lowest to highest."))),
 ]}
 
 
@@ -223,7 +244,23 @@ def format_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
     return [float(is_exact(p, r) and is_correct(p, r)) for p, r in zip(prompts, responses)]
 
 
-COMPONENTS: dict[str, Callable[[list, list], list[float]]] = {"correct": correct_reward, "format": format_reward}
+SHORT_SPAN = 40      # characters beyond the answer at which a right reply's `short` credit reaches 0
+
+
+def short_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
+    """Partial format credit, paid only to a right reply: max(0, 1 - extra / SHORT_SPAN), extra = the reply's
+    characters beyond the answer's (spaces and a final '.' aside). 1.0 for exactly the answer, 0.65 for "The
+    answer is 57." (14 extra), 0.0 from 40 extra on, and 0.0 for ANY reply the verifier rejects. A group of right
+    sentences then differs in reward (the shorter ones beat the longer ones), so GRPO walks toward the bare
+    answer even before a sample shows it (format alone pays nothing until one does)."""
+    def credit(p, r):
+        extra = len(re.sub(r"\s*,\s*", ", ", r.strip()).removesuffix(".")) - len(answer_text(p.answer))
+        return max(0.0, 1.0 - max(extra, 0) / SHORT_SPAN)
+    return [credit(p, r) if is_correct(p, r) else 0.0 for p, r in zip(prompts, responses)]
+
+
+COMPONENTS: dict[str, Callable[[list, list], list[float]]] = {"correct": correct_reward, "format": format_reward,
+                                                              "short": short_reward}
 DEFAULT_WEIGHTS = {"correct": 1.0, "format": 1.0}
 
 
@@ -233,7 +270,7 @@ def parse_weights(text: str) -> dict[str, float]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition(":")
         if name not in COMPONENTS and name != "judge":
-            raise ValueError(f"--reward_weights: unknown component {name!r}; known: correct, format, judge")
+            raise ValueError(f"--reward_weights: unknown component {name!r}; known: correct, format, short, judge")
         try:
             weights[name] = float(value) if sep else float("nan")
         except ValueError:

@@ -54,8 +54,8 @@ import checkpoint
 import fused
 from configurator import apply_args, recorded_config, usage, validate
 from ddp import DDPPolicy, broadcast_dtype, init_distributed, local_device, mean_across_ranks
-from device import pick_dtype
-from eval import GRADER, evaluate, format_examples
+from device import auto_dtype, pick_dtype
+from eval import GRADER, evaluate, format_examples, paraphrased
 from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
 from load_weights import check_fits, load_model
 from optim import cast_for_training
@@ -88,6 +88,9 @@ class TrainConfig:
     log_every: int = 1             # print every this many steps (log.jsonl: every step)
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
+    eval_every: int = 0            # every this many steps, greedy accuracy on the first eval_subset held-out
+    eval_subset: int = 50          # prompts, logged as eval_accuracy in log.jsonl (0: never)
+    eval_paraphrase: bool = True   # after training, also the held-out questions reworded (eval.paraphrased)
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
@@ -152,7 +155,8 @@ def format_log(step, steps, m):
             f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip_ratio {m['clip_ratio']:.2f}"
             f" grad_norm {m['grad_norm']:.2f}"
             f" | completion_length {m['completion_length']:.1f} truncated {m['truncated']:.2f}"
-            f" | tok_per_s {m['tok_per_s']:.0f} s_per_step {m['s_per_step']:.1f}")
+            f" | tok_per_s {m['tok_per_s']:.0f} s_per_step {m['s_per_step']:.1f}"
+            + (f" | eval_accuracy {m['eval_accuracy']:.2f}" if "eval_accuracy" in m else ""))
 
 
 def make_reward(cfg, weights, ref_model, policy, tok, device):
@@ -192,13 +196,15 @@ def run_training(cfg, device):
     config = recorded_config(cfg)                 # what the checkpoints record (with a task file's sha256)
 
     dtype = pick_dtype(cfg.dtype, device)
+    rule = f" (auto: {auto_dtype(device)[1]})" if cfg.dtype == "auto" else ""
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks
         dtype = broadcast_dtype(dtype)
+    log(f"compute dtype {str(dtype).removeprefix('torch.')}{rule} on {device}"
+        + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
+        + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
     policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: {get_task(cfg.task).description}"
-        f" | compute dtype {str(dtype).removeprefix('torch.')}{' (auto)' if cfg.dtype == 'auto' else ''} on {device}"
-        + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
-        + (f" x {world} processes" if world > 1 else ""))
+        + (f" | {world} processes" if world > 1 else ""))
     # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
     ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
@@ -221,11 +227,11 @@ def run_training(cfg, device):
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 
-    def held_out(name):
-        log(f"[eval {name}] {len(eval_set)} held-out prompts")
-        res = evaluate(policy, tok, eval_set, cfg.eval_samples, cfg.grpo.temperature, cfg.grpo.max_new_tokens,
+    def held_out(name, prompts=eval_set, what="held-out"):
+        log(f"[eval {name}] {len(prompts)} {what} prompts")
+        res = evaluate(policy, tok, prompts, cfg.eval_samples, cfg.grpo.temperature, cfg.grpo.max_new_tokens,
                        cfg.grpo.system_prompt, reward_fn=reward_fn, progress=log)
-        log(f"[eval {name}] held-out greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
+        log(f"[eval {name}] {what} greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
             f"{res['format']:.1%}, mean reward {res['reward']:.3f}, mean completion {res['completion_chars']:.0f} chars"
             + (f", sampled accuracy {res['sampled_accuracy']:.1%}" if "sampled_accuracy" in res else ""))
         return res
@@ -246,6 +252,9 @@ def run_training(cfg, device):
         metrics["loss"], metrics["grad_norm"] = loss, grad_norm
         metrics["s_per_step"] = time.perf_counter() - t0
         metrics["tok_per_s"] = batch.completion_mask.sum().item() / batch.seconds["sample"]
+        if rank == 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0:     # a small, greedy check on the way
+            metrics["eval_accuracy"] = evaluate(policy, tok, eval_set[:cfg.eval_subset], 0, 0.0, cfg.grpo.max_new_tokens,
+                                                cfg.grpo.system_prompt, reward_fn=reward_fn)["accuracy"]
         metrics = mean_across_ranks(metrics, world) | {"step": step}
         checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)   # nothing non-finite
         history.append(metrics)
@@ -265,12 +274,17 @@ def run_training(cfg, device):
         dist.destroy_process_group()
         return None
     after = held_out("after")
+    reworded = paraphrased(eval_set) if cfg.eval_paraphrase else []
+    paraphrase = held_out("after, paraphrased", reworded, "reworded held-out") if reworded else None
     if before is not None:
         log(f"\nheld-out greedy accuracy ({GRADER}): before {before['accuracy']:.1%} -> after {after['accuracy']:.1%} "
             f"({after['accuracy'] - before['accuracy']:+.1%}); exact format {before['format']:.1%} -> "
             f"{after['format']:.1%}; mean completion {before['completion_chars']:.0f} -> {after['completion_chars']:.0f} chars")
         log("before:\n" + format_examples(before["examples"]))
         evals["before"] = (0, before["accuracy"])
+    if paraphrase is not None:
+        log(f"held-out accuracy {after['accuracy']:.1%}; on the same questions reworded (templates training never "
+            f"sees) {paraphrase['accuracy']:.1%}")
     log("after:\n" + format_examples(after["examples"]))
     evals["after"] = (cfg.steps, after["accuracy"])
     if history:
@@ -280,7 +294,7 @@ def run_training(cfg, device):
             f"{checkpoint.current(out_dir) / 'model.safetensors'}")
     if world > 1:
         dist.destroy_process_group()
-    return {"before": before, "after": after, "history": history}
+    return {"before": before, "after": after, "paraphrase": paraphrase, "history": history}
 
 
 def main(argv=None):

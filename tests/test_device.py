@@ -2,6 +2,7 @@
 
 What cannot run here (a CUDA GPU, Apple's MPS) is only chosen here; device.pick_device, device.pick_dtype and
 ddp.dist_backend say on what evidence each choice rests."""
+import json
 import subprocess
 import sys
 
@@ -16,17 +17,26 @@ from conftest import ROOT, fake_torchrun, one_line, refused_before_rendezvous
 from device import pick_device, pick_dtype
 
 
+AMX = dict(vendor="GenuineIntel", amx=True, avx512_bf16=True, model="Intel(R) Xeon(R) Platinum 8481C", family="6")
+INTEL_BF16 = dict(AMX, amx=False, model="Intel(R) Xeon(R) Platinum 8375C")
+AMD_ZEN4 = dict(vendor="AuthenticAMD", amx=False, avx512_bf16=True, model="AMD EPYC 9B14", family="25")
+NO_BF16 = dict(vendor="AuthenticAMD", amx=False, avx512_bf16=False, model="AMD EPYC 7B13", family="25")
+
+
 @pytest.fixture
 def machine(monkeypatch):
     """machine(cuda=n GPUs, mps=bool, ...): patch what torch reports about this machine."""
-    def patch(cuda=0, mps=False, bf16_native=True, bf16_emulated=True, macos14=True, cpu_bf16_fast=False):
+    def patch(cuda=0, mps=False, bf16_native=True, bf16_emulated=True, macos14=True, cpu_bf16_fast=False,
+              cpu=None):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True:
                             cuda > 0 and (bf16_native or including_emulation and bf16_emulated))
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
         monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos14 or major < 14)
-        monkeypatch.setattr(device_module, "cpu_bf16_is_fast", lambda: cpu_bf16_fast)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0) if bf16_native else (7, 5))
+        features = cpu or (AMX if cpu_bf16_fast else NO_BF16)
+        monkeypatch.setattr(device_module, "cpu_features", lambda: dict(features))
     return patch
 
 
@@ -67,12 +77,49 @@ def test_a_device_that_is_not_there_is_one_line(machine, setting, cuda, mps, wor
     ("cuda:1", dict(cuda=2, bf16_native=False, bf16_emulated=False), torch.float32),
     ("mps", dict(mps=True, macos14=True), torch.float32),                            # see pick_dtype: unmeasured
     ("mps", dict(mps=True, macos14=False), torch.float32),
-    ("cpu", dict(cpu_bf16_fast=True), torch.bfloat16),                               # AMX, or bf16 timed faster
-    ("cpu", dict(cpu_bf16_fast=False), torch.float32),
+    ("cpu", dict(cpu=AMX), torch.bfloat16),
+    ("cpu", dict(cpu=INTEL_BF16), torch.float32),        # avx512_bf16 without AMX: slower than fp32 (NOTES.md)
+    ("cpu", dict(cpu=AMD_ZEN4), torch.bfloat16),          # results/dtype-amd-epyc-family25.json
+    ("cpu", dict(cpu=NO_BF16), torch.float32),
+    ("cpu", dict(cpu=dict(NO_BF16, vendor="GenuineIntel")), torch.float32),
 ])
 def test_auto_dtype_per_device(machine, device, kw, want):
     machine(**kw)
     assert pick_dtype("auto", torch.device(device)) == want
+
+
+@pytest.mark.parametrize("device,kw,words", [
+    ("cpu", dict(cpu=AMX), ["AMX"]),
+    ("cpu", dict(cpu=INTEL_BF16), ["avx512_bf16", "no AMX", "slower"]),
+    ("cpu", dict(cpu=AMD_ZEN4), ["AMD", "avx512_bf16"]),
+    ("cpu", dict(cpu=NO_BF16), ["without bf16"]),
+    ("cuda", dict(cuda=1, bf16_native=True), ["compute capability 8.0"]),
+    ("cuda", dict(cuda=1, bf16_native=False), ["compute capability 7.5", "emulated"]),
+])
+def test_auto_dtype_names_its_rule(machine, device, kw, words):
+    machine(**kw)
+    rule = device_module.auto_dtype(torch.device(device))[1]
+    assert all(w in rule for w in words), rule
+
+
+def test_auto_dtype_runs_no_timing(machine, monkeypatch):
+    """Decided from what the CPU is: the same answer on a busy machine. The old rule timed a matmul."""
+    machine(cpu=INTEL_BF16)
+    def no_timing(*a):
+        raise AssertionError("dtype=auto ran a matmul")
+    monkeypatch.setattr(torch, "randn", no_timing)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", no_timing)
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_cpu_features_read_from_cpuinfo(monkeypatch):
+    monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: False)
+    amd = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+           "model name\t: AMD EPYC 9B14\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n\n")
+    assert device_module.cpu_features(amd) == dict(AMD_ZEN4)
+    intel = amd.replace("AuthenticAMD", "GenuineIntel").replace(" avx512_bf16", "")
+    assert device_module.cpu_features(intel)["avx512_bf16"] is False
+    assert device_module.cpu_dtype_rule(device_module.cpu_features(intel))[0] == torch.float32
 
 
 def test_explicit_bf16_where_the_device_has_it(machine):
@@ -145,3 +192,25 @@ def test_python_train_device_mps_exits_with_one_line():
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: --device=mps"), out.stderr
     assert out.stdout == ""                  # nothing ran: no model line, no evaluation
+
+
+# ----------------------------------------------------------------------------- the same run twice
+
+def test_a_run_repeats_bit_for_bit(tiny_checkpoint, tmp_path, capsys):
+    """The same command twice: the same log.jsonl (wall-time fields aside) and the same checkpoint bytes; and
+    the run's first line names the rule that chose the dtype."""
+    from conftest import tiny_config
+    runs = []
+    for name in ("a", "b"):
+        cfg = tiny_config(tiny_checkpoint, tmp_path / name, dtype="auto", eval_every=1, eval_subset=2)
+        cfg.grpo.temperature = 1.0
+        train.train(cfg)
+        log = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        for m in log:
+            m.pop("s_per_step"), m.pop("tok_per_s")
+        weights = (tmp_path / name / "checkpoint-000003" / "model.safetensors").read_bytes()
+        runs.append((log, weights))
+    assert runs[0][0] == runs[1][0] and "eval_accuracy" in runs[0][0][-1]
+    assert runs[0][1] == runs[1][1]
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("compute dtype") and "(auto: " in first, first

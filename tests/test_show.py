@@ -33,7 +33,7 @@ def records(out_dir):
 
 def test_run_writes_a_record_per_step_and_shows_a_group(tiny_checkpoint, tmp_path, capsys):
     """Oracle: log.jsonl's means, computed again from the records; the weights of the reward (1 and 1)."""
-    train.train(tiny_config(tiny_checkpoint, tmp_path))
+    train.train(tiny_config(tiny_checkpoint, tmp_path, reward_weights="correct:1,format:1", eval_paraphrase=False))
     printed = capsys.readouterr().out
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     recs = records(tmp_path)

@@ -105,7 +105,7 @@ def test_parse_weights(text, expected):
 
 
 @pytest.mark.parametrize("text,words", [
-    ("correct:1,style:1", ["'style'", "correct, format, judge"]), ("correct", ["'correct'", ">= 0"]),
+    ("correct:1,style:1", ["'style'", "correct, format, short, judge"]), ("correct", ["'correct'", ">= 0"]),
     ("correct:-1", [">= 0"]), ("correct:x", ["'correct:x'"]), ("correct:0", ["positive"]), ("", ["positive"])])
 def test_parse_weights_errors(text, words):
     with pytest.raises(ValueError) as e:

@@ -31,7 +31,7 @@ def test_run_logs_plots_and_checkpoints(tiny_checkpoint, tmp_path, capsys, monke
     assert [l["step"] for l in lines] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
-    assert set(out) == {"before", "after", "history"} and len(out["after"]["examples"]) == 4
+    assert set(out) == {"before", "after", "paraphrase", "history"} and len(out["after"]["examples"]) == 4
     # each reward component's mean is logged beside the total, which is their weighted mean (weights 1 and 1)
     assert all(l["reward"] == pytest.approx((l["reward/correct"] + l["reward/format"]) / 2) for l in lines)
     assert "graded by the task's verifier" in printed and "exact format" in printed

@@ -1,0 +1,78 @@
+"""The default recipe's parts: the `short` reward component (partial format credit, never for a wrong reply),
+the paraphrase templates (held-out questions reworded, never seen in training), the periodic held-out check,
+and the same system prompt at train and at eval."""
+import json
+import re
+
+import pytest
+
+import eval as eval_script
+import train
+from conftest import tiny_config
+from eval import paraphrased
+from task import AUDIT_CASES, TASKS, Prompt, WeightedReward, is_correct, is_exact, make_dataset, short_reward
+
+
+def test_short_never_pays_a_wrong_reply_on_any_audit_case():
+    for prompt, response, kind, want_correct, _ in AUDIT_CASES:
+        got = short_reward([prompt], [response])[0]
+        if not want_correct or not is_correct(prompt, response):
+            assert got == 0.0, (prompt.question, response, kind)
+        assert 0.0 <= got <= 1.0
+        if is_correct(prompt, response) and is_exact(prompt, response):
+            assert got == 1.0, (response, kind)
+
+
+def test_short_pays_a_shorter_right_reply_more_by_hand_values():
+    p = Prompt("Which is larger, 42 or 57? Answer with just the number.", 57, "larger")
+    replies = ["57.", "The answer is 57.", "57 is larger than 42.", "The larger number is 57.", "42",
+               "42 is larger than 57.", "Well, " * 10 + "57"]
+    # 14, 18 and 21 characters beyond "57" of SHORT_SPAN = 40; the wrong and the false get nothing
+    assert short_reward([p] * len(replies), replies) == [1.0, 0.65, 0.55, 0.475, 0.0, 0.0, 0.0]
+    both = WeightedReward({"correct": 1, "format": 1, "short": 1})
+    assert both([p, p, p], ["57", "The answer is 57.", "42"]) == [1.0, pytest.approx(1.65 / 3), 0.0]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_paraphrases_reword_every_held_out_question_and_training_never_sees_them(task):
+    train_set, eval_set = make_dataset(task, 1000, 200, seed=0)
+    reworded = paraphrased(eval_set)
+    assert len(TASKS[task].paraphrases) == 3 and len(reworded) == len(eval_set)
+    train_questions = {p.question for p in train_set}
+    for p, q in zip(eval_set, reworded):
+        assert q.question != p.question and q.question not in train_questions
+        assert (q.answer, q.task) == (p.answer, p.task)
+    # no wording of theirs is a training one: the questions with their numbers, quoted words and word lists
+    # masked ("Between # and #, name the greater one. ...") have no shape in common with training's
+    shape = lambda q: re.sub(r"'[^']*'|\b\w+(?:, \w+)+\b|\d+", "#", q)
+    train_shapes, new_shapes = {shape(q) for q in train_questions}, {shape(q.question) for q in reworded}
+    assert len(new_shapes) == 3 and not train_shapes & new_shapes, (train_shapes, new_shapes)
+    # all three templates are used, and the right answer stays right
+    assert len({q.question.split()[0] for q in reworded}) >= 2
+    assert all(is_correct(q, str(q.answer) if not isinstance(q.answer, tuple) else ", ".join(map(str, q.answer)))
+               for q in reworded[:20])
+
+
+def test_eval_every_logs_held_out_accuracy_and_the_end_prints_paraphrases(tiny_checkpoint, tmp_path, capsys):
+    cfg = tiny_config(tiny_checkpoint, tmp_path, eval_every=2, eval_subset=3, steps=4)
+    train.train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert ["eval_accuracy" in m for m in log] == [False, True, False, True]
+    assert all(0 <= m["eval_accuracy"] <= 1 for m in log if "eval_accuracy" in m)
+    printed = capsys.readouterr().out
+    assert "on the same questions reworded" in printed and printed.count("| held-out ") == 2
+
+
+def test_eval_uses_the_system_prompt_the_run_trained_with(tiny_checkpoint, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_checkpoint, tmp_path, steps=1, eval_before=False, eval_paraphrase=False)
+    cfg.grpo.system_prompt = "Reply with the answer only."
+    train.train(cfg)
+    seen = {}
+
+    def fake_evaluate(model, tok, prompts, samples, temperature, max_new_tokens, system_prompt, **kw):
+        seen["system"], seen["questions"] = system_prompt, [p.question for p in prompts]
+        return {"accuracy": 0, "format": 0, "reward": 0, "completion_chars": 0, "examples": []}
+    monkeypatch.setattr(eval_script, "evaluate", fake_evaluate)
+    eval_script.main([f"--checkpoint={tmp_path}", "--paraphrase", "--n_eval=4", "--dtype=fp32", "--device=cpu"])
+    assert seen["system"] == "Reply with the answer only."
+    assert seen["questions"][0].startswith("Add ")          # add1's first paraphrase template
