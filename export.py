@@ -7,7 +7,8 @@ Face folder (transformers, vLLM).
     ollama create smollm2-larger -f Modelfile                             # Modelfile: FROM ./model.gguf
 
 GGUF (Llama runs, e.g. SmolLM2): every key-value of the source GGUF is copied (the tokenizer's vocabulary and
-merges, its pre-tokenizer, the chat template, the special ids), only the tensors are the run's. llama.cpp's
+merges, its pre-tokenizer, the chat template, the special ids) but the llama.* shapes, written from the model;
+the tensors are the run's. llama.cpp's
 converter stores each head's Q and K rows reordered for its RoPE (load_weights.unpermute_qk undoes that on
 reading); permute_qk here redoes it, so the file reads back to the very same weights.
 HF: config.json, model.safetensors in Hugging Face's tensor names, the tokenizer files (SmolLM2: a tokenizer.json
@@ -130,7 +131,8 @@ def gguf_tensors(model):
 
 def write_gguf(model, source, out, dtype="f32"):
     """The model as a GGUF at `out` (a temporary file renamed into place), with every key-value of the source
-    GGUF but the file type. Norm weights (1-D) stay f32 in every dtype, as llama.cpp's converter keeps them."""
+    GGUF but the file type and the llama.* shapes (the model's). Norm weights (1-D) stay f32 in every dtype,
+    as llama.cpp's converter keeps them; q8_0 stores blocks of 32 weights as int8 times one fp16 scale."""
     from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
     from gguf.quants import quantize
     qtype = {"f32": GGMLQuantizationType.F32, "bf16": GGMLQuantizationType.BF16,
@@ -203,7 +205,8 @@ def hf_gpt2_state(model):
         qkv = [sd[f"{b}attn.{x}_proj.weight"] for x in "qkv"]
         out[h + "attn.c_attn.weight"] = torch.cat(qkv, dim=0).t()
         out[h + "attn.c_attn.bias"] = torch.cat([sd[f"{b}attn.{x}_proj.bias"] for x in "qkv"])
-        for theirs, ours in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"), ("mlp.c_proj", "mlp.down_proj")):
+        for theirs, ours in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"),
+                             ("mlp.c_proj", "mlp.down_proj")):
             out[h + theirs + ".weight"] = sd[b + ours + ".weight"].t()
             out[h + theirs + ".bias"] = sd[b + ours + ".bias"]
         for theirs, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
@@ -288,6 +291,10 @@ def write_hf(model, tok, name, out, dtype="f32"):
         cast = torch.bfloat16 if dtype == "bf16" else torch.float32
         save_file({k: v.detach().to(cast).contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():                     # safetensors writes its file readable by its owner only
+            f.chmod(0o666 & ~umask)
         replace_into(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -71,9 +71,10 @@ def headline(run, data):
         line = "<p class=big>no held-out evaluation (the run has not finished)</p>"
     return (f"<h1>tinygrpo run <code>{esc(str(run))}</code></h1>{line}<p>{esc(str(cfg.get('model', '?')))} trained "
             f"with GRPO on task <b>{esc(str(cfg.get('task', '?')))}</b> for {h[-1]['step']} steps; graded by "
-            f"{esc(ev.get('grader', GRADER))}. Sections: <a href='#eval'>before/after</a> · <a href='#figure'>figure</a>"
-            " · <a href='#examples'>examples</a> · <a href='#groups'>groups</a> · <a href='#components'>reward over "
-            "steps</a> · <a href='#audit'>verifier audit</a> · <a href='#settings'>settings</a></p>")
+            f"{esc(ev.get('grader', GRADER))}. Sections: <a href='#eval'>before/after</a> · "
+            "<a href='#figure'>figure</a> · <a href='#examples'>examples</a> · <a href='#groups'>groups</a> · "
+            "<a href='#components'>reward over steps</a> · <a href='#audit'>verifier audit</a> · "
+            "<a href='#settings'>settings</a></p>")
 
 
 def eval_section(data):
@@ -96,8 +97,8 @@ def eval_section(data):
 
 def figure_section(data):
     ev = data["evals"]
-    points = {name: (step, ev[name]["accuracy"]) for name, step in (("before", 0), ("after", data["history"][-1]["step"]))
-              if ev.get(name)}
+    last = data["history"][-1]["step"]
+    points = {name: (step, ev[name]["accuracy"]) for name, step in (("before", 0), ("after", last)) if ev.get(name)}
     buf = io.BytesIO()
     run_figure(data["history"], points).savefig(buf, format="png", dpi=80)
     src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
