@@ -8,6 +8,7 @@ has moved from the reference on each token; and the run's picture.
     run_figure(history, evals, beta)            reward, loss, KL, length, truncated, zero-variance share
 
     python show.py runs/default [step]          the group table of a step of a run (default: its last)
+    python show.py runs/default --html          the run's report.html (report.py)
 
 Everything here is a pure function of its arguments except shade_group (a forward pass of the policy),
 save_run_figure and main (files).
@@ -312,8 +313,11 @@ def read_records(path):
 
 def main(argv):
     """python show.py RUN_FOLDER [STEP]: the group table of that step (default: the last) of completions.jsonl."""
+    if "--html" in argv:                        # the run's report.html (report.py)
+        import report
+        return report.main([a for a in argv if a != "--html"])
     if not argv or len(argv) > 2:
-        sys.exit("usage: python show.py runs/default [step]")
+        sys.exit("usage: python show.py runs/default [step]  |  python show.py runs/default --html")
     path = Path(argv[0]) / "completions.jsonl"
     if not path.is_file():
         sys.exit(f"error: {path} not found (a run of this tinygrpo writes it beside log.jsonl)")

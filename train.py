@@ -59,6 +59,7 @@ from eval import GRADER, evaluate, format_examples, paraphrased
 from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
 from load_weights import check_fits, load_model
 from optim import cast_for_training
+from report import write_report
 from show import group_table, renamed, save_run_figure, step_metrics, step_record
 from task import WeightedReward, get_task, make_dataset, parse_weights
 
@@ -292,6 +293,7 @@ def run_training(cfg, device):
         log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; completions: "
             f"{out_dir / 'completions.jsonl'}; weights: "
             f"{checkpoint.current(out_dir) / 'model.safetensors'}")
+        log(f"report: {write_report(out_dir, {'before': before, 'after': after, 'n_eval': len(eval_set)})}")
     if world > 1:
         dist.destroy_process_group()
     return {"before": before, "after": after, "paraphrase": paraphrase, "history": history}

@@ -114,7 +114,8 @@ def test_checkpoint_is_one_folder_with_the_step_in_both_halves(tiny_checkpoint, 
     folder = checkpoint.current(tmp_path)
     assert folder == tmp_path / "checkpoint-000003" and (tmp_path / "latest").read_text() == folder.name
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tinygrpo-run", "checkpoint-000003", "completions.jsonl",
-                                                           "latest", "log.jsonl", "reward_curve.png"]  # older: gone
+                                                           "eval.json", "latest", "log.jsonl", "report.html",
+                                                           "reward_curve.png"]      # older ones deleted
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         assert f.metadata() == {"step": "3"}
     state = torch.load(folder / "train_state.pt", weights_only=True)

@@ -1,0 +1,265 @@
+"""A run on one page: runs/<name>/report.html, one self-contained file (CSS inline, the figure as a base64 PNG, no
+external URL) that opens offline in any browser.
+
+    python report.py runs/default          # (re)write runs/default/report.html; train.py writes it at the end
+    python show.py runs/default --html     # the same
+
+From the run folder's files only (no model is loaded):
+  eval.json          the held-out evaluations before and after (train.py writes it with write_report)
+  log.jsonl          one line per step: the figure, the reward components over the steps
+  completions.jsonl  each step's groups: the first, a middle and the last step's most informative group
+  config.json        of the current checkpoint: the settings, the task (whose verifier audit is shown)
+"""
+import base64
+import html
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from checkpoint import current, flat
+from eval import GRADER
+from show import pick_group, run_figure
+
+
+def read_jsonl(path):
+    """The records of a JSONL file ([] when there is none); a line a kill cut short ends it."""
+    records = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break
+    return records
+
+
+def read_run(run):
+    """{"history", "records", "evals", "config"} of a run folder; one line when it holds no run."""
+    run = Path(run)
+    history = read_jsonl(run / "log.jsonl")
+    if not history:
+        raise ValueError(f"{run} holds no run: {run / 'log.jsonl'} is missing or empty")
+    evals = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
+    folder = current(run)
+    config = json.loads((folder / "config.json").read_text()) if folder and (folder / "config.json").is_file() else {}
+    return {"history": history, "records": read_jsonl(run / "completions.jsonl"), "evals": evals, "config": config}
+
+
+# ----------------------------------------------------------------------------- sections
+
+esc = html.escape
+
+
+def num(x, digits=3):
+    """A number as the report prints it (the test reads it back: round(value, digits))."""
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def pct(x):
+    return "–" if x is None else f"{x:.1%}"
+
+
+def headline(run, data):
+    cfg, ev, h = data["config"], data["evals"], data["history"]
+    before, after = ev.get("before"), ev.get("after")
+    if after:
+        acc = (f"{pct(before['accuracy'])} &rarr; " if before else "") + pct(after["accuracy"])
+        line = f"<p class=big>held-out greedy accuracy <b>{acc}</b></p>"
+    else:
+        line = "<p class=big>no held-out evaluation (the run has not finished)</p>"
+    return (f"<h1>tinygrpo run <code>{esc(str(run))}</code></h1>{line}<p>{esc(str(cfg.get('model', '?')))} trained "
+            f"with GRPO on task <b>{esc(str(cfg.get('task', '?')))}</b> for {h[-1]['step']} steps; graded by "
+            f"{esc(ev.get('grader', GRADER))}. Sections: <a href='#eval'>before/after</a> · "
+            "<a href='#figure'>figure</a> · <a href='#examples'>examples</a> · <a href='#groups'>groups</a> · "
+            "<a href='#components'>reward over steps</a> · <a href='#audit'>verifier audit</a> · "
+            "<a href='#settings'>settings</a></p>")
+
+
+def eval_section(data):
+    ev = data["evals"]
+    cols = [(name, ev.get(name)) for name in ("before", "after") if ev.get(name)]
+    rows = [("held-out greedy accuracy", "accuracy", pct), ("exact format (just the answer)", "format", pct),
+            ("mean reward (greedy)", "reward", num), ("mean completion (chars)", "completion_chars",
+                                                      lambda x: num(x, 0)),
+            ("sampled accuracy", "sampled_accuracy", pct)]
+    body = "".join(f"<tr><th>{label}</th>" + "".join(f"<td data-key='{name}.{key}'>{fmt(e.get(key))}</td>"
+                                                     for name, e in cols) + "</tr>"
+                   for label, key, fmt in rows if any(key in e for _, e in cols))
+    n = ev.get("n_eval")
+    table = (f"<table><tr><th></th>{''.join(f'<th>{name}</th>' for name, _ in cols)}</tr>{body}</table>"
+             if cols else "<p>no evaluation was written (eval.json is missing)</p>")
+    return (f"<h2 id=eval>Before and after</h2><p>On {n or 'the'} held-out prompts (never trained on), greedy "
+            f"decoding, accuracy graded by {esc(ev.get('grader', GRADER))}: right only if the reply commits to the "
+            f"right answer and asserts nothing false. Exact format: the reply is just the answer.</p>{table}")
+
+
+def figure_section(data):
+    ev = data["evals"]
+    last = data["history"][-1]["step"]
+    points = {name: (step, ev[name]["accuracy"]) for name, step in (("before", 0), ("after", last)) if ev.get(name)}
+    buf = io.BytesIO()
+    run_figure(data["history"], points).savefig(buf, format="png", dpi=80)
+    src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return ("<h2 id=figure>The run</h2><p>Top to bottom: the sampled reward and its components (the held-out "
+            "accuracy before and after as black points), the KL to the reference model, the completion length "
+            "(dashed: share cut off at max_new_tokens), the share of groups whose rewards were all equal (they "
+            f"teach nothing).</p><img alt='the run over the steps' src='{src}'>")
+
+
+def examples_section(data):
+    ev = data["evals"]
+    before, after = ((ev.get(k) or {}).get("examples", []) for k in ("before", "after"))
+    if not after:
+        return "<h2 id=examples>Examples</h2><p>none (eval.json is missing)</p>"
+
+    def cell(e):
+        if not e:
+            return "<td>–</td>"
+        _, text, reward, right = e
+        return (f"<td class={'right' if right else 'wrong'}><pre>{esc(text)}</pre>"
+                f"<small>reward {num(reward, 2)}, {'right' if right else 'wrong'}</small></td>")
+
+    rows = "".join(f"<tr><td>{esc(a[0])}</td>{cell(before[i] if i < len(before) else None)}{cell(a)}</tr>"
+                   for i, a in enumerate(after))
+    return ("<h2 id=examples>Examples</h2><p>The first held-out prompts, the greedy reply before and after "
+            "training (green: right by the verifier, red: wrong).</p>"
+            f"<table><tr><th>prompt</th><th>before</th><th>after</th></tr>{rows}</table>")
+
+
+def group_block(record):
+    groups = record["prompts"]
+    b = pick_group([[c["reward"] for c in g["completions"]] for g in groups])
+    group = groups[b]
+    comps = group["completions"]
+    names = list(comps[0]["parts"]) if comps else []
+    big = max((abs(c["advantage"]) for c in comps), default=0.0) or 1.0
+    why = "the first whose rewards differ" if len({c["reward"] for c in comps}) > 1 else \
+        "every group's rewards are equal: A = 0, nothing to learn"
+    rows = []
+    for j, c in enumerate(comps):
+        a = c["advantage"]
+        colour = f"rgba({'0,170,0' if a > 0 else '220,0,0'},{0.45 * abs(a) / big:.2f})"
+        rows.append(f"<tr><td>{j}</td><td>{num(c['reward'], 2)}</td>"
+                    + "".join(f"<td>{num(c['parts'][n], 2)}</td>" for n in names)
+                    + f"<td>{a:+.2f}</td><td>{c['length']}{' (cut)' if c.get('truncated') else ''}</td>"
+                    f"<td style='background:{colour}'><pre>{esc(c['text'])}</pre></td></tr>")
+    head = "".join(f"<th>{esc(n)}</th>" for n in names)
+    return (f"<h3>step {record['step']}: group {b + 1} of {len(groups)} ({why})</h3><p><b>{esc(group['question'])}"
+            f"</b> answer <code>{esc(str(group['answer']))}</code></p><table><tr><th>#</th><th>reward</th>{head}"
+            f"<th>advantage A</th><th>tokens</th><th>completion</th></tr>{''.join(rows)}</table>")
+
+
+def groups_section(data):
+    records = data["records"]
+    if not records:
+        return "<h2 id=groups>Groups</h2><p>none (completions.jsonl is missing)</p>"
+    chosen = sorted({0, len(records) // 2, len(records) - 1})
+    return ("<h2 id=groups>What GRPO saw: one group at the start, middle and end</h2><p>G completions of one "
+            "prompt; each one's advantage A = its reward minus the group's mean (scaled by the group's std). Each "
+            "completion is coloured by its advantage: <span style='background:rgba(0,170,0,.45)'>green</span> "
+            "where GRPO pushes its tokens up, <span style='background:rgba(220,0,0,.45)'>red</span> where down, "
+            "the stronger the larger |A|. (Each token's own share of the update and its KL to the reference need "
+            "the model: show.shade_group in the notebook.)</p>" + "".join(group_block(records[i]) for i in chosen))
+
+
+COLUMNS = [("reward", "reward"), ("±", "reward_std"), ("zero", "frac_reward_zero_std"), ("kl", "kl"),
+           ("len", "completion_len"), ("trunc", "truncated")]
+
+
+def components_section(data):
+    history = data["history"]
+    parts = sorted({k for h in history for k in h if k.startswith("reward/")})
+    cols = COLUMNS[:1] + [(k.removeprefix("reward/"), k) for k in parts] + COLUMNS[1:]
+    head = "".join(f"<th>{esc(label)}</th>" for label, _ in cols)
+    rows = "".join(f"<tr><td>{h['step']}</td>" + "".join(f"<td data-key='{key}'>{num(h.get(key))}</td>"
+                                                          for _, key in cols) + "</tr>" for h in history)
+    return ("<h2 id=components>The reward and its components over the steps</h2><p>From log.jsonl: the mean of "
+            "each step's sampled completions; ± the mean within-group std of the reward (the signal GRPO learns "
+            "from), zero the share of groups with equal rewards, kl the mean per-token KL to the reference, len "
+            f"the mean completion length in tokens, trunc the share cut off.</p><table class=steps><tr><th>step</th>"
+            f"{head}</tr>{rows}</table>")
+
+
+def audit_section(data):
+    from task import AUDIT_CASES, audit, parse_weights
+    task = data["config"].get("task", "larger")
+    cases = [c for c in AUDIT_CASES if c[0].task == task]
+    if not cases:
+        return (f"<h2 id=audit>The verifier's audit</h2><p>task {esc(task)} has no hand-written audit cases "
+                "(python task.py --audit lists every built-in task's)</p>")
+    try:
+        weights = parse_weights(data["config"].get("reward_weights", "correct:1,format:1"))
+        weights = weights if set(weights) <= {"correct", "format"} else None     # a judge needs a model
+    except ValueError:
+        weights = None
+    lines = []
+    false_pos, false_neg = audit(cases, weights=weights, print_fn=lines.append)
+    verdict = "agrees with every expected value" if (false_pos, false_neg) == (0, 0) else \
+        f"disagrees: {false_pos} false positives, {false_neg} false negatives"
+    return (f"<h2 id=audit>The verifier's audit</h2><p>Hand-written hard replies to task {esc(task)}'s prompts (a "
+            f"false claim ending on the right number, a hedge, words for digits) graded by each reward component "
+            f"against what a fair grader says (task.audit): the verifier <b>{verdict}</b>.</p>"
+            f"<pre class=audit>{esc(chr(10).join(lines).strip())}</pre>")
+
+
+def settings_section(data):
+    cfg = flat(data["config"])
+    if not cfg:
+        return "<h2 id=settings>Settings</h2><p>none (the run has no checkpoint)</p>"
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(json.dumps(v))}</td></tr>" for k, v in cfg.items())
+    return (f"<h2 id=settings>Settings</h2><p>Every option of the run (python train.py --help says what each "
+            f"means).</p><table>{rows}</table>")
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}h3{font-size:1em}
+.big{font-size:1.6em;margin:.3em 0}table{border-collapse:collapse;font-size:.9em}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+pre{margin:0;white-space:pre-wrap;font-size:.9em}.right{background:#e6f5e6}.wrong{background:#fbe4e4}
+.steps td{text-align:right}.audit{font-size:.8em;background:#f6f6f6;padding:.5em}img{max-width:100%}"""
+
+
+def render(run, data):
+    sections = [headline(run, data), eval_section(data), figure_section(data), examples_section(data),
+                groups_section(data), components_section(data), audit_section(data), settings_section(data)]
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>tinygrpo: " + esc(str(run)) + "</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n")
+
+
+def replace_text(path, text):
+    """The file's text replaced in one rename: a reader sees the old file or the new one."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(run, evals=None):
+    """runs/<name>/report.html; with evals ({"before", "after": eval.evaluate's results, "n_eval"}) also
+    eval.json first, which a later `python report.py` reads. A "before" of None (a resumed run does not evaluate
+    the base model again) keeps the one eval.json has."""
+    run = Path(run)
+    if evals is not None:
+        if evals.get("before") is None and (run / "eval.json").is_file():     # --resume: the base model's
+            evals = evals | {"before": json.loads((run / "eval.json").read_text()).get("before")}
+        replace_text(run / "eval.json", json.dumps({"grader": GRADER} | evals, indent=1, default=str))
+    path = run / "report.html"
+    replace_text(path, render(run, read_run(run)))
+    return path
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python report.py runs/default")
+    try:
+        path = write_report(argv[0])
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
+    return path
+
+
+if __name__ == "__main__":
+    main()
