@@ -20,7 +20,7 @@ from pathlib import Path
 
 from checkpoint import current, flat
 from eval import GRADER
-from show import pick_group, run_figure
+from show import pick_group, renamed, run_figure
 
 
 def read_jsonl(path):
@@ -38,7 +38,7 @@ def read_jsonl(path):
 def read_run(run):
     """{"history", "records", "evals", "config"} of a run folder; one line when it holds no run."""
     run = Path(run)
-    history = read_jsonl(run / "log.jsonl")
+    history = renamed(read_jsonl(run / "log.jsonl"))      # an older run's keys under today's names
     if not history:
         raise ValueError(f"{run} holds no run: {run / 'log.jsonl'} is missing or empty")
     evals = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
@@ -164,8 +164,8 @@ def groups_section(data):
             "the model: show.shade_group in the notebook.)</p>" + "".join(group_block(records[i]) for i in chosen))
 
 
-COLUMNS = [("reward", "reward"), ("±", "reward_std"), ("zero", "frac_reward_zero_std"), ("kl", "kl"),
-           ("len", "completion_len"), ("trunc", "truncated")]
+COLUMNS = [(key, key) for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "completion_length",
+                                  "truncated")]       # labelled by their log.jsonl keys, as train.py prints them
 
 
 def components_section(data):
@@ -176,22 +176,23 @@ def components_section(data):
     rows = "".join(f"<tr><td>{h['step']}</td>" + "".join(f"<td data-key='{key}'>{num(h.get(key))}</td>"
                                                           for _, key in cols) + "</tr>" for h in history)
     return ("<h2 id=components>The reward and its components over the steps</h2><p>From log.jsonl: the mean of "
-            "each step's sampled completions; ± the mean within-group std of the reward (the signal GRPO learns "
-            "from), zero the share of groups with equal rewards, kl the mean per-token KL to the reference, len "
-            f"the mean completion length in tokens, trunc the share cut off.</p><table class=steps><tr><th>step</th>"
+            "each step's sampled completions; reward_std the mean within-group std of the reward (the signal GRPO "
+            "learns from), frac_reward_zero_std the share of groups with equal rewards, kl the mean per-token KL "
+            "to the reference, completion_length the mean length in tokens, truncated the share cut off.</p><table class=steps><tr><th>step</th>"
             f"{head}</tr>{rows}</table>")
 
 
 def audit_section(data):
-    from task import AUDIT_CASES, audit, parse_weights
+    from task import parse_weights
+    from verify import audit, audit_cases
     task = data["config"].get("task", "larger")
-    cases = [c for c in AUDIT_CASES if c[0].task == task]
+    cases = [c for c in audit_cases() if c[0].task == task]
     if not cases:
         return (f"<h2 id=audit>The verifier's audit</h2><p>task {esc(task)} has no hand-written audit cases "
-                "(python task.py --audit lists every built-in task's)</p>")
+                "(python verify.py --audit lists every built-in task's)</p>")
     try:
         weights = parse_weights(data["config"].get("reward_weights", "correct:1,format:1"))
-        weights = weights if set(weights) <= {"correct", "format"} else None     # a judge needs a model
+        weights = weights if "judge" not in weights else None     # a judge needs a model
     except ValueError:
         weights = None
     lines = []
@@ -200,7 +201,7 @@ def audit_section(data):
         f"disagrees: {false_pos} false positives, {false_neg} false negatives"
     return (f"<h2 id=audit>The verifier's audit</h2><p>Hand-written hard replies to task {esc(task)}'s prompts (a "
             f"false claim ending on the right number, a hedge, words for digits) graded by each reward component "
-            f"against what a fair grader says (task.audit): the verifier <b>{verdict}</b>.</p>"
+            f"against what a fair grader says (verify.audit): the verifier <b>{verdict}</b>.</p>"
             f"<pre class=audit>{esc(chr(10).join(lines).strip())}</pre>")
 
 

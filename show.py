@@ -378,5 +378,6 @@ def renamed(history):
     """history (log.jsonl's records, or a checkpoint's) with today's keys."""
     return [{RENAMED.get(k, k): v for k, v in h.items()} for h in history]
 
+
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -3,7 +3,7 @@
     python scripts/build_notebook.py                  # rewrite notebook.ipynb, unexecuted
     python scripts/run_notebook.py                    # rebuild, execute from a clean kernel, render, count
 
-The functions the notebook shows are not copied by hand: a template line `{{task.verify_number}}` is replaced
+The functions the notebook shows are not copied by hand: a template line `{{verify.verify_number}}` is replaced
 by the module's own source (inspect.getsource for functions, the statement's text for a constant), so the
 cells never drift from task.py / grpo.py. tests/test_notebook.py checks every `def` in the cells against the
 modules. Rebuilding keeps the outputs of every code cell whose source is unchanged, so editing the analysis

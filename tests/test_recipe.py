@@ -10,7 +10,10 @@ import eval as eval_script
 import train
 from conftest import tiny_config
 from eval import paraphrased
-from task import AUDIT_CASES, TASKS, Prompt, WeightedReward, is_correct, is_exact, make_dataset, short_reward
+from task import TASKS, Prompt, WeightedReward, is_correct, is_exact, make_dataset, short_reward
+from verify import audit_cases
+
+AUDIT_CASES = audit_cases()
 
 
 def test_short_never_pays_a_wrong_reply_on_any_audit_case():

@@ -81,7 +81,7 @@ def test_report_numbers_are_the_logs(tiny_run):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [(key, text) for key, text in page.cells if "." not in key]       # the step table, row by row
     keys = ["reward", *sorted(k for k in log[0] if k.startswith("reward/")), "reward_std", "frac_reward_zero_std",
-            "kl", "completion_len", "truncated"]
+            "kl", "completion_length", "truncated"]
     assert [key for key, _ in steps] == keys * len(log)
     for i, record in enumerate(log):
         for key, text in steps[i * len(keys):(i + 1) * len(keys)]:
