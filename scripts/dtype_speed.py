@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from device import cpu_features, machine_name                                     # noqa: E402
 from load_weights import load_model                                 # noqa: E402
-from model import generate                                          # noqa: E402
+from engine import generate                                         # noqa: E402
 
 
 def fastest(fns, trials):

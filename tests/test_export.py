@@ -15,7 +15,8 @@ from checkpoint import weights_path
 from conftest import tiny_config, toy_reward
 from eval import load_policy
 from load_weights import find_smollm2_gguf, load_gpt2, load_smollm2
-from model import GPT, GPTConfig, generate
+from engine import generate
+from model import GPT, GPTConfig
 from test_tokenizer import random_strings
 
 # a Llama small enough to train in seconds, with SmolLM2's whole vocabulary (its tokenizer comes with the GGUF)
