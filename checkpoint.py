@@ -371,9 +371,17 @@ def check_writable(out_dir):
     existing = out_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    probe = existing / f".write-test-{os.getpid()}"
+    error = write_error(existing)
+    if error:
+        raise ValueError(f"--out_dir={out_dir}: cannot write there ({error} in {existing})")
+
+
+def write_error(folder):
+    """Why a file cannot be written in folder (a probe file made and removed), or None when it can."""
+    probe = Path(folder) / f".tinygrpo-tmp-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise ValueError(f"--out_dir={out_dir}: cannot write there ({e.strerror or e} in {existing})") from None
+        return e.strerror or str(e)
+    return None

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from checkpoint import run_config, weights_path
+from checkpoint import run_config, weights_path, write_error
 from load_weights import GGUF_NAMES, find_smollm2_gguf, resolve_model
 
 DTYPES = ("f32", "bf16", "q8_0")
@@ -53,12 +53,9 @@ def check_output(out, force):
     folder = out.parent
     if not folder.is_dir():
         raise ValueError(f"--out={out}: the folder {folder} does not exist")
-    probe = folder / f".export-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"--out={out}: cannot write in {folder} ({e.strerror or e})") from None
+    error = write_error(folder)
+    if error:
+        raise ValueError(f"--out={out}: cannot write in {folder} ({error})")
 
 
 def run_weights(run):
