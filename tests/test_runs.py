@@ -336,8 +336,8 @@ def test_kills_at_random_points_then_resume_equal_an_uninterrupted_run(tiny_chec
     assert start(tiny_checkpoint, out, "--resume", stdout=subprocess.DEVNULL).wait(timeout=300) == 0
     assert steps_logged(out) == [1, 2, 3, 4, 5, 6] and steps_logged(out, "completions.jsonl") == [1, 2, 3, 4, 5, 6]
     assert (out / "completions.jsonl").read_text() == (tmp_path / "whole" / "completions.jsonl").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000006", "completions.jsonl", "latest", "log.jsonl",
-                                                     "reward_curve.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-000006", "completions.jsonl", "eval.json", "latest",
+                                                     "log.jsonl", "report.html", "reward_curve.png"]
     a, _ = checkpoint.load(checkpoint.current(tmp_path / "whole"))
     b, _ = checkpoint.load(checkpoint.current(out))
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
