@@ -6,6 +6,7 @@ a Ctrl-C or a full disk at any moment leaves the last good one whole.
       completions.jsonl         one line per step: its prompts and completions (show.step_record; on --resume
                                 cut back to the checkpoint's step)
       reward_curve.png
+      eval.json, report.html    the evaluations before and after; the run on one page (report.py)
       latest                    the name of the current checkpoint folder
       checkpoint-000010/
         model.safetensors       fp32 master weights, metadata {"step": "10"}
@@ -41,7 +42,8 @@ MARKER = ".tinygrpo-run"        # in every run folder tinygrpo made: the lock fi
 TMP = ".tinygrpo-tmp-"          # the prefix of what a save writes before its rename: a name only tinygrpo uses
 CHECKPOINT = re.compile(r"checkpoint-\d{6}")
 # what runs of tinygrpo (this and older versions) write into a run folder: a folder of only these is a run's
-RUN_NAME = re.compile(r"(log\.jsonl|completions\.jsonl|reward_curve\.png|latest|checkpoint-\d{6}"
+RUN_NAME = re.compile(r"(log\.jsonl|completions\.jsonl|reward_curve\.png|eval\.json|report\.html|latest"
+                      r"|checkpoint-\d{6}"
                       r"|model\.safetensors|train_state\.pt|config\.json)(\.tmp(-\d+)?)?|\.tinygrpo-.+")
 # what killed saves leave: ours, and the temporary names of older versions (checkpoint-000010.tmp-123)
 LEFTOVER = re.compile(r"\.tinygrpo-tmp-.+|(checkpoint-\d{6}|latest|log\.jsonl|completions\.jsonl)\.tmp(-\d+)?")

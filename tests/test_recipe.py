@@ -63,7 +63,7 @@ def test_eval_every_logs_held_out_accuracy_and_the_end_prints_paraphrases(tiny_c
     assert ["eval_accuracy" in m for m in log] == [False, True, False, True]
     assert all(0 <= m["eval_accuracy"] <= 1 for m in log if "eval_accuracy" in m)
     printed = capsys.readouterr().out
-    assert "on the same questions reworded" in printed and printed.count("| held-out ") == 2
+    assert "on the same questions reworded" in printed and printed.count("| eval_accuracy ") == 2
 
 
 def test_eval_uses_the_system_prompt_the_run_trained_with(tiny_checkpoint, tmp_path, monkeypatch):

@@ -340,7 +340,8 @@ def test_kills_at_random_points_then_resume_equal_an_uninterrupted_run(tiny_chec
     assert steps_logged(out) == [1, 2, 3, 4, 5, 6] and steps_logged(out, "completions.jsonl") == [1, 2, 3, 4, 5, 6]
     assert (out / "completions.jsonl").read_text() == (tmp_path / "whole" / "completions.jsonl").read_text()
     assert sorted(p.name for p in out.iterdir()) == [".tinygrpo-run", "checkpoint-000006", "completions.jsonl",
-                                                     "latest", "log.jsonl", "reward_curve.png"]
+                                                     "eval.json", "latest", "log.jsonl", "report.html",
+                                                     "reward_curve.png"]
     a, _ = checkpoint.load(checkpoint.current(tmp_path / "whole"))
     b, _ = checkpoint.load(checkpoint.current(out))
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

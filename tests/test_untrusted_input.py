@@ -88,7 +88,7 @@ def exit_line(main, argv):
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--max_new_tokens=0"], ["max_new_tokens must be >= 1 (got 0)"]),
+    (["--max_new_tokens=0"], ["--max_new_tokens=0", "max_new_tokens must be >= 1"]),
     (["--max_new_tokens=-5"], ["max_new_tokens must be >= 1"]),
     (["--temperature=-1", "--samples=2"], ["--temperature=-1.0", "temperature must be >= 0"]),
     (["--temperature=nan"], ["--temperature=nan", "finite"]),
