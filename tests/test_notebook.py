@@ -303,7 +303,8 @@ def test_the_shortcut_and_eos_claims_follow_cell_7():
     assert "15/18 right on those pairs against 181/182" in text and '"99" for 79 or 97 is neither number' in text
     assert "83% of the KL term" in text
     even = split | {"GRPO": [[18, 18], [170, 182]]}
-    text = build.analysis_text(run | {"tuned": tuned, "same_tens": even}, sweep)
+    unmeasured = {k: v for k, v in run.items() if k != "kl_share_eos"}      # a run that did not measure it
+    text = build.analysis_text(unmeasured | {"tuned": tuned, "same_tens": even}, sweep)
     assert "answered as well as the rest (18/18 against 170/182" in text and "neither number" not in text
     assert "of the KL term" not in text                              # not measured: not claimed
 
