@@ -130,33 +130,35 @@ def make_sort(rng: random.Random) -> Prompt:
 
 # ----------------------------------------------------------------------------- tasks and the split
 
-ADD_PARAPHRASES = ((r"^What is (\d+) \+ (\d+)\?", r"Add \1 and \2."),
-                   (r"^What is (\d+) \+ (\d+)\?", r"Compute the sum of \1 and \2."),
-                   (r"^What is (\d+) \+ (\d+)\?", r"\1 plus \2 makes how much?"))
+def reworded(pattern, *templates):
+    """Task.paraphrases: each template (re.sub's replacement) paired with the question's pattern."""
+    return tuple((pattern, template) for template in templates)
+
+
+ADD_PARAPHRASES = reworded(r"^What is (\d+) \+ (\d+)\?", r"Add \1 and \2.", r"Compute the sum of \1 and \2.",
+                           r"\1 plus \2 makes how much?")
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("add1", "one-digit addition, a + b with a, b in 0..9", make_add(0, 9, "add1"), verify_number, ADD_PARAPHRASES),
-    Task("add2", "two-digit addition, a + b with a, b in 10..99", make_add(10, 99, "add2"), verify_number, ADD_PARAPHRASES),
-    Task("larger", "the larger of two distinct two-digit numbers", make_larger, verify_number, (
-        (r"^Which is larger, (\d+) or (\d+)\?", r"Between \1 and \2, name the greater one."),
-        (r"^Which is larger, (\d+) or (\d+)\?", r"Of the numbers \1 and \2, which is bigger?"),
-        (r"^Which is larger, (\d+) or (\d+)\?", r"Tell me the greater number: \1 or \2."))),
-    Task("count_items", "count the items in a list of 3..9 words", make_count_items, verify_number, (
-        (r"^How many items are in this list: (.*)\?", r"Count the words in this list: \1."),
-        (r"^How many items are in this list: (.*)\?", r"Here is a list: \1. How many entries does it have?"),
-        (r"^How many items are in this list: (.*)\?", r"What is the number of items in \1?"))),
-    Task("count_letter", "count a letter's occurrences in a common word (0..3)", make_count_letter, verify_number, (
-        (r"^How many times does the letter '(.)' appear in '(\w+)'\?",
-         r"Count how often the letter '\1' occurs in the word '\2'."),
-        (r"^How many times does the letter '(.)' appear in '(\w+)'\?", r"In '\2', how many times do you see '\1'?"),
-        (r"^How many times does the letter '(.)' appear in '(\w+)'\?", r"What is the number of '\1' letters in '\2'?"))),
-    Task("reverse", "write a 4-7 letter word backwards (a string answer)", make_reverse, verify_reversal, (
-        (r"^Write the word '(\w+)' backwards\.", r"Spell '\1' in reverse order."),
-        (r"^Write the word '(\w+)' backwards\.", r"Reverse the letters of the word '\1'."),
-        (r"^Write the word '(\w+)' backwards\.", r"What is '\1' written from right to left?"))),
-    Task("sort", "sort 3-5 numbers in 1..99 (a list answer)", make_sort, verify_list, (
-        (r"^Sort these numbers from smallest to largest: (.*?)\.", r"Put \1 in increasing order."),
-        (r"^Sort these numbers from smallest to largest: (.*?)\.", r"Arrange these numbers in ascending order: \1."),
-        (r"^Sort these numbers from smallest to largest: (.*?)\.", r"Order \1 from lowest to highest."))),
+    Task("add1", "one-digit addition, a + b with a, b in 0..9", make_add(0, 9, "add1"), verify_number,
+         ADD_PARAPHRASES),
+    Task("add2", "two-digit addition, a + b with a, b in 10..99", make_add(10, 99, "add2"), verify_number,
+         ADD_PARAPHRASES),
+    Task("larger", "the larger of two distinct two-digit numbers", make_larger, verify_number, reworded(
+        r"^Which is larger, (\d+) or (\d+)\?", r"Between \1 and \2, name the greater one.",
+        r"Of the numbers \1 and \2, which is bigger?", r"Tell me the greater number: \1 or \2.")),
+    Task("count_items", "count the items in a list of 3..9 words", make_count_items, verify_number, reworded(
+        r"^How many items are in this list: (.*)\?", r"Count the words in this list: \1.",
+        r"Here is a list: \1. How many entries does it have?", r"What is the number of items in \1?")),
+    Task("count_letter", "count a letter's occurrences in a common word (0..3)", make_count_letter,
+         verify_number, reworded(
+             r"^How many times does the letter '(.)' appear in '(\w+)'\?",
+             r"Count how often the letter '\1' occurs in the word '\2'.",
+             r"In '\2', how many times do you see '\1'?", r"What is the number of '\1' letters in '\2'?")),
+    Task("reverse", "write a 4-7 letter word backwards (a string answer)", make_reverse, verify_reversal,
+         reworded(r"^Write the word '(\w+)' backwards\.", r"Spell '\1' in reverse order.",
+                  r"Reverse the letters of the word '\1'.", r"What is '\1' written from right to left?")),
+    Task("sort", "sort 3-5 numbers in 1..99 (a list answer)", make_sort, verify_list, reworded(
+        r"^Sort these numbers from smallest to largest: (.*?)\.", r"Put \1 in increasing order.",
+        r"Arrange these numbers in ascending order: \1.", r"Order \1 from lowest to highest.")),
 ]}
 
 
