@@ -89,8 +89,8 @@ class TrainConfig:
     log_every: int = 1             # print every this many steps (log.jsonl: every step)
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
-    eval_every: int = 0            # every this many steps, greedy accuracy on the first eval_subset held-out
-    eval_subset: int = 50          # prompts, logged as eval_accuracy in log.jsonl (0: never)
+    eval_every: int = 0            # every this many steps (0: never), greedy accuracy on the first
+    eval_subset: int = 50          # eval_subset held-out prompts, logged as eval_accuracy in log.jsonl
     eval_paraphrase: bool = True   # after training, also the held-out questions reworded (eval.paraphrased)
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
@@ -253,10 +253,11 @@ def run_training(cfg, device):
         metrics["loss"], metrics["grad_norm"] = loss, grad_norm
         metrics["s_per_step"] = time.perf_counter() - t0
         metrics["tok_per_s"] = batch.completion_mask.sum().item() / batch.seconds["sample"]
+        metrics = mean_across_ranks(metrics, world) | {"step": step}
         if rank == 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0:     # a small, greedy check on the way
+            # after the ranks' mean: only rank 0 evaluates, so the key is not in the other ranks' metrics
             metrics["eval_accuracy"] = evaluate(policy, tok, eval_set[:cfg.eval_subset], 0, 0.0, cfg.grpo.max_new_tokens,
                                                 cfg.grpo.system_prompt, reward_fn=reward_fn)["accuracy"]
-        metrics = mean_across_ranks(metrics, world) | {"step": step}
         checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)   # nothing non-finite
         history.append(metrics)
         record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids)       # this rank's prompts
