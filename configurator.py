@@ -76,7 +76,8 @@ ALLOWED = {
     "seed": (">= 0", lambda v: v >= 0), "log_every": (">= 1", lambda v: v >= 1),
     "eval_samples": (">= 0", lambda v: v >= 0), "save_every": (">= 1", lambda v: v >= 1),
     "group_size": (">= 2 (GRPO compares the samples of a group)", lambda v: v >= 2),
-    "max_new_tokens": (">= 1", lambda v: v >= 1), "prompts_per_pass": (">= 1", lambda v: v >= 1),
+    "max_new_tokens": (">= 1", lambda v: v >= 1), "eval_max_new_tokens": (">= 1", lambda v: v >= 1),
+    "prompts_per_pass": (">= 1", lambda v: v >= 1),
     "temperature": (">= 0 (0 = greedy)", lambda v: v >= 0),
     "top_k": (">= 1, or none (no top-k filter)", lambda v: v is None or v >= 1),
     "top_p": ("in (0, 1], or none (no nucleus filter)", lambda v: v is None or 0 < v <= 1),
@@ -105,9 +106,11 @@ def validate(cfg):
             raise ValueError(f"--reward_weights: the weight of {name} is {w}; it must be a finite number > 0 "
                              f"(leave a component out to not use it)")
     context = context_length(cfg.model)
-    if context is not None and cfg.grpo.max_new_tokens >= context:
-        raise ValueError(f"--max_new_tokens={cfg.grpo.max_new_tokens}: the model's context is {context} tokens, "
-                         f"which must hold the prompt and the completion; use fewer")
+    budgets = {"max_new_tokens": cfg.grpo.max_new_tokens, "eval_max_new_tokens": cfg.eval_max_new_tokens}
+    for name, budget in budgets.items():
+        if context is not None and budget >= context:
+            raise ValueError(f"--{name}={budget}: the model's context is {context} tokens, "
+                             f"which must hold the prompt and the completion; use fewer")
     if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
         raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
     if cfg.batch_prompts > cfg.n_train:

@@ -140,13 +140,14 @@ def main(argv=None):
     ap.add_argument("--task", default=None, help="the task to evaluate (default: the --checkpoint run's task, else "
                                                  "larger); a task name or a .py / .jsonl task file (a .py file "
                                                  "is code: it runs only when named here)")
-    ap.add_argument("--reward_weights", default="correct:1,format:1", help="the weights of the mean reward shown")
+    ap.add_argument("--reward_weights", default=None, help="the weights of the mean reward shown "
+                                                             "(default: the --checkpoint run's, else TrainConfig's)")
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the dataset seed used in training")
     ap.add_argument("--samples", type=int, default=0, help="also sample k completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the --checkpoint run's, else "
-                                                                    "the TrainConfig default")
+    ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the --checkpoint run's "
+                                                                    "eval_max_new_tokens, else TrainConfig's")
     ap.add_argument("--system_prompt", default=None, help="default: the --checkpoint run's (what it trained with), "
                                                           "else the TrainConfig default")
     ap.add_argument("--paraphrase", action="store_true", help="evaluate the held-out questions reworded by the "
@@ -164,9 +165,11 @@ def main(argv=None):
         recipe = run.get("grpo") or asdict(TrainConfig().grpo)      # the run's settings, else the defaults
         if args.system_prompt is None:      # the same system prompt at eval as in training
             args.system_prompt = recipe["system_prompt"]
-        if args.max_new_tokens is None:
-            args.max_new_tokens = recipe["max_new_tokens"]
-        reward_fn = WeightedReward(parse_weights(args.reward_weights))
+        if args.max_new_tokens is None:     # the run's evaluation budget (older runs: their training one)
+            args.max_new_tokens = run.get("eval_max_new_tokens") or (
+                recipe["max_new_tokens"] if run else TrainConfig().eval_max_new_tokens)
+        weights = args.reward_weights or run.get("reward_weights") or TrainConfig().reward_weights
+        reward_fn = WeightedReward(parse_weights(weights))
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         name = args.model or (f"the model of {args.checkpoint}" if args.checkpoint else "smollm2")

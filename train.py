@@ -69,7 +69,7 @@ class TrainConfig:
     # what to train, on what
     model: str = "smollm2"         # smollm2, gpt2, distilgpt2, .gguf, GPT-2 folder (load_weights)
     task: str = "larger"           # a task of task.py, or your own: a .py or .jsonl file
-    reward_weights: str = "correct:1,format:1"   # the reward's components, weights (task.py)
+    reward_weights: str = "correct:1,format:1,short:1"   # the reward's components, weights (task.py)
     judge: str = "ref"             # judge model: "ref" (the frozen start) or a checkpoint
     # optimisation
     steps: int = 30                # GRPO steps: a rollout of B*G completions, mu AdamW steps
@@ -89,8 +89,9 @@ class TrainConfig:
     log_every: int = 1             # print every this many steps (log.jsonl: every step)
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
-    eval_every: int = 0            # every this many steps (0: never), greedy accuracy on the first
+    eval_every: int = 5            # every this many steps (0: never), greedy accuracy on the first
     eval_subset: int = 50          # eval_subset held-out prompts, logged as eval_accuracy in log.jsonl
+    eval_max_new_tokens: int = 32  # the evaluations' reply budget (training's is max_new_tokens)
     eval_paraphrase: bool = True   # after training, also the held-out questions reworded (eval.paraphrased)
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
@@ -230,7 +231,7 @@ def run_training(cfg, device):
 
     def held_out(name, prompts=eval_set, what="held-out"):
         log(f"[eval {name}] {len(prompts)} {what} prompts")
-        res = evaluate(policy, tok, prompts, cfg.eval_samples, cfg.grpo.temperature, cfg.grpo.max_new_tokens,
+        res = evaluate(policy, tok, prompts, cfg.eval_samples, cfg.grpo.temperature, cfg.eval_max_new_tokens,
                        cfg.grpo.system_prompt, reward_fn=reward_fn, progress=log)
         log(f"[eval {name}] {what} greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
             f"{res['format']:.1%}, mean reward {res['reward']:.3f}, mean completion {res['completion_chars']:.0f} chars"
@@ -256,7 +257,7 @@ def run_training(cfg, device):
         metrics = mean_across_ranks(metrics, world) | {"step": step}
         if rank == 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0:     # a small, greedy check on the way
             # after the ranks' mean: only rank 0 evaluates, so the key is not in the other ranks' metrics
-            metrics["eval_accuracy"] = evaluate(policy, tok, eval_set[:cfg.eval_subset], 0, 0.0, cfg.grpo.max_new_tokens,
+            metrics["eval_accuracy"] = evaluate(policy, tok, eval_set[:cfg.eval_subset], 0, 0.0, cfg.eval_max_new_tokens,
                                                 cfg.grpo.system_prompt, reward_fn=reward_fn)["accuracy"]
         checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)   # nothing non-finite
         history.append(metrics)

@@ -303,6 +303,8 @@ def audit(cases=None, weights=None, print_fn: Callable[[str], None] = print,
         parts = reward.components([prompt], [response])
         got = {name: values[0] for name, values in parts.items()}
         want = {"correct": want_correct, "format": want_format}
+        if "short" in got:       # a shaped credit: its value is the reply's length's, but never for a wrong reply
+            want["short"] = got["short"] if want_correct else 0.0
         wrong = [name for name in parts if got[name] != want[name]]
         mark = ""
         if wrong and kind.startswith("known"):

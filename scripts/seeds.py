@@ -1,7 +1,7 @@
-"""Robustness as a report: run one recipe (RECIPE below, plus any --name=value you add) over seeds and
+"""Robustness as a report: run train.py's default recipe (plus any --name=value you add) over seeds and
 dtypes, and write every run's numbers to results/seeds-<machine>.json and README's table.
 
-    OMP_NUM_THREADS=1 python scripts/seeds.py                       # seeds 0-4 x fp32, bf16: 10 runs of RECIPE
+    OMP_NUM_THREADS=1 python scripts/seeds.py                       # seeds 0-4 x fp32, bf16: 10 default runs
     OMP_NUM_THREADS=1 python scripts/seeds.py --seeds=0,1 --dtypes=bf16 --steps=20   # another recipe: its own file
     python scripts/seeds.py --table                                 # only print the table of the file
 
@@ -25,10 +25,9 @@ sys.path.insert(0, str(ROOT))
 import train                                                        # noqa: E402
 from device import machine_name                                     # noqa: E402
 
-# the candidate recipe (README), which is not train.py's default yet: the shaped `short` component, 16 new tokens
-# and advantages not divided by the group's std (Dr. GRPO)
-RECIPE = ["--reward_weights=correct:1,format:1,short:1", "--max_new_tokens=16", "--scale_rewards=false"]
-DEFAULT_EXTRA = RECIPE + ["--eval_every=5", "--eval_subset=50"]   # the check the table's "90% at" reads
+# train.py's default recipe (README): the shaped `short` component, 16 new tokens, advantages not divided by the
+# group's std (Dr. GRPO), and the periodic check (--eval_every=5 on --eval_subset=50) the table's "90% at" reads.
+# Flags given to this script are added to every run (another recipe: its own file).
 
 
 def run_key(cfg):
@@ -83,7 +82,7 @@ def main(argv=None):
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
     for seed in ([] if only_table else seeds):
         for dtype in dtypes:
-            args = DEFAULT_EXTRA + extra + [f"--seed={seed}", f"--dtype={dtype}",
+            args = extra + [f"--seed={seed}", f"--dtype={dtype}",
                                             f"--out_dir={ROOT / 'runs' / 'seeds' / f'{dtype}-seed{seed}'}"]
             cfg = train.parse_args(args)
             key = run_key(cfg)

@@ -80,7 +80,8 @@ def tiny_config(model, out_dir, **kw):
     """train.TrainConfig of a 3-step run of the tiny model, a checkpoint every step."""
     from train import TrainConfig
     cfg = TrainConfig(**dict(model=str(model), task="add1", steps=3, batch_prompts=2, n_train=50, n_eval=4,
-                             device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, dtype="fp32") | kw)
+                             device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, dtype="fp32",
+                             eval_max_new_tokens=4) | kw)
     cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4
     return cfg
 
