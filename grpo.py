@@ -28,7 +28,7 @@ from engine import generate, left_pad
 @dataclass
 class GRPOConfig:
     group_size: int = 8            # G completions per prompt (>= 2: a group of one has no baseline)
-    max_new_tokens: int = 16       # a sampled reply's budget: a right answer fits in a few tokens
+    max_new_tokens: int = 32
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
@@ -37,7 +37,7 @@ class GRPOConfig:
     kl_mode: str = "loss"          # "loss": + beta KL per token; "reward": r_i - beta sum_t KL_it
     clip_eps: float = 0.2          # PPO clip range for the ratio pi / pi_old
     loss_agg: str = "seq_mean"     # see aggregate_loss
-    scale_rewards: bool = False    # divide advantages by the group std (False: Dr. GRPO)
+    scale_rewards: bool = True     # divide advantages by the group std (False: Dr. GRPO)
     drop_zero_std_groups: bool = False   # equal-reward groups out of the loss and its normaliser
     adv_eps: float = 1e-4
     system_prompt: str | None = None     # None: no system turn (a default one costs ~20 tokens)

@@ -96,8 +96,9 @@ class TrainConfig:
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
-    # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig, the paper's
+    # defaults); the recipe's changes to them: 16 new tokens, advantages not divided by the std (README)
+    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(max_new_tokens=16, scale_rewards=False))
 
 
 def parse_args(argv):
