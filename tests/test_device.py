@@ -196,13 +196,16 @@ def test_python_train_device_mps_exits_with_one_line():
 
 # ----------------------------------------------------------------------------- the same run twice
 
-def test_a_run_repeats_bit_for_bit(tiny_checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["auto", "fp32"])      # auto: bf16 on CPUs with AMX or AMD's avx512_bf16
+def test_a_run_repeats_bit_for_bit(tiny_checkpoint, tmp_path, capsys, monkeypatch, dtype):
     """The same command twice: the same log.jsonl (wall-time fields aside) and the same checkpoint bytes; and
-    the run's first line names the rule that chose the dtype."""
-    from conftest import tiny_config
+    the run's first line names the rule that chose the dtype. Another seed differs (the comparison can fail).
+    The reward is conftest's toy_reward, which the tiny model earns now and then, so that the runs learn."""
+    from conftest import tiny_config, toy_reward
+    monkeypatch.setattr(train, "make_reward", lambda *a: toy_reward)
     runs = []
-    for name in ("a", "b"):
-        cfg = tiny_config(tiny_checkpoint, tmp_path / name, dtype="auto", eval_every=1, eval_subset=2)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        cfg = tiny_config(tiny_checkpoint, tmp_path / name, dtype=dtype, eval_every=1, eval_subset=2, seed=seed)
         cfg.grpo.temperature = 1.0
         train.train(cfg)
         log = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
@@ -212,5 +215,6 @@ def test_a_run_repeats_bit_for_bit(tiny_checkpoint, tmp_path, capsys):
         runs.append((log, weights))
     assert runs[0][0] == runs[1][0] and "eval_accuracy" in runs[0][0][-1]
     assert runs[0][1] == runs[1][1]
+    assert runs[2][0] != runs[0][0] and runs[2][1] != runs[0][1]
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("compute dtype") and "(auto: " in first, first
+    assert first.startswith("compute dtype") and (("(auto: " in first) == (dtype == "auto")), first
