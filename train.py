@@ -91,7 +91,7 @@ class TrainConfig:
     eval_every: int = 5            # every this many steps (0: never), greedy accuracy on the first
     eval_subset: int = 50          # eval_subset held-out prompts, logged as eval_accuracy
     eval_max_new_tokens: int = 32  # the evaluations' reply budget (training's is max_new_tokens)
-    eval_paraphrase: bool = True   # after training, also the held-out questions reworded (eval)
+    eval_paraphrase: bool = True   # held-out questions reworded, at the end (eval.paraphrased)
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
