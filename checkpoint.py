@@ -29,6 +29,8 @@ import os
 import pickle
 import re
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -118,6 +120,21 @@ def save(out_dir, weights, state, config):
         raise
     clean_leftovers(out_dir)
     return final
+
+
+def save_step(out_dir, policy, optimizer, step, history, config):
+    """train.py's save of a step: the fp32 master weights, the optimizer, the log so far and the config
+    (configurator.recorded_config). A failed save (disk full, read-only) stops the run in one line, with the
+    last good checkpoint still current."""
+    weights = {k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()}
+    state = {"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": config}
+    try:
+        save(out_dir, weights, state, config)
+    except OSError as e:
+        last = last_good(out_dir)
+        raise ValueError(f"could not save the checkpoint of step {step} in {out_dir} ({e.strerror or e}); "
+                         + (f"the last good one, {last}, is intact: free space and continue with --resume"
+                            if last else "there is no earlier checkpoint")) from None
 
 
 def non_finite(tensors, prefix=""):
@@ -387,3 +404,35 @@ def write_error(folder):
     except OSError as e:
         return e.strerror or str(e)
     return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, so that it stops as on Ctrl-C: the checkpoint named, exit status 143."""
+
+
+def stop_on_sigterm(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def exit_in_one_line(out_dir):
+    """train.main's ending when a run cannot go on: one line, no traceback, naming the last good checkpoint of
+    out_dir() (None until the settings are read) where there is one. SIGTERM (kill, a job scheduler) stops the
+    run as Ctrl-C does. Exit status 1 (on ranks other than 0 without the line), or the shell's 128 + SIGINT (2)
+    or SIGTERM (15)."""
+    on_sigterm = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        yield
+    except ValueError as e:                     # bad input, or a save that failed
+        sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)
+    except OSError as e:                        # a missing file, or a full or read-only disk (log.jsonl, the plot)
+        last = last_good(out_dir()) if out_dir() is not None else None
+        hint = f"; the last checkpoint, {last}, is intact: continue with --resume" if last else ""
+        sys.exit(f"error: {e}{hint}" if os.environ.get("RANK", "0") == "0" else 1)
+    except KeyboardInterrupt as e:              # Ctrl-C, or SIGTERM: the same line
+        last = last_good(out_dir()) if out_dir() is not None else None
+        print("interrupted: " + (f"continue from {last} with --resume" if last else "no checkpoint saved yet"),
+              file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)

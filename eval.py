@@ -195,5 +195,33 @@ def main(argv=None):
     print(format_examples(res["examples"]))
 
 
+
+def report_run(before, after, paraphrase, history, steps, n_eval, out_dir, log=print):
+    """The end of train.py's run: held-out accuracy before -> after (and reworded), examples of each, the
+    run's figure (show.run_figure) and report.html (report.py). before/paraphrase: None when not run."""
+    from checkpoint import current
+    from report import write_report         # here: report.py imports this module
+    from show import save_run_figure
+    evals = {}
+    if before is not None:
+        log(f"\nheld-out greedy accuracy ({GRADER}): before {before['accuracy']:.1%} -> after "
+            f"{after['accuracy']:.1%} ({after['accuracy'] - before['accuracy']:+.1%}); exact format "
+            f"{before['format']:.1%} -> {after['format']:.1%}; mean completion "
+            f"{before['completion_chars']:.0f} -> {after['completion_chars']:.0f} chars")
+        log("before:\n" + format_examples(before["examples"]))
+        evals["before"] = (0, before["accuracy"])
+    if paraphrase is not None:
+        log(f"held-out accuracy {after['accuracy']:.1%}; on the same questions reworded (templates "
+            f"training never sees) {paraphrase['accuracy']:.1%}")
+    log("after:\n" + format_examples(after["examples"]))
+    evals["after"] = (steps, after["accuracy"])
+    if history:
+        save_run_figure(history, evals, out_dir / "reward_curve.png")
+        log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; completions: "
+            f"{out_dir / 'completions.jsonl'}; weights: "
+            f"{current(out_dir) / 'model.safetensors'}")
+        log(f"report: {write_report(out_dir, {'before': before, 'after': after, 'n_eval': n_eval})}")
+
+
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ A 135M judge is a weak one: the agreement it measures (results/judge_agreement.j
 this project's default reward is the rule-based verifier.
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -59,6 +60,17 @@ def judge_probabilities(model, tok, prompts, responses, batch_size=32):
 def make_judge(model, tok, batch_size=32):
     """The judge as a reward component, (prompts, responses) -> list[float], for task.WeightedReward."""
     return lambda prompts, responses: judge_probabilities(model, tok, prompts, responses, batch_size)
+
+
+def run_judge(cfg, ref_model, policy, tok, device):
+    """train.py's judge component: --judge=ref asks the frozen start (the reference model, or a frozen copy of
+    the policy when beta = 0 left none), --judge=runs/other that run's checkpoint."""
+    if cfg.judge == "ref":
+        model = ref_model if ref_model is not None else copy.deepcopy(policy).requires_grad_(False)
+    else:
+        from eval import load_policy
+        model = load_policy(cfg.model, cfg.judge, device)[0].requires_grad_(False)
+    return make_judge(model, tok)
 
 
 def agreement(judged, verdicts):

@@ -379,5 +379,18 @@ def renamed(history):
     return [{RENAMED.get(k, k): v for k, v in h.items()} for h in history]
 
 
+def format_log(step, steps, m):
+    """train.py's line for a step: each logged number as `key value`, keyed as in log.jsonl (the legend is
+    train.py's docstring)."""
+    components = "".join(f" {k} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
+    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f}{components} reward_std "
+            f"{m['reward_std']:.2f} frac_reward_zero_std {m['frac_reward_zero_std']:.2f}"
+            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip_ratio {m['clip_ratio']:.2f}"
+            f" grad_norm {m['grad_norm']:.2f}"
+            f" | completion_length {m['completion_length']:.1f} truncated {m['truncated']:.2f}"
+            f" | tok_per_s {m['tok_per_s']:.0f} s_per_step {m['s_per_step']:.1f}"
+            + (f" | eval_accuracy {m['eval_accuracy']:.2f}" if "eval_accuracy" in m else ""))
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])

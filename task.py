@@ -8,18 +8,19 @@ lists of integers. Your own task, a .py module or a .jsonl file, is loaded by cu
 The reward is a weighted sum of components, each a plain function of (prompts, responses):
     correct   1 if the task's verifier accepts the reply, else 0
     format    1 if the reply is exactly the answer the prompt asks for ("57" or "57."), and right
+    short     a right reply's partial format credit, less for each character beyond the answer
     judge     (optional, judge.py) a judge model's probability of "Yes, this answer is correct"
     reward    = sum_k w_k * component_k / sum_k w_k                                  in [0, 1]
-With the default weights (correct 1, format 1): 1.0 for "57", 0.5 for "57 is larger than 42.", 0 for
-anything wrong, false or hedged. Format is gated on correctness: a well-formatted wrong answer earns 0.
+With correct 1, format 1 (get_reward): 1.0 for "57", 0.5 for "57 is larger than 42.", 0 for anything
+wrong, false or hedged. Format is gated on correctness: a well-formatted wrong answer earns 0.
 """
 
 import random
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from task_data import ITEM_WORDS, LETTER_WORDS, PARAPHRASES, REVERSE_WORDS
 from verify import verifier_for_answer, verify_list, verify_number, verify_reversal
 
 
@@ -39,37 +40,12 @@ class Task:
     description: str                              # one line, shown in logs
     make: Callable[[random.Random], Prompt]
     verify: Callable[[Prompt, str], bool]         # is this reply right? (fails closed)
-    # held-out questions reworded, for eval.paraphrased only (training never uses them): (regex, replacement)
+    # held-out questions reworded, for eval.paraphrased only (training never uses them):
+    # (regex, replacement) pairs
     paraphrases: tuple[tuple[str, str], ...] = ()
 
 
 SUFFIX = " Answer with just the number."
-
-ITEM_WORDS = [
-    "apple", "banana", "pear", "plum", "grape", "lemon", "mango", "peach",
-    "cherry", "melon", "cat", "dog", "cow", "horse", "sheep", "goat", "duck",
-    "fish", "bird", "lion", "tiger", "bear", "wolf", "fox", "frog", "mouse",
-]
-
-# Common words in which no letter occurs more than 3 times, so answers are 0..3.
-# Why 130 words: train and eval must be distinct questions, and a word has only ~5
-# distinct letters, so with ~60 words most of 1200 distinct questions would be
-# answer-0 ones. With 130, answers come out roughly 0: 47%, 1: 44%, 2: 8%, 3: 1%.
-LETTER_WORDS = """
-apple banana strawberry letter coffee balloon bookkeeper committee pepper cheese
-engineer tomorrow successful little happy hello school yellow butter dinner
-summer rabbit puppy giraffe kitten jelly window garden orange purple
-river forest pizza bubble mammal cotton parrot carrot pencil paper
-bottle mirror planet rocket music doctor sister brother family friend
-people tennis zebra monkey water table chair house green street
-queen moon book assistant elephant chocolate computer teacher morning evening
-kitchen bedroom holiday birthday umbrella sandwich potato tomato cookie cereal
-chicken turtle spider dolphin penguin rainbow thunder weather winter autumn
-mountain island ocean desert valley bridge castle village market station
-airplane bicycle library hospital museum picture address pillow blanket button
-basket jacket pocket ribbon candle dragon flower squirrel yogurt noodle
-bread sugar salt lemon cherry grape melon peach onion garlic
-""".split()
 
 
 # ----------------------------------------------------------------------------- prompt generators
@@ -90,7 +66,8 @@ def make_larger(rng: random.Random) -> Prompt:
 def make_count_items(rng: random.Random) -> Prompt:
     # Distinct words: with repeats, "how many items" vs "how many kinds" is ambiguous.
     items = rng.sample(ITEM_WORDS, rng.randint(3, 9))
-    return Prompt(f"How many items are in this list: {', '.join(items)}?{SUFFIX}", len(items), "count_items")
+    question = f"How many items are in this list: {', '.join(items)}?{SUFFIX}"
+    return Prompt(question, len(items), "count_items")
 
 
 def make_count_letter(rng: random.Random) -> Prompt:
@@ -98,67 +75,42 @@ def make_count_letter(rng: random.Random) -> Prompt:
     # Mostly a letter of the word (biased toward repeated letters, so answers 2 and
     # 3 show up), otherwise any letter (mostly answer 0).
     c = rng.choice(word) if rng.random() < 0.7 else rng.choice("abcdefghijklmnopqrstuvwxyz")
-    return Prompt(f"How many times does the letter '{c}' appear in '{word}'?{SUFFIX}", word.count(c), "count_letter")
+    question = f"How many times does the letter '{c}' appear in '{word}'?{SUFFIX}"
+    return Prompt(question, word.count(c), "count_letter")
 
 
-# More common words for `reverse`, so that its held-out set is large (4-7 letters, no palindromes).
-MORE_WORDS = """
-about above after again april black blue board boat bone brain brave brick brush cake camel card chain chalk
-cloud clock coast coat cold corn couch crown dance desk dream dress drink drum eagle earth field fire flag
-floor fruit glass glove goose grass happy heart horse hotel juice king knife lake lamp laugh leaf light lunch
-magic maple metal milk money mouth movie nest night north novel ocean olive paint party piano pilot plant
-plate pride prize quiet radio range robot roof rose round sand scarf shape sheep shell shirt shoe silver
-skirt sleep smile snake snow socks sound south space spoon sport stamp star stone storm story sunny sweet
-tiger toast tooth towel tower train tree truck uncle voice watch whale wheel white wind wolf world write
-young zone animal answer breeze butter camera circle coffee cousin danger editor farmer finger forest
-frozen ginger guitar hammer helmet insect jungle kettle ladder lizard marble meadow mitten nature orange
-oyster pepper pirate planet rabbit saddle silent singer spirit summer ticket timber violin wallet winner
-""".split()
-REVERSE_WORDS = sorted({w for w in LETTER_WORDS + ITEM_WORDS + MORE_WORDS if 4 <= len(w) <= 7 and w != w[::-1]})
 
 
 def make_reverse(rng: random.Random) -> Prompt:
     word = rng.choice(REVERSE_WORDS)
-    return Prompt(f"Write the word '{word}' backwards. Answer with just the reversed word.", word[::-1], "reverse")
+    question = f"Write the word '{word}' backwards. Answer with just the reversed word."
+    return Prompt(question, word[::-1], "reverse")
 
 
 def make_sort(rng: random.Random) -> Prompt:
     numbers = rng.sample(range(1, 100), rng.randint(3, 5))
-    return Prompt(f"Sort these numbers from smallest to largest: {', '.join(map(str, numbers))}. "
-                  "Answer with just the sorted numbers, separated by commas.", tuple(sorted(numbers)), "sort")
+    question = (f"Sort these numbers from smallest to largest: {', '.join(map(str, numbers))}. "
+                "Answer with just the sorted numbers, separated by commas.")
+    return Prompt(question, tuple(sorted(numbers)), "sort")
 
 
 # ----------------------------------------------------------------------------- tasks and the split
 
-def reworded(pattern, *templates):
-    """Task.paraphrases: each template (re.sub's replacement) paired with the question's pattern."""
-    return tuple((pattern, template) for template in templates)
-
-
-ADD_PARAPHRASES = reworded(r"^What is (\d+) \+ (\d+)\?", r"Add \1 and \2.", r"Compute the sum of \1 and \2.",
-                           r"\1 plus \2 makes how much?")
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("add1", "one-digit addition, a + b with a, b in 0..9", make_add(0, 9, "add1"), verify_number,
-         ADD_PARAPHRASES),
-    Task("add2", "two-digit addition, a + b with a, b in 10..99", make_add(10, 99, "add2"), verify_number,
-         ADD_PARAPHRASES),
-    Task("larger", "the larger of two distinct two-digit numbers", make_larger, verify_number, reworded(
-        r"^Which is larger, (\d+) or (\d+)\?", r"Between \1 and \2, name the greater one.",
-        r"Of the numbers \1 and \2, which is bigger?", r"Tell me the greater number: \1 or \2.")),
-    Task("count_items", "count the items in a list of 3..9 words", make_count_items, verify_number, reworded(
-        r"^How many items are in this list: (.*)\?", r"Count the words in this list: \1.",
-        r"Here is a list: \1. How many entries does it have?", r"What is the number of items in \1?")),
+    Task("add1", "one-digit addition, a + b with a, b in 0..9", make_add(0, 9, "add1"),
+         verify_number, PARAPHRASES["add1"]),
+    Task("add2", "two-digit addition, a + b with a, b in 10..99", make_add(10, 99, "add2"),
+         verify_number, PARAPHRASES["add2"]),
+    Task("larger", "the larger of two distinct two-digit numbers", make_larger, verify_number,
+         PARAPHRASES["larger"]),
+    Task("count_items", "count the items in a list of 3..9 words", make_count_items, verify_number,
+         PARAPHRASES["count_items"]),
     Task("count_letter", "count a letter's occurrences in a common word (0..3)", make_count_letter,
-         verify_number, reworded(
-             r"^How many times does the letter '(.)' appear in '(\w+)'\?",
-             r"Count how often the letter '\1' occurs in the word '\2'.",
-             r"In '\2', how many times do you see '\1'?", r"What is the number of '\1' letters in '\2'?")),
-    Task("reverse", "write a 4-7 letter word backwards (a string answer)", make_reverse, verify_reversal,
-         reworded(r"^Write the word '(\w+)' backwards\.", r"Spell '\1' in reverse order.",
-                  r"Reverse the letters of the word '\1'.", r"What is '\1' written from right to left?")),
-    Task("sort", "sort 3-5 numbers in 1..99 (a list answer)", make_sort, verify_list, reworded(
-        r"^Sort these numbers from smallest to largest: (.*?)\.", r"Put \1 in increasing order.",
-        r"Arrange these numbers in ascending order: \1.", r"Order \1 from lowest to highest.")),
+         verify_number, PARAPHRASES["count_letter"]),
+    Task("reverse", "write a 4-7 letter word backwards (a string answer)", make_reverse,
+         verify_reversal, PARAPHRASES["reverse"]),
+    Task("sort", "sort 3-5 numbers in 1..99 (a list answer)", make_sort, verify_list,
+         PARAPHRASES["sort"]),
 ]}
 
 
@@ -170,27 +122,23 @@ def get_task(name: str) -> Task:
     if name.endswith((".py", ".jsonl")):
         from custom_task import load_task_file
         return load_task_file(name)
-    raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}, or a path to a .py or .jsonl file")
+    raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}, "
+                     "or a path to a .py or .jsonl file")
 
 
 def make_dataset(task_name: str | Task, n_train: int = 1000, n_eval: int = 200,
                  seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
-    """Deterministic (train, eval) prompt lists, disjoint by question text.
+    """Deterministic (train, eval) prompt lists, disjoint by question text: an eval question seen in
+    training would measure memorisation, not skill. task_name: a name for get_task, or a Task.
 
-    We draw prompts from random.Random(seed) and keep each question the first time
-    it appears, until we hold n_eval + n_train distinct questions; eval takes the
-    first n_eval, train the next n_train. Disjointness matters: an eval question
-    seen in training measures memorisation, not skill.
-
-    Small tasks run out: add1 has only 10 * 10 = 100 distinct questions. We stop
-    drawing after 1000 draws in a row bring nothing new, and then split what we
-    have with eval going first: eval gets min(n_eval, 20% of the distinct
-    questions) and train samples WITH repetition from the rest up to n_train.
-    So train may repeat questions, but never contains an eval question.
-    A .jsonl task is drawn the same way from its lines. task_name: a name for get_task, or a Task.
+    Draw from random.Random(seed), keeping each question the first time it appears, until we hold
+    n_eval + n_train distinct ones: eval takes the first n_eval, train the next n_train. Small tasks
+    run out (add1 has 10 * 10 questions): after 1000 draws in a row bring nothing new, eval gets
+    min(n_eval, 20% of the distinct questions) and train samples the rest WITH repetition.
     """
     if n_train < 1 or n_eval < 1:
-        raise ValueError(f"need n_train >= 1 and n_eval >= 1, got n_train={n_train}, n_eval={n_eval}")
+        raise ValueError(f"need n_train >= 1 and n_eval >= 1, "
+                         f"got n_train={n_train}, n_eval={n_eval}")
     task = task_name if isinstance(task_name, Task) else get_task(task_name)
     rng = random.Random(seed)
     seen: dict[str, Prompt] = {}  # dicts keep insertion order, so this is deterministic
@@ -212,8 +160,8 @@ def make_dataset(task_name: str | Task, n_train: int = 1000, n_eval: int = 200,
 # ----------------------------------------------------------------------------- reward components
 
 def verifier_for(prompt: Prompt) -> Callable[[Prompt, str], bool]:
-    """The verifier a prompt is graded by: its own (a task file's), else its built-in task's, else the
-    one for its answer's type."""
+    """The verifier a prompt is graded by: its own (a task file's), else its built-in task's, else
+    the one for its answer's type."""
     if prompt.verify is not None:
         return prompt.verify
     return TASKS[prompt.task].verify if prompt.task in TASKS else verifier_for_answer(prompt.answer)
@@ -235,9 +183,14 @@ def answer_text(answer) -> str:
 
 
 def is_exact(prompt: Prompt, response: str) -> bool:
-    """The reply is exactly the answer as the prompt asks: "57" or "57." (spaces around it and after commas
-    aside)."""
-    return re.sub(r"\s*,\s*", ", ", response.strip()).removesuffix(".") == answer_text(prompt.answer)
+    """The reply is exactly the answer as the prompt asks: "57" or "57." (spaces around it and after
+    commas aside)."""
+    return bare(response) == answer_text(prompt.answer)
+
+
+def bare(response: str) -> str:
+    """The reply as is_exact compares it: stripped, ", " after each comma, no final '.'."""
+    return re.sub(r"\s*,\s*", ", ", response.strip()).removesuffix(".")
 
 
 def format_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
@@ -246,33 +199,36 @@ def format_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
     return [float(is_exact(p, r) and is_correct(p, r)) for p, r in zip(prompts, responses)]
 
 
-SHORT_SPAN = 40      # characters beyond the answer at which a right reply's `short` credit reaches 0
+SHORT_SPAN = 40      # characters beyond the answer at which a right reply's short credit is 0
 
 
 def short_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
-    """Partial format credit, paid only to a right reply: max(0, 1 - extra / SHORT_SPAN), extra = the reply's
-    characters beyond the answer's (spaces and a final '.' aside). 1.0 for exactly the answer, 0.65 for "The
-    answer is 57." (14 extra), 0.0 from 40 extra on, and 0.0 for ANY reply the verifier rejects. A group of right
-    sentences then differs in reward (the shorter ones beat the longer ones), so GRPO walks toward the bare
-    answer even before a sample shows it (format alone pays nothing until one does)."""
+    """Partial format credit, paid only to a right reply: max(0, 1 - extra / SHORT_SPAN), extra =
+    the reply's characters beyond the answer's (spaces and a final '.' aside). 1.0 for exactly the
+    answer, 0.65 for "The answer is 57." (14 extra), 0.0 from 40 extra on, and 0.0 for ANY reply
+    the verifier rejects. A group of right sentences then differs in reward (the shorter ones beat
+    the longer ones), so GRPO walks toward the bare answer even before a sample shows it (format
+    alone pays nothing until one does)."""
     def credit(p, r):
-        extra = len(re.sub(r"\s*,\s*", ", ", r.strip()).removesuffix(".")) - len(answer_text(p.answer))
+        extra = len(bare(r)) - len(answer_text(p.answer))
         return max(0.0, 1.0 - max(extra, 0) / SHORT_SPAN)
     return [credit(p, r) if is_correct(p, r) else 0.0 for p, r in zip(prompts, responses)]
 
 
-COMPONENTS: dict[str, Callable[[list, list], list[float]]] = {"correct": correct_reward, "format": format_reward,
-                                                              "short": short_reward}
+COMPONENTS: dict[str, Callable[[list, list], list[float]]] = {
+    "correct": correct_reward, "format": format_reward, "short": short_reward}
 DEFAULT_WEIGHTS = {"correct": 1.0, "format": 1.0}
 
 
 def parse_weights(text: str) -> dict[str, float]:
-    """'correct:1,format:0.5' -> {'correct': 1.0, 'format': 0.5}; one clear error for anything else."""
+    """'correct:1,format:0.5' -> {'correct': 1.0, 'format': 0.5}; one clear error for anything
+    else."""
     weights = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition(":")
         if name not in COMPONENTS and name != "judge":
-            raise ValueError(f"--reward_weights: unknown component {name!r}; known: correct, format, short, judge")
+            raise ValueError(f"--reward_weights: unknown component {name!r}; "
+                             "known: correct, format, short, judge")
         try:
             weights[name] = float(value) if sep else float("nan")
         except ValueError:
@@ -280,32 +236,37 @@ def parse_weights(text: str) -> dict[str, float]:
         if not weights[name] >= 0:
             raise ValueError(f"--reward_weights: {item!r} needs a weight >= 0, as in {name}:1")
     if not weights or sum(weights.values()) <= 0:
-        raise ValueError(f"--reward_weights={text!r}: give at least one positive weight, e.g. correct:1,format:1")
+        raise ValueError(f"--reward_weights={text!r}: give at least one positive weight, "
+                         "e.g. correct:1,format:1")
     return weights
 
 
 class WeightedReward:
     """reward = sum_k w_k * component_k / sum_k w_k, in [0, 1]; callable like get_reward.
 
-    components() returns each component's rewards too, so that a run can log each one's mean beside the total
-    (TRL's rewards/<name>/mean). `judge` is a component function (judge.make_judge); needed iff weighted.
-    `functions` replaces COMPONENTS' functions by name (the notebook grades with its own copies)."""
+    components() returns each component's rewards too, so that a run can log each one's mean
+    beside the total (TRL's rewards/<name>/mean). `judge` is a component function
+    (judge.make_judge); needed iff weighted. `functions` replaces COMPONENTS' functions by name (the
+    notebook grades with its own copies)."""
 
     def __init__(self, weights: dict[str, float] | None = None, judge=None, functions=None):
         self.weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         if self.weights.get("judge", 0) > 0 and judge is None:
             raise ValueError("the judge component needs a judge model (see judge.py)")
-        self.functions = COMPONENTS | (functions or {}) | ({"judge": judge} if judge is not None else {})
+        judged = {"judge": judge} if judge is not None else {}
+        self.functions = COMPONENTS | (functions or {}) | judged
 
     def components(self, prompts: list[Prompt], responses: list[str]) -> dict[str, list[float]]:
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        return {name: self.functions[name](prompts, responses) for name, w in self.weights.items() if w > 0}
+        return {name: self.functions[name](prompts, responses)
+                for name, w in self.weights.items() if w > 0}
 
     def combine(self, parts: dict[str, list[float]]) -> list[float]:
         total = sum(self.weights[name] for name in parts)
         n = len(next(iter(parts.values())))
-        return [sum(self.weights[name] * parts[name][i] for name in parts) / total for i in range(n)]
+        return [sum(self.weights[name] * parts[name][i] for name in parts) / total
+                for i in range(n)]
 
     def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
         return self.combine(self.components(prompts, responses))
@@ -320,11 +281,6 @@ def get_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
     return WeightedReward(DEFAULT_WEIGHTS, functions=components)(prompts, responses)
 
 
-def main(argv=None):
-    """python task.py --audit: the verifier audit, which lives in verify.py."""
-    from verify import main as audit_main
-    audit_main(sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":      # python task.py --audit: the verifier audit (verify.py)
+    from verify import main
     main()

@@ -40,7 +40,6 @@ import copy
 import json
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -55,12 +54,12 @@ import fused
 from configurator import apply_args, recorded_config, usage, validate
 from ddp import DDPPolicy, broadcast_dtype, init_distributed, local_device, mean_across_ranks
 from device import auto_dtype, pick_dtype
-from eval import GRADER, evaluate, format_examples, paraphrased
+from eval import GRADER, evaluate, paraphrased, report_run
 from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
+from judge import run_judge
 from load_weights import check_fits, load_model
 from optim import cast_for_training
-from report import write_report
-from show import group_table, renamed, save_run_figure, step_metrics, step_record
+from show import format_log, group_table, renamed, step_metrics, step_record
 from task import WeightedReward, get_task, make_dataset, parse_weights
 
 
@@ -69,7 +68,7 @@ class TrainConfig:
     # what to train, on what
     model: str = "smollm2"         # smollm2, gpt2, distilgpt2, .gguf, GPT-2 folder (load_weights)
     task: str = "larger"           # a task of task.py, or your own: a .py or .jsonl file
-    reward_weights: str = "correct:1,format:1,short:1"   # the reward's components, weights (task.py)
+    reward_weights: str = "correct:1,format:1,short:1"   # reward components and weights (task.py)
     judge: str = "ref"             # judge model: "ref" (the frozen start) or a checkpoint
     # optimisation
     steps: int = 30                # GRPO steps: a rollout of B*G completions, mu AdamW steps
@@ -90,20 +89,39 @@ class TrainConfig:
     eval_samples: int = 0          # also report sampled accuracy with k samples per held-out prompt
     eval_before: bool = True       # evaluate the base model first (the "before" of before/after)
     eval_every: int = 5            # every this many steps (0: never), greedy accuracy on the first
-    eval_subset: int = 50          # eval_subset held-out prompts, logged as eval_accuracy in log.jsonl
+    eval_subset: int = 50          # eval_subset held-out prompts, logged as eval_accuracy
     eval_max_new_tokens: int = 32  # the evaluations' reply budget (training's is max_new_tokens)
-    eval_paraphrase: bool = True   # after training, also the held-out questions reworded (eval.paraphrased)
+    eval_paraphrase: bool = True   # held-out questions reworded, at the end (eval.paraphrased)
     save_every: int = 10           # write a checkpoint every this many steps, and after the last
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
-    # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig, the paper's
-    # defaults); the recipe's changes to them: 16 new tokens, advantages not divided by the std (README)
-    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(max_new_tokens=16, scale_rewards=False))
+    # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig, the
+    # paper's defaults); the recipe changes two: 16 new tokens, advantages not divided by the std
+    grpo: GRPOConfig = field(
+        default_factory=lambda: GRPOConfig(max_new_tokens=16, scale_rewards=False))
 
 
 def parse_args(argv):
     """A TrainConfig with the --name=value settings of argv (configurator.py)."""
     return apply_args(argv, TrainConfig())
+
+
+# ----------------------------------------------------------------------------- prompts and reward
+def step_prompts(train_set, cfg, step, rank, world):
+    """This rank's prompts for a step: the same global draw on every rank (seeded by step), then a
+    slice. Sampling seeds follow the global prompt index: N ranks sample as 1 process does."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    idx = rng.sample(range(len(train_set)), cfg.batch_prompts)
+    per_rank = cfg.batch_prompts // world
+    mine = range(rank * per_rank, (rank + 1) * per_rank)
+    seeds = [cfg.seed * 7_919 + step * 100_003 + i for i in mine]
+    return [train_set[idx[i]] for i in mine], seeds
+
+
+def make_reward(cfg, weights, ref_model, policy, tok, device):
+    """The run's reward (task.WeightedReward); with a judge component, the judge model it asks."""
+    judge = run_judge(cfg, ref_model, policy, tok, device) if weights.get("judge", 0) > 0 else None
+    return WeightedReward(weights, judge=judge)
 
 
 # ----------------------------------------------------------------------------- loss, backward, step
@@ -124,66 +142,17 @@ def optimize(policy, optimizer, batch, cfg, ddp_policy=None):
 
 
 # ----------------------------------------------------------------------------- the loop
-
-def step_prompts(train_set, cfg, step, rank, world):
-    """This rank's prompts for a step: the same global draw on every rank (seeded by step), then a
-    slice. Sampling seeds follow the global prompt index: N ranks sample as 1 process does."""
-    rng = random.Random(cfg.seed * 1_000_003 + step)
-    idx = rng.sample(range(len(train_set)), cfg.batch_prompts)
-    per_rank = cfg.batch_prompts // world
-    mine = range(rank * per_rank, (rank + 1) * per_rank)
-    seeds = [cfg.seed * 7_919 + step * 100_003 + i for i in mine]
-    return [train_set[idx[i]] for i in mine], seeds
-
-
-def save_checkpoint(out_dir, policy, optimizer, step, history, config):
-    """checkpoint.save of this step (config: configurator.recorded_config); a failed save (disk full, read-only)
-    stops the run in one line, with the last good checkpoint still current."""
-    weights = {k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()}
-    state = {"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": config}
-    try:
-        checkpoint.save(out_dir, weights, state, config)
-    except OSError as e:
-        last = checkpoint.last_good(out_dir)
-        raise ValueError(f"could not save the checkpoint of step {step} in {out_dir} ({e.strerror or e}); "
-                         + (f"the last good one, {last}, is intact: free space and continue with --resume"
-                            if last else "there is no earlier checkpoint")) from None
-
-
-def format_log(step, steps, m):
-    """The step's line: each logged number as `key value`, keyed as in log.jsonl (legend above)."""
-    components = "".join(f" {k} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
-    return (f"step {step:4d}/{steps} | reward {m['reward']:.3f}{components} reward_std "
-            f"{m['reward_std']:.2f} frac_reward_zero_std {m['frac_reward_zero_std']:.2f}"
-            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip_ratio {m['clip_ratio']:.2f}"
-            f" grad_norm {m['grad_norm']:.2f}"
-            f" | completion_length {m['completion_length']:.1f} truncated {m['truncated']:.2f}"
-            f" | tok_per_s {m['tok_per_s']:.0f} s_per_step {m['s_per_step']:.1f}"
-            + (f" | eval_accuracy {m['eval_accuracy']:.2f}" if "eval_accuracy" in m else ""))
-
-
-def make_reward(cfg, weights, ref_model, policy, tok, device):
-    """The run's reward function; with a judge component, the judge model it asks (judge.py)."""
-    if weights.get("judge", 0) <= 0:
-        return WeightedReward(weights)
-    from eval import load_policy
-    from judge import make_judge
-    if cfg.judge == "ref":
-        judge_model = ref_model if ref_model is not None else copy.deepcopy(policy).requires_grad_(False)
-    else:
-        judge_model = load_policy(cfg.model, cfg.judge, device)[0].requires_grad_(False)
-    return WeightedReward(weights, judge=make_judge(judge_model, tok))
-
-
 def train(cfg: TrainConfig):
-    """Every setting checked (configurator.validate), then the run in its run folder, which rank 0 holds locked
-    until the run ends (checkpoint.open_run: made, marked, cleaned; an earlier run moved aside first)."""
+    """Every setting checked (configurator.validate), then the run in its run folder, which rank 0
+    holds locked until the run ends (checkpoint.open_run: made, marked, cleaned; an earlier run
+    moved aside first)."""
     device = validate(cfg)
     if os.environ.get("RANK", "0") != "0":
         return run_training(cfg, device)
     with checkpoint.open_run(cfg.out_dir, cfg.resume) as moved:
         if moved:
-            print(f"{cfg.out_dir} held an earlier run: moved it to {moved} (--resume continues a run instead)")
+            print(f"{cfg.out_dir} held an earlier run: moved it to {moved} "
+                  "(--resume continues a run instead)")
         return run_training(cfg, device)
 
 
@@ -196,7 +165,7 @@ def run_training(cfg, device):
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     resume_from = checkpoint.current(out_dir) if cfg.resume else None
-    config = recorded_config(cfg)                 # what the checkpoints record (with a task file's sha256)
+    config = recorded_config(cfg)         # what the checkpoints record (with a task file's sha256)
 
     dtype = pick_dtype(cfg.dtype, device)
     rule = f" (auto: {auto_dtype(device)[1]})" if cfg.dtype == "auto" else ""
@@ -206,73 +175,81 @@ def run_training(cfg, device):
         + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
         + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
     policy, tok = load_model(cfg.model, device)
-    log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: {get_task(cfg.task).description}"
-        + (f" | {world} processes" if world > 1 else ""))
-    # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
-    ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
+    log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: "
+        f"{get_task(cfg.task).description}" + (f" | {world} processes" if world > 1 else ""))
+    # pi_ref: the starting weights, frozen, in the compute dtype (not needed at all when beta = 0)
+    ref_model = None
+    if cfg.grpo.beta > 0:
+        ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False)
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
     reward_fn = make_reward(cfg, reward_weights, ref_model, policy, tok, device)
 
-    start, history, evals, state = 0, [], {}, None
-    if resume_from:
-        master, state = checkpoint.load(resume_from, device)          # fp32 masters and the optimizer, checked
+    start, history, state = 0, [], None
+    if resume_from:               # fp32 masters and the optimizer, checked
+        master, state = checkpoint.load(resume_from, device)
         policy.load_state_dict(check_fits(policy, master, resume_from / "model.safetensors"))
         start, history = state["step"], renamed(state["history"])
-        if rank == 0:
-            checkpoint.rewrite_log(out_dir, history)                  # steps after the checkpoint run again
+        if rank == 0:             # steps after the checkpoint run again
+            checkpoint.rewrite_log(out_dir, history)
             checkpoint.cut_after(out_dir / "completions.jsonl", start)
         log(f"resumed from {resume_from} at step {start}")
     elif cfg.resume:
         log(f"no checkpoint in {out_dir}: starting from scratch")
     # the policy samples and trains in the compute dtype; the optimizer keeps the fp32 weights
     optimizer = cast_for_training(policy, dtype, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fused.apply(policy)           # its training pass keeps less memory: fused.py's written-out backwards
+    fused.apply(policy)   # its training pass keeps less memory: fused.py's written-out backwards
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 
     def held_out(name, prompts=eval_set, what="held-out"):
         log(f"[eval {name}] {len(prompts)} {what} prompts")
-        res = evaluate(policy, tok, prompts, cfg.eval_samples, cfg.grpo.temperature, cfg.eval_max_new_tokens,
-                       cfg.grpo.system_prompt, reward_fn=reward_fn, progress=log)
-        log(f"[eval {name}] {what} greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), exact format "
-            f"{res['format']:.1%}, mean reward {res['reward']:.3f}, mean completion {res['completion_chars']:.0f} chars"
-            + (f", sampled accuracy {res['sampled_accuracy']:.1%}" if "sampled_accuracy" in res else ""))
+        res = evaluate(policy, tok, prompts, cfg.eval_samples, cfg.grpo.temperature,
+                       cfg.eval_max_new_tokens, cfg.grpo.system_prompt, reward_fn=reward_fn,
+                       progress=log)
+        sampled = (f", sampled accuracy {res['sampled_accuracy']:.1%}"
+                   if "sampled_accuracy" in res else "")
+        log(f"[eval {name}] {what} greedy accuracy {res['accuracy']:.1%} (graded by {GRADER}), "
+            f"exact format {res['format']:.1%}, mean reward {res['reward']:.3f}, mean completion "
+            f"{res['completion_chars']:.0f} chars{sampled}")
         return res
 
     before = held_out("before") if rank == 0 and start == 0 and cfg.eval_before else None
     ddp_policy = DDPPolicy(policy, world) if world > 1 else None
     jsonl = samples = None
-    if rank == 0:                 # completions of rank 0's prompts only: the others' would cost a gather each step
+    if rank == 0:     # completions of rank 0's prompts only: the others' would cost a gather a step
         out_dir.mkdir(parents=True, exist_ok=True)
         jsonl = open(out_dir / "log.jsonl", "a" if start else "w")
         samples = open(out_dir / "completions.jsonl", "a" if start else "w")
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         prompts, seeds = step_prompts(train_set, cfg, step, rank, world)
-        batch = rollout(policy, tok, prompts, reward_fn, cfg.grpo, ref_model, seeds, need_old_logprobs=cfg.mu > 1)
+        batch = rollout(policy, tok, prompts, reward_fn, cfg.grpo, ref_model, seeds,
+                        need_old_logprobs=cfg.mu > 1)
         loss, kl, clipped, grad_norm = optimize(policy, optimizer, batch, cfg, ddp_policy)
         metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size, tok.stop_ids)
         metrics["loss"], metrics["grad_norm"] = loss, grad_norm
         metrics["s_per_step"] = time.perf_counter() - t0
         metrics["tok_per_s"] = batch.completion_mask.sum().item() / batch.seconds["sample"]
         metrics = mean_across_ranks(metrics, world) | {"step": step}
-        if rank == 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0:     # a small, greedy check on the way
-            # after the ranks' mean: only rank 0 evaluates, so the key is not in the other ranks' metrics
-            metrics["eval_accuracy"] = evaluate(policy, tok, eval_set[:cfg.eval_subset], 0, 0.0, cfg.eval_max_new_tokens,
-                                                cfg.grpo.system_prompt, reward_fn=reward_fn)["accuracy"]
-        checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)   # nothing non-finite
+        if rank == 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0:
+            # a small, greedy check on the way, after the ranks' mean: only rank 0 evaluates
+            metrics["eval_accuracy"] = evaluate(
+                policy, tok, eval_set[:cfg.eval_subset], 0, 0.0, cfg.eval_max_new_tokens,
+                cfg.grpo.system_prompt, reward_fn=reward_fn)["accuracy"]
+        # nothing non-finite in the metrics or the weights
+        checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)
         history.append(metrics)
-        record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids)       # this rank's prompts
+        record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids)  # this rank's
         if jsonl:
             jsonl.write(json.dumps(metrics) + "\n")
             jsonl.flush()
-            samples.write(json.dumps(record, default=str) + "\n")     # default: an answer of a custom type
+            samples.write(json.dumps(record, default=str) + "\n")  # default: a custom answer type
             samples.flush()
         if step % cfg.log_every == 0 or step == cfg.steps:
             log(format_log(step, cfg.steps, metrics))
             log(group_table(record))
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
-            save_checkpoint(out_dir, policy, optimizer, step, history, config)
+            checkpoint.save_step(out_dir, policy, optimizer, step, history, config)
 
     if rank != 0:
         dist.destroy_process_group()
@@ -280,23 +257,7 @@ def run_training(cfg, device):
     after = held_out("after")
     reworded = paraphrased(eval_set) if cfg.eval_paraphrase else []
     paraphrase = held_out("after, paraphrased", reworded, "reworded held-out") if reworded else None
-    if before is not None:
-        log(f"\nheld-out greedy accuracy ({GRADER}): before {before['accuracy']:.1%} -> after {after['accuracy']:.1%} "
-            f"({after['accuracy'] - before['accuracy']:+.1%}); exact format {before['format']:.1%} -> "
-            f"{after['format']:.1%}; mean completion {before['completion_chars']:.0f} -> {after['completion_chars']:.0f} chars")
-        log("before:\n" + format_examples(before["examples"]))
-        evals["before"] = (0, before["accuracy"])
-    if paraphrase is not None:
-        log(f"held-out accuracy {after['accuracy']:.1%}; on the same questions reworded (templates training never "
-            f"sees) {paraphrase['accuracy']:.1%}")
-    log("after:\n" + format_examples(after["examples"]))
-    evals["after"] = (cfg.steps, after["accuracy"])
-    if history:
-        save_run_figure(history, evals, out_dir / "reward_curve.png")
-        log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; completions: "
-            f"{out_dir / 'completions.jsonl'}; weights: "
-            f"{checkpoint.current(out_dir) / 'model.safetensors'}")
-        log(f"report: {write_report(out_dir, {'before': before, 'after': after, 'n_eval': len(eval_set)})}")
+    report_run(before, after, paraphrase, history, cfg.steps, len(eval_set), out_dir, log)
     if world > 1:
         dist.destroy_process_group()
     return {"before": before, "after": after, "paraphrase": paraphrase, "history": history}
@@ -308,31 +269,10 @@ def main(argv=None):
         print(usage(__doc__, TrainConfig()))
         return None
     cfg = None
-    on_sigterm = signal.signal(signal.SIGTERM, stop_on_sigterm)
-    try:
+    # bad input, a failed save, a full disk, Ctrl-C or SIGTERM: one line naming the last checkpoint
+    with checkpoint.exit_in_one_line(lambda: cfg.out_dir if cfg else None):
         cfg = parse_args(argv)
         return train(cfg)
-    except ValueError as e:                     # bad input, or a save that failed: one line, no traceback
-        sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)
-    except OSError as e:                        # a missing file, or a full or read-only disk (log.jsonl, the plot)
-        last = checkpoint.last_good(cfg.out_dir) if cfg else None
-        sys.exit((f"error: {e}" + (f"; the last checkpoint, {last}, is intact: continue with --resume" if last else ""))
-                 if os.environ.get("RANK", "0") == "0" else 1)
-    except KeyboardInterrupt as e:              # Ctrl-C, or SIGTERM (kill, a job scheduler): the same line
-        last = checkpoint.last_good(cfg.out_dir) if cfg else None
-        print("interrupted: " + (f"continue from {last} with --resume" if last else "no checkpoint saved yet"),
-              file=sys.stderr)
-        sys.exit(143 if isinstance(e, Terminated) else 130)     # the shell's 128 + SIGTERM (15) or SIGINT (2)
-    finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the run is, so that it stops as on Ctrl-C: the checkpoint named, exit status 143."""
-
-
-def stop_on_sigterm(signum, frame):
-    raise Terminated
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def tiny_argv(model, out_dir, *extra):
     """The command-line flags of conftest.tiny_config (for main() and subprocesses)."""
     return [f"--model={model}", "--task=add1", "--steps=3", "--batch_prompts=2", "--n_train=50", "--n_eval=4",
             "--device=cpu", f"--out_dir={out_dir}", "--save_every=1", "--lr=1e-3", "--dtype=fp32",
-            "--group_size=2", "--max_new_tokens=4", "--eval_before=false", *extra]
+            "--group_size=2", "--max_new_tokens=4", "--eval_max_new_tokens=4", "--eval_before=false", *extra]
 
 
 @pytest.fixture
