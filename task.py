@@ -273,10 +273,10 @@ class WeightedReward:
 
 
 def get_reward(prompts: list[Prompt], responses: list[str]) -> list[float]:
-    """r = (correct + format) / 2, the default --reward_weights: 1.0 for exactly the right answer ("57"),
-    0.5 for a right answer in a true sentence ("57 is larger than 42."), 0.0 for anything wrong, false
-    or hedged. The components are named here, so that a copy of this function (the notebook's) grades
-    with the copies of correct_reward and format_reward beside it."""
+    """r = (correct + format) / 2 (train.py's default adds `short`): 1.0 for exactly the right answer
+    ("57"), 0.5 for a right answer in a true sentence ("57 is larger than 42."), 0.0 for anything wrong,
+    false or hedged. The components are named here, so that a copy of this function (the notebook's)
+    grades with the copies of correct_reward and format_reward beside it."""
     components = {"correct": correct_reward, "format": format_reward}
     return WeightedReward(DEFAULT_WEIGHTS, functions=components)(prompts, responses)
 
