@@ -262,7 +262,7 @@ def run_training(cfg, device):
                                                 cfg.grpo.system_prompt, reward_fn=reward_fn)["accuracy"]
         checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)   # nothing non-finite
         history.append(metrics)
-        record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids)       # this rank's prompts
+        record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids, tok, cfg.grpo, kl)
         if jsonl:
             jsonl.write(json.dumps(metrics) + "\n")
             jsonl.flush()
