@@ -103,10 +103,10 @@ def figure_section(data):
     buf = io.BytesIO()
     run_figure(data["history"], points).savefig(buf, format="png", dpi=80)
     src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return ("<h2 id=figure>The run</h2><p>Top to bottom: the sampled reward and its components (the held-out "
-            "accuracy before and after as black points), the KL to the reference model, the completion length "
-            "(dashed: share cut off at max_new_tokens), the share of groups whose rewards were all equal (they "
-            f"teach nothing).</p><img alt='the run over the steps' src='{src}'>")
+    return ("<h2 id=figure>The run</h2><p>Top row: the sampled reward and its components (the held-out accuracy "
+            "before and after as black points), the loss, the KL to the reference model per token. Bottom row: the "
+            "completion length in tokens, the share cut off at max_new_tokens, the share of groups whose rewards "
+            f"were all equal (they teach nothing).</p><img alt='the run over the steps' src='{src}'>")
 
 
 def examples_section(data):
@@ -186,7 +186,8 @@ def group_block(record):
                     + "".join(f"<td>{num(c['parts'][n], 2)}</td>" for n in names)
                     + f"<td>{a:+.2f}</td><td>{c['length']}{' (cut)' if c.get('truncated') else ''}</td>{text}</tr>")
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
-    kl_note = "" if not by_token else f"; largest KL {big_kl:.3g}" if "kl" in comps[0] else "; no KL (beta = 0)"
+    kl_note = ("" if not by_token else "; no KL (beta = 0)" if "kl" not in comps[0] else
+               "; KL 0: the policy is still the reference" if big_kl == 0 else f"; largest KL {big_kl:.3g}")
     return (f"<h3>step {record['step']}: group {b + 1} of {len(groups)} ({why}{kl_note})</h3><p><b>"
             f"{esc(group['question'])}</b> answer <code>{esc(str(group['answer']))}</code></p><table><tr><th>#</th>"
             f"<th>reward</th>{head}<th>advantage A</th><th>tokens</th><th>completion</th></tr>{''.join(rows)}</table>")
@@ -278,7 +279,7 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;margin-top
 .big{font-size:1.6em;margin:.3em 0}table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 pre{margin:0;white-space:pre-wrap;font-size:.9em}.right{background:#e6f5e6}.wrong{background:#fbe4e4}
-.steps td{text-align:right}.tokens{font-family:monospace;white-space:pre-wrap}.audit{font-size:.8em;background:#f6f6f6;padding:.5em}img{max-width:100%}"""
+.steps td{text-align:right}.tokens{font-family:monospace;white-space:pre-wrap}div.tg p{font-family:inherit;white-space:normal}.audit{font-size:.8em;background:#f6f6f6;padding:.5em}img{max-width:100%}"""
 
 
 def render(run, data):

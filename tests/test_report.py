@@ -234,3 +234,9 @@ def test_an_older_run_without_token_records_still_renders(tiny_run, tmp_path):
     assert "no per-token records" in text
     for group in shown_groups(old):
         assert all(c["text"] in text for c in group)
+
+
+def test_the_group_shown_is_the_one_whose_rewards_spread_most():
+    group = lambda *rewards: {"completions": [{"reward": r} for r in rewards]}
+    assert report.informative_group([group(1, 1), group(0, 0.5), group(0, 1), group(1, 0)]) == 2    # the first of equals
+    assert report.informative_group([group(0, 0), group(1, 1)]) == 0          # nothing to learn anywhere: the first
