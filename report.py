@@ -207,21 +207,23 @@ def groups_section(data):
                 "green</span> where GRPO pushes its tokens up, <span style='background:rgba(220,0,0,.45)'>red</span> "
                 "where down, the stronger the larger |A|. (This run's completions.jsonl has no per-token records: a "
                 "run of today's train.py shades each token.)</p>" + "".join(group_block(records[i]) for i in chosen))
-    agg = data["config"].get("grpo", {}).get("loss_agg", "seq_mean")
+    grpo_cfg = data["config"].get("grpo", {})
+    agg, estimator = grpo_cfg.get("loss_agg", "seq_mean"), grpo_cfg.get("kl_estimator", "k3")
     return (intro + f"<div class=tg>{GROUP_CSS}<p>Each token is shaded by its share of the update, on the group's "
             f"scale: <span class=u{SHADES}>green</span> where GRPO pushes it up (A &gt; 0), <span class=d{SHADES}>"
             f"red</span> where down. As the batch is sampled every token of a completion gets the same share, -A "
-            f"times its weight in the loss ({esc(AGG_WEIGHT.get(agg, agg))}), so a short completion's tokens "
-            f"weigh more each. <span class=k{SHADES}>A blue underline</span>: the token's KL to the reference "
-            "model (k3, on the group's scale): where the policy has moved from where it started. Hover over a "
-            "token for both numbers.</p>" + "".join(group_block(records[i]) for i in chosen) + "</div>")
+            f"times its weight in the loss (loss_agg {esc(agg)}: {esc(AGG_WEIGHT.get(agg, '?'))}). <span "
+            f"class=k{SHADES}>A blue underline</span>: the token's KL to the reference model ({esc(estimator)}, on "
+            "the group's scale): where the policy has moved from where it started. Hover over a token for both "
+            "numbers.</p>" + "".join(group_block(records[i]) for i in chosen) + "</div>")
 
 
 # each token's weight in the loss by grpo.GRPOConfig.loss_agg (show.loss_weights)
-AGG_WEIGHT = {"seq_mean": "loss_agg seq_mean: 1 / (its completion's length x completions)",
-              "token_mean": "loss_agg token_mean: 1 / the batch's tokens",
-              "seq_sum": "loss_agg seq_sum: 1 / completions",
-              "constant": "loss_agg constant: 1 / (completions x max_new_tokens)"}
+AGG_WEIGHT = {"seq_mean": "1 / (its completion's length x completions), so a short completion's tokens weigh more "
+                          "each",
+              "token_mean": "1 / the batch's tokens, the same for every token",
+              "seq_sum": "1 / completions, the same for every token",
+              "constant": "1 / (completions x max_new_tokens), the same for every token"}
 
 
 COLUMNS = [(key, key) for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "completion_length",
