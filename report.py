@@ -281,7 +281,8 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;margin-top
 .big{font-size:1.6em;margin:.3em 0}table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 pre{margin:0;white-space:pre-wrap;font-size:.9em}.right{background:#e6f5e6}.wrong{background:#fbe4e4}
-.steps td{text-align:right}.tokens{font-family:monospace;white-space:pre-wrap}div.tg p{font-family:inherit;white-space:normal}.audit{font-size:.8em;background:#f6f6f6;padding:.5em}img{max-width:100%}"""
+.steps td{text-align:right}.audit{font-size:.8em;background:#f6f6f6;padding:.5em}img{max-width:100%}
+.tokens{font-family:monospace;white-space:pre-wrap}.t{margin-right:1px}div.tg p{font-family:inherit;white-space:normal}"""
 
 
 def render(run, data):
