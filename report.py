@@ -15,12 +15,13 @@ import html
 import io
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
 from checkpoint import current, flat
 from eval import GRADER
-from show import pick_group, renamed, run_figure
+from show import GROUP_CSS, SHADES, renamed, run_figure, shade
 
 
 def read_jsonl(path):
@@ -102,10 +103,10 @@ def figure_section(data):
     buf = io.BytesIO()
     run_figure(data["history"], points).savefig(buf, format="png", dpi=80)
     src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return ("<h2 id=figure>The run</h2><p>Top to bottom: the sampled reward and its components (the held-out "
-            "accuracy before and after as black points), the KL to the reference model, the completion length "
-            "(dashed: share cut off at max_new_tokens), the share of groups whose rewards were all equal (they "
-            f"teach nothing).</p><img alt='the run over the steps' src='{src}'>")
+    return ("<h2 id=figure>The run</h2><p>Top row: the sampled reward and its components (the held-out accuracy "
+            "before and after as black points), the loss, the KL to the reference model per token. Bottom row: the "
+            "completion length in tokens, the share cut off at max_new_tokens, the share of groups whose rewards "
+            f"were all equal (they teach nothing).</p><img alt='the run over the steps' src='{src}'>")
 
 
 def examples_section(data):
@@ -128,27 +129,68 @@ def examples_section(data):
             f"<table><tr><th>prompt</th><th>before</th><th>after</th></tr>{rows}</table>")
 
 
+def informative_group(groups):
+    """The group to show: the one whose rewards spread most (the largest std: the most for GRPO to learn from), the
+    first of equals; a step whose groups all have equal rewards shows its first."""
+    spreads = [statistics.pstdev([c["reward"] for c in g["completions"]]) for g in groups]
+    return spreads.index(max(spreads))
+
+
+def level(value, big):
+    """1..SHADES: a value's strength against the group's largest |value| (0 only for 0: a small share stays
+    visible)."""
+    return max(1, shade(value, big)) if value and big else 0
+
+
+def token_cell(c, big_share, big_kl):
+    """A completion as its tokens, each on green (pushed up: share < 0) or red (pushed down) as strong as its share of
+    the update, underlined in blue as strong as its KL to the reference; both numbers in its tooltip and in
+    data-share / data-kl (as completions.jsonl holds them). The stop token (EOS) in italics."""
+    kls = c.get("kl")
+    spans = []
+    for t, (text, share) in enumerate(zip(c["tokens"], c["share"])):
+        kl = kls[t] if kls else None
+        up = "u" if share < 0 else "d"
+        classes = ([f"{up}{level(share, big_share)}"] if share else []) + \
+                  ([f"k{level(kl, big_kl)}"] if kl else [])
+        body = esc(text.replace("\n", "↵") or "·")
+        if t == len(c["tokens"]) - 1 and not c.get("truncated"):
+            body = f"<i>{body}</i>"
+        tip = f"{text!r}: share of the update {share:+.3g}" + (f", KL {kl:.3g}" if kls else "")
+        data = f" data-share='{share!r}'" + (f" data-kl='{kl!r}'" if kls else "")
+        spans.append(f"<span class='t {' '.join(classes)}'{data} title='{esc(tip)}'>{body}</span>")
+    return f"<td class=tokens>{''.join(spans)}</td>"
+
+
 def group_block(record):
     groups = record["prompts"]
-    b = pick_group([[c["reward"] for c in g["completions"]] for g in groups])
+    b = informative_group(groups)
     group = groups[b]
     comps = group["completions"]
     names = list(comps[0]["parts"]) if comps else []
+    by_token = bool(comps) and all("tokens" in c for c in comps)      # an older completions.jsonl has no tokens
     big = max((abs(c["advantage"]) for c in comps), default=0.0) or 1.0
-    why = "the first whose rewards differ" if len({c["reward"] for c in comps}) > 1 else \
+    big_share = max((abs(x) for c in comps for x in c.get("share", ())), default=0.0)
+    big_kl = max((abs(x) for c in comps for x in c.get("kl", ())), default=0.0)
+    why = "the one whose rewards differ most" if len({c["reward"] for c in comps}) > 1 else \
         "every group's rewards are equal: A = 0, nothing to learn"
     rows = []
     for j, c in enumerate(comps):
         a = c["advantage"]
-        colour = f"rgba({'0,170,0' if a > 0 else '220,0,0'},{0.45 * abs(a) / big:.2f})"
+        if by_token:
+            text = token_cell(c, big_share, big_kl)
+        else:                                         # the whole completion coloured by its advantage
+            colour = f"rgba({'0,170,0' if a > 0 else '220,0,0'},{0.45 * abs(a) / big:.2f})"
+            text = f"<td style='background:{colour}'><pre>{esc(c['text'])}</pre></td>"
         rows.append(f"<tr><td>{j}</td><td>{num(c['reward'], 2)}</td>"
                     + "".join(f"<td>{num(c['parts'][n], 2)}</td>" for n in names)
-                    + f"<td>{a:+.2f}</td><td>{c['length']}{' (cut)' if c.get('truncated') else ''}</td>"
-                    f"<td style='background:{colour}'><pre>{esc(c['text'])}</pre></td></tr>")
+                    + f"<td>{a:+.2f}</td><td>{c['length']}{' (cut)' if c.get('truncated') else ''}</td>{text}</tr>")
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
-    return (f"<h3>step {record['step']}: group {b + 1} of {len(groups)} ({why})</h3><p><b>{esc(group['question'])}"
-            f"</b> answer <code>{esc(str(group['answer']))}</code></p><table><tr><th>#</th><th>reward</th>{head}"
-            f"<th>advantage A</th><th>tokens</th><th>completion</th></tr>{''.join(rows)}</table>")
+    kl_note = ("" if not by_token else "; no KL (beta = 0)" if "kl" not in comps[0] else
+               "; KL 0: the policy is still the reference" if big_kl == 0 else f"; largest KL {big_kl:.3g}")
+    return (f"<h3>step {record['step']}: group {b + 1} of {len(groups)} ({why}{kl_note})</h3><p><b>"
+            f"{esc(group['question'])}</b> answer <code>{esc(str(group['answer']))}</code></p><table><tr><th>#</th>"
+            f"<th>reward</th>{head}<th>advantage A</th><th>tokens</th><th>completion</th></tr>{''.join(rows)}</table>")
 
 
 def groups_section(data):
@@ -156,12 +198,32 @@ def groups_section(data):
     if not records:
         return "<h2 id=groups>Groups</h2><p>none (completions.jsonl is missing)</p>"
     chosen = sorted({0, len(records) // 2, len(records) - 1})
-    return ("<h2 id=groups>What GRPO saw: one group at the start, middle and end</h2><p>G completions of one "
-            "prompt; each one's advantage A = its reward minus the group's mean (scaled by the group's std). Each "
-            "completion is coloured by its advantage: <span style='background:rgba(0,170,0,.45)'>green</span> "
-            "where GRPO pushes its tokens up, <span style='background:rgba(220,0,0,.45)'>red</span> where down, "
-            "the stronger the larger |A|. (Each token's own share of the update and its KL to the reference need "
-            "the model: show.shade_group in the notebook.)</p>" + "".join(group_block(records[i]) for i in chosen))
+    by_token = any("tokens" in c for g in records[-1]["prompts"] for c in g["completions"])
+    intro = ("<h2 id=groups>What GRPO saw: one group at the start, middle and end</h2><p>G completions of one "
+             "prompt, its reward and the reward's components beside each; each one's advantage A = its reward "
+             "minus the group's mean (divided by the group's std with scale_rewards).</p>")
+    if not by_token:
+        return (intro + "<p>Each completion is coloured by its advantage: <span style='background:rgba(0,170,0,.45)'>"
+                "green</span> where GRPO pushes its tokens up, <span style='background:rgba(220,0,0,.45)'>red</span> "
+                "where down, the stronger the larger |A|. (This run's completions.jsonl has no per-token records: a "
+                "run of today's train.py shades each token.)</p>" + "".join(group_block(records[i]) for i in chosen))
+    grpo_cfg = data["config"].get("grpo", {})
+    agg, estimator = grpo_cfg.get("loss_agg", "seq_mean"), grpo_cfg.get("kl_estimator", "k3")
+    return (intro + f"<div class=tg>{GROUP_CSS}<p>Each token is shaded by its share of the update, on the group's "
+            f"scale: <span class=u{SHADES}>green</span> where GRPO pushes it up (A &gt; 0), <span class=d{SHADES}>"
+            f"red</span> where down. As the batch is sampled every token of a completion gets the same share, -A "
+            f"times its weight in the loss (loss_agg {esc(agg)}: {esc(AGG_WEIGHT.get(agg, '?'))}). <span "
+            f"class=k{SHADES}>A blue underline</span>: the token's KL to the reference model ({esc(estimator)}, on "
+            "the group's scale): where the policy has moved from where it started. Hover over a token for both "
+            "numbers.</p>" + "".join(group_block(records[i]) for i in chosen) + "</div>")
+
+
+# each token's weight in the loss by grpo.GRPOConfig.loss_agg (show.loss_weights)
+AGG_WEIGHT = {"seq_mean": "1 / (its completion's length x completions), so a short completion's tokens weigh more "
+                          "each",
+              "token_mean": "1 / the batch's tokens, the same for every token",
+              "seq_sum": "1 / completions, the same for every token",
+              "constant": "1 / (completions x max_new_tokens), the same for every token"}
 
 
 COLUMNS = [(key, key) for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "completion_length",
@@ -219,7 +281,8 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;margin-top
 .big{font-size:1.6em;margin:.3em 0}table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 pre{margin:0;white-space:pre-wrap;font-size:.9em}.right{background:#e6f5e6}.wrong{background:#fbe4e4}
-.steps td{text-align:right}.audit{font-size:.8em;background:#f6f6f6;padding:.5em}img{max-width:100%}"""
+.steps td{text-align:right}.audit{font-size:.8em;background:#f6f6f6;padding:.5em}img{max-width:100%}
+.tokens{font-family:monospace;white-space:pre-wrap}.t{margin-right:1px}div.tg p{font-family:inherit;white-space:normal}"""
 
 
 def render(run, data):

@@ -1,7 +1,8 @@
 """What GRPO does to one group: which completions won, which tokens it pushes up or down, and how far the policy
 has moved from the reference on each token; and the run's picture.
 
-    step_record(step, prompts, batch, G, stop)  one step's prompts and completions: a line of completions.jsonl
+    step_record(step, prompts, batch, G, stop, tok, cfg, kl)   a step's completions, each token's share and KL:
+                                                a line of completions.jsonl
     group_table(record)                         one group of a step as a small console table (train.py prints it)
     token_contributions(logprobs, batch, cfg)   each token's share of the loss, via the advantage and via the KL
     group_view -> group_html, group_ansi        one group's tokens shaded by those shares (notebook, terminal)
@@ -28,10 +29,15 @@ from engine import stop_tensor
 # ----------------------------------------------------------------------------- completions.jsonl and the console
 
 
-def step_record(step, prompts, batch, group_size, stop_ids):
+def step_record(step, prompts, batch, group_size, stop_ids, tok=None, cfg=None, kl=None):
     """One line of completions.jsonl: {"step", "prompts": [{"question", "answer", "completions": [{"text", "reward",
     "parts": {component: value}, "advantage", "length" (tokens, EOS included), "truncated" (no EOS before
-    max_new_tokens)} x G]} x B]}. prompts: the B task.Prompts of a grpo.Rollout of N = B*G rows."""
+    max_new_tokens)} x G]} x B]}. prompts: the B task.Prompts of a grpo.Rollout of N = B*G rows.
+
+    With tok and cfg (the run's GRPOConfig), each completion also gets one entry per token, each number to 3
+    significant digits (report.html shades the tokens by them): "tokens" their texts (token_texts), "share" each
+    one's share of the loss via the advantage (token_contributions; negative: GRPO pushes the token up) and, when
+    kl (N, T) is given (optimize's: beta > 0), "kl" each one's KL to the reference."""
     rewards, advantages = batch.rewards.tolist(), batch.advantages.tolist()
     lengths = batch.completion_mask.sum(1).tolist()
     truncated = truncated_rows(batch.completion_ids, batch.completion_mask, stop_ids).tolist()
@@ -39,9 +45,26 @@ def step_record(step, prompts, batch, group_size, stop_ids):
     rows = [{"text": text, "reward": rewards[i], "parts": {name: v[i] for name, v in components.items()},
              "advantage": advantages[i], "length": lengths[i], "truncated": truncated[i]}
             for i, text in enumerate(batch.texts)]
+    if tok is not None and cfg is not None:
+        # sampled from pi = pi_old: the ratio is 1, so the share via the advantage, -A_i w_it, needs no
+        # log-probs of the policy (any stand-in is its own pi_old); the KL term's share needs them: not used
+        stand_in = batch.old_logprobs if batch.old_logprobs is not None else \
+            torch.zeros(batch.completion_mask.shape, device=batch.completion_mask.device)
+        by_advantage, _ = token_contributions(stand_in, batch, cfg)
+        for i, row in enumerate(rows):
+            n = lengths[i]
+            row["tokens"] = token_texts(tok, batch.completion_ids[i, :n].tolist())
+            row["share"] = rounded(by_advantage[i, :n])
+            if kl is not None:
+                row["kl"] = rounded(kl[i, :n])
     return {"step": step, "prompts": [{"question": p.question, "answer": p.answer,
                                        "completions": rows[b * group_size:(b + 1) * group_size]}
                                       for b, p in enumerate(prompts)]}
+
+
+def rounded(values):
+    """A (T,) tensor as a list of floats to 3 significant digits (no -0.0): completions.jsonl stays small."""
+    return [float(f"{x:.3g}") + 0.0 for x in values.tolist()]
 
 
 def pick_group(rewards_by_group):

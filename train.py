@@ -239,7 +239,8 @@ def run_training(cfg, device):
         # nothing non-finite in the metrics or the weights
         checkpoint.check_step(step, metrics, optimizer.master_state_dict(policy), out_dir)
         history.append(metrics)
-        record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids)  # this rank's
+        record = step_record(step, prompts, batch, cfg.grpo.group_size, tok.stop_ids,  # this rank's
+                             tok, cfg.grpo, kl)
         if jsonl:
             jsonl.write(json.dumps(metrics) + "\n")
             jsonl.flush()

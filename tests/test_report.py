@@ -1,14 +1,19 @@
 """report.html: one self-contained page per run, written by train.py at the end and by report.py / show.py --html."""
 import base64
 import json
+import shutil
 from html.parser import HTMLParser
 
 import pytest
 
+import grpo
 import report
 import show
 import train
 from conftest import tiny_config, toy_reward
+from load_weights import load_model
+from task import Prompt
+from test_show import random_ref
 
 SECTIONS = ("eval", "figure", "examples", "groups", "components", "audit", "settings")
 
@@ -69,6 +74,7 @@ def test_train_writes_a_self_contained_report(tiny_run):
             assert not value.startswith(("http:", "https:", "//")), (tag, attrs)
             assert name != "href" or value.startswith("#"), (tag, attrs)
     assert not any(tag in ("script", "link", "iframe") for tag, _ in page.tags)
+    assert "url(" not in "".join(a.get("style") or "" for _, a in page.tags) + path.read_text().split("</style>")[0]
     images = [a["src"] for tag, a in page.tags if tag == "img"]
     assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
     assert base64.b64decode(images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -133,3 +139,105 @@ def test_a_folder_without_a_run(tmp_path):
         report.main([str(tmp_path)])
     assert str(e.value.code).startswith("error: ") and "log.jsonl" in str(e.value.code)
     assert "\n" not in str(e.value.code)
+
+
+# ----------------------------------------------------------------------------- each token's share and KL
+
+
+def token_spans(page):
+    """(data-share, data-kl or None, class) of each token span of the page, in order."""
+    return [(float(a["data-share"]), float(a["data-kl"]) if "data-kl" in a else None, a["class"])
+            for tag, a in page.tags if tag == "span" and "data-share" in a]
+
+
+def shown_groups(out):
+    """The completions of the group the report shows for each of the three steps (the largest reward std)."""
+    records = show.read_records(out / "completions.jsonl")
+    return [r["prompts"][report.informative_group(r["prompts"])]["completions"] for r in records]
+
+
+def test_step_record_keeps_each_tokens_share_and_kl(tiny_checkpoint):
+    """Oracle: token_contributions and kl_per_token under the policy's own log-probs (the record is made from the
+    rollout alone), and by hand: with seq_mean, token t of completion i carries -A_i / (|o_i| * N)."""
+    model, tok = load_model(str(tiny_checkpoint))
+    cfg = grpo.GRPOConfig(group_size=4, max_new_tokens=6, beta=0.04)
+    prompts = [Prompt("What is 2 + 2?", 4), Prompt("What is 1 + 5?", 6)]
+    batch = grpo.rollout(model, tok, prompts, toy_reward, cfg, ref_model=random_ref(model), seeds=[5, 6])
+    logprobs = grpo.logprobs_by_chunk(model, batch, 4, cfg.prompts_per_pass)
+    by_advantage, _ = show.token_contributions(logprobs, batch, cfg)
+    kl = grpo.kl_per_token(logprobs, batch.ref_logprobs)
+    record = show.step_record(1, prompts, batch, 4, tok.stop_ids, tok, cfg, kl)
+    rows = [c for p in record["prompts"] for c in p["completions"]]
+    assert any(c["advantage"] != 0 for c in rows) and all(x > 0 for c in rows for x in c["kl"])
+    for i, c in enumerate(rows):
+        n = c["length"]
+        assert len(c["tokens"]) == len(c["share"]) == len(c["kl"]) == n
+        # the texts join to the completion, and its stop token when it has one
+        assert "".join(c["tokens"]) == c["text"] + ("" if c["truncated"] else c["tokens"][-1])
+        # rounded to 3 significant digits: within 0.5%
+        assert c["share"] == pytest.approx(by_advantage[i, :n].tolist(), rel=5e-3, abs=1e-12)
+        assert c["share"] == pytest.approx([-c["advantage"] / (n * 8)] * n, rel=5e-3, abs=1e-12)
+        assert c["kl"] == pytest.approx(kl[i, :n].tolist(), rel=5e-3, abs=1e-12)
+        assert all(x == float(f"{x:.3g}") for x in c["share"] + c["kl"])        # 3 significant digits
+    # beta = 0: no KL recorded; no tokenizer: the completions as an older run wrote them
+    plain = show.step_record(1, prompts, batch, 4, tok.stop_ids, tok, cfg, None)
+    assert all("kl" not in c and "share" in c for p in plain["prompts"] for c in p["completions"])
+    bare = show.step_record(1, prompts, batch, 4, tok.stop_ids)
+    assert all(set(c) == {"text", "reward", "parts", "advantage", "length", "truncated"}
+               for p in bare["prompts"] for c in p["completions"])
+
+
+def test_a_run_records_the_kl_it_logs(tiny_run):
+    """Oracle: log.jsonl's kl, the mean per-token KL over the step's tokens (show.step_metrics), from optimize's
+    kl; and each share by hand, -A_i / (|o_i| * N) with N = 4 completions a step."""
+    out, _ = tiny_run
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = show.read_records(out / "completions.jsonl")
+    for record, logged in zip(records, log):
+        rows = [c for p in record["prompts"] for c in p["completions"]]
+        kls = [x for c in rows for x in c["kl"]]
+        assert sum(kls) / len(kls) == pytest.approx(logged["kl"], rel=5e-3, abs=1e-9)
+        for c in rows:
+            assert c["share"] == pytest.approx([-c["advantage"] / (c["length"] * 4)] * c["length"], rel=5e-3)
+    assert log[0]["kl"] == 0 and log[-1]["kl"] > 0          # pi = pi_ref at step 1, not after
+
+
+def test_report_shades_each_token_by_its_recorded_share_and_kl(tiny_run):
+    out, _ = tiny_run
+    spans = token_spans(parse(out / "report.html"))
+    comps = [c for group in shown_groups(out) for c in group]
+    assert [s for s, _, _ in spans] == [x for c in comps for x in c["share"]]
+    assert [k for _, k, _ in spans] == [x for c in comps for x in c["kl"]]
+    assert any(s != 0 for s, _, _ in spans) and any(k for _, k, _ in spans)
+    for share, kl, classes in spans:
+        shade = {c[0] for c in classes.split() if c[0] in "udk" and c[1:].isdigit()}
+        assert shade == ({"u"} if share < 0 else {"d"} if share > 0 else set()) | ({"k"} if kl else set())
+    text = "".join(parse(out / "report.html").text)
+    assert "share of the update" in text and "KL to the reference" in text
+
+
+def test_an_older_run_without_token_records_still_renders(tiny_run, tmp_path):
+    """A completions.jsonl written before the per-token records: whole completions, coloured by advantage."""
+    out, _ = tiny_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    lines = []
+    for record in show.read_records(old / "completions.jsonl"):
+        for p in record["prompts"]:
+            p["completions"] = [{k: v for k, v in c.items() if k not in ("tokens", "share", "kl")}
+                                for c in p["completions"]]
+        lines.append(json.dumps(record))
+    (old / "completions.jsonl").write_text("\n".join(lines) + "\n")
+    page = parse(report.write_report(old))
+    assert set(SECTIONS) <= {a.get("id") for _, a in page.tags} and not token_spans(page)
+    text = "".join(page.text)
+    assert "no per-token records" in text
+    for group in shown_groups(old):
+        assert all(c["text"] in text for c in group)
+
+
+def test_the_group_shown_is_the_one_whose_rewards_spread_most():
+    group = lambda *rewards: {"completions": [{"reward": r} for r in rewards]}
+    # std 0, 0.25, 0.5, 0.5: the first of the two largest
+    assert report.informative_group([group(1, 1), group(0, 0.5), group(0, 1), group(1, 0)]) == 2
+    assert report.informative_group([group(0, 0), group(1, 1)]) == 0          # nothing to learn anywhere: the first

@@ -21,7 +21,7 @@ from test_grpo import EOS, FakeTok, frac_target, tiny
 from test_train import random_model, toy_rollout, whole_batch_loss
 from task import Prompt
 
-COMPLETION_KEYS = {"text", "reward", "parts", "advantage", "length", "truncated"}
+COMPLETION_KEYS = {"text", "reward", "parts", "advantage", "length", "truncated", "tokens", "share", "kl"}
 
 
 def records(out_dir):
