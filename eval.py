@@ -220,7 +220,8 @@ def report_run(before, after, paraphrase, history, steps, n_eval, out_dir, log=p
         log(f"reward curve: {out_dir / 'reward_curve.png'}; log: {out_dir / 'log.jsonl'}; completions: "
             f"{out_dir / 'completions.jsonl'}; weights: "
             f"{current(out_dir) / 'model.safetensors'}")
-        log(f"report: {write_report(out_dir, {'before': before, 'after': after, 'n_eval': n_eval})}")
+        evals = {"before": before, "after": after, "paraphrase": paraphrase, "n_eval": n_eval}
+        log(f"report: {write_report(out_dir, evals)}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def headline(run, data):
 
 def eval_section(data):
     ev = data["evals"]
-    cols = [(name, ev.get(name)) for name in ("before", "after") if ev.get(name)]
+    cols = [(name, ev.get(name)) for name in ("before", "after", "paraphrase") if ev.get(name)]
     rows = [("held-out greedy accuracy", "accuracy", pct), ("exact format (just the answer)", "format", pct),
             ("mean reward (greedy)", "reward", num), ("mean completion (chars)", "completion_chars",
                                                       lambda x: num(x, 0)),
@@ -89,11 +89,15 @@ def eval_section(data):
                                                      for name, e in cols) + "</tr>"
                    for label, key, fmt in rows if any(key in e for _, e in cols))
     n = ev.get("n_eval")
-    table = (f"<table><tr><th></th>{''.join(f'<th>{name}</th>' for name, _ in cols)}</tr>{body}</table>"
+    heads = {"paraphrase": "after, reworded"}        # the same questions in templates training never sees
+    table = (f"<table><tr><th></th>{''.join(f'<th>{heads.get(name, name)}</th>' for name, _ in cols)}</tr>"
+             f"{body}</table>"
              if cols else "<p>no evaluation was written (eval.json is missing)</p>")
     return (f"<h2 id=eval>Before and after</h2><p>On {n or 'the'} held-out prompts (never trained on), greedy "
             f"decoding, accuracy graded by {esc(ev.get('grader', GRADER))}: right only if the reply commits to the "
-            f"right answer and asserts nothing false. Exact format: the reply is just the answer.</p>{table}")
+            f"right answer and asserts nothing false. Exact format: the reply is just the answer."
+            + (" After, reworded: the same questions in three templates training never sees (eval.paraphrased)."
+               if ev.get("paraphrase") else "") + f"</p>{table}")
 
 
 def figure_section(data):

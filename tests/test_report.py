@@ -95,7 +95,7 @@ def test_report_numbers_are_the_logs(tiny_run):
     # before/after: eval.json holds train's evaluations, and the page shows them
     saved = json.loads((out / "eval.json").read_text())
     assert saved["grader"] == "the task's verifier" and saved["n_eval"] == 4
-    for name in ("before", "after"):
+    for name in ("before", "after", "paraphrase"):           # paraphrase: the reworded held-out questions
         assert saved[name]["accuracy"] == result[name]["accuracy"]
         assert saved[name]["reward"] == result[name]["reward"]
         cells = dict((k, v) for k, v in page.cells if k.startswith(name + "."))
