@@ -1,14 +1,14 @@
 """The simplest honest rule for a numeric answer: the reply's only integer is the answer, and no
-negation (`simple_rule` below). Measured on the 53 audit cases with an integer answer
+negation (`simple_rule` below). Measured on the 55 audit cases with an integer answer
 (simple_rule_errors; SIMPLE_RULE holds the numbers and tests/test_task.py recomputes them): it has
-0 false positives, but 16 false negatives, half of the 32 replies a fair grader calls right:
+0 false positives, but 17 false negatives, half of the 33 replies a fair grader calls right:
     "57 is larger than 42.", "3 + 5 = 8", "The sum of 3 and 5 is 8."   true claims: two integers
     "fifty-seven", "eight", "three"                                    the answer in words: none
     "8.0"                                                              a decimal: two integers
 So this file reads claims. read_claims checks each equation and comparison and takes its result
 as the answer, reads number words in a reply without digits and decimals by value, and fails a
 reply with a second candidate: verify_number pays all of the above, still pays no wrong reply, and
-misses 3 of the 32 (its documented "known" rows). That is why it is longer than one line.
+misses 3 of the 33 (its documented "known" rows). That is why it is longer than one line.
 
     python verify.py --audit               # audit_cases.json: each component against a fair grader
     python verify.py --audit --task=add1   # one task's cases
@@ -35,7 +35,7 @@ if TYPE_CHECKING:              # task.py imports this module; the audit imports 
     from task import Prompt
 
 AUDIT_FILE = Path(__file__).resolve().parent / "audit_cases.json"
-SIMPLE_RULE = {"cases": 53, "false_positives": 0, "false_negatives": 16}   # simple_rule_errors()
+SIMPLE_RULE = {"cases": 55, "false_positives": 0, "false_negatives": 17}   # simple_rule_errors()
 
 # ----------------------------------------------------------------------------- reading numbers and claims
 
@@ -130,7 +130,8 @@ def read_claims(text: str) -> tuple[list, bool]:
     The reply's numbers are split into claims at whatever stands between two of them: an operator or
     a relation continues a claim, anything else starts a new one. Then per claim:
         "57"                               commits to 57
-        "3 + 5 = 8", "3 and 5 make 8"      an equation: must hold; commits to its result, 8
+        "3 + 5 = 8", "3 and 5 make 8"      an equation: must hold; commits to its result, 8 (only if a
+                                           side is one number: "3 + 5 = 5 + 3" commits to nothing)
         "57 is larger than 42", "42 < 57"  a comparison: must hold; commits to its larger side, 57
         "3 + 5", "42 and 57"               no relation: restates the question, commits to nothing
         "not 57", "isn't 42"               denied: the reply does not hold (fails closed)
@@ -164,7 +165,10 @@ def read_claims(text: str) -> tuple[list, bool]:
                 continue
             pairs = zip(relations, side_values, side_values[1:])
             all_hold &= all(HOLDS[r](a, b) for r, a, b in pairs)
-            commitments.append(side_values[-1] if set(relations) == {"="} else max(side_values))
+            if set(relations) != {"="}:
+                commitments.append(max(side_values))
+            elif any(len(values) == 1 for values, _ in sides):   # "3 + 5 = 8" states 8; "14 + 90 = 14 +
+                commitments.append(side_values[-1])              # 90" states no result: commits to nothing
         elif len(sides[0][0]) == 1:
             commitments.append(side_values[0])
     return commitments, all_hold
