@@ -9,8 +9,9 @@ Per run: held-out greedy accuracy before and after (the task's verifier, n_eval 
 the accuracy on the held-out questions reworded (eval.paraphrased), the first step at which the small periodic
 held-out check (every 5 steps, --eval_subset prompts, logged in log.jsonl as eval_accuracy) passed 90%,
 and the run's wall time (load and both evaluations included; on a shared machine not a speed measurement).
-Resumable: a run already in the file (same recipe, seed, dtype) is skipped, so an interrupted sweep continues
-where it stopped. Each run's folder is runs/seeds/<dtype>-seed<N>.
+Resumable: a run already in the file (same recipe, seed, dtype) is skipped, and a run stopped after a checkpoint
+continues from it (train.py --resume, exact; its base-model evaluation is not redone: "before" shows "-"), so an
+interrupted sweep continues where it stopped. Each run's folder is runs/seeds/<dtype>-seed<N>.
 """
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import checkpoint                                                   # noqa: E402
 import train                                                        # noqa: E402
 from device import machine_name                                     # noqa: E402
 
@@ -82,13 +84,16 @@ def main(argv=None):
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
     for seed in ([] if only_table else seeds):
         for dtype in dtypes:
-            args = extra + [f"--seed={seed}", f"--dtype={dtype}",
-                                            f"--out_dir={ROOT / 'runs' / 'seeds' / f'{dtype}-seed{seed}'}"]
+            out_dir = ROOT / 'runs' / 'seeds' / f'{dtype}-seed{seed}'
+            args = extra + [f"--seed={seed}", f"--dtype={dtype}", f"--out_dir={out_dir}"]
             cfg = train.parse_args(args)
             key = run_key(cfg)
             if any(r["key"] == key and r["threads"] == threads for r in data["runs"]):
                 print(f"seed {seed} {dtype}: in {path.name} already, skipped")
                 continue
+            if checkpoint.current(out_dir):    # an interrupted run continues exactly (its "before" is not redone)
+                args.append("--resume")
+                cfg = train.parse_args(args)
             print(f"\n=== seed {seed} {dtype}: python train.py {' '.join(args)}", flush=True)
             t = time.perf_counter()
             out = train.train(cfg)
