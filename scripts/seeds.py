@@ -54,14 +54,14 @@ def table(runs):
     lines = ["| seed | dtype | before | after | exact format | reworded | 90% at step | wall time |",
              "|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "-" if v is None else f"{v:.1%}"
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r['seed'], r['dtype'] != 'fp32')):
         lines.append(f"| {r['seed']} | {r['dtype']} | {pct(r['before'])} | {pct(r['after'])} | {pct(r['format'])} | "
                      f"{pct(r['paraphrase'])} | {r['step_90'] or 'never'} | {r['wall_s'] / 60:.1f} min |")
     for name in ("mean", "min", "max"):
         s = {k: summary([r[k] for r in runs]) for k in ("before", "after", "format", "paraphrase", "step_90", "wall_s")}
         cell = lambda k, f: "-" if s[k] is None else f(s[k][name])
         lines.append(f"| {name} | | {cell('before', pct)} | {cell('after', pct)} | {cell('format', pct)} | "
-                     f"{cell('paraphrase', pct)} | {cell('step_90', lambda v: f'{v:g}')} | "
+                     f"{cell('paraphrase', pct)} | {cell('step_90', lambda v: f'{v:.1f}')} | "
                      f"{cell('wall_s', lambda v: f'{v / 60:.1f} min')} |")
     return "\n".join(lines)
 
