@@ -80,10 +80,11 @@ class SelectedLogprobs(torch.autograd.Function):
 
     The log-softmax runs in fp32 whatever the logits' dtype. The backward is written out,
         d logp / d logits = onehot(token) - softmax(logits),
-    from the softmax the forward already has (exp of its log-softmax), kept in the compute dtype: no
-    second head matmul and softmax. Only the token's own entry, g (1 - p_token), is taken from the
-    fp32 log-prob: with p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds
-    one (n, V) block per chunk.
+    and keeps only what the forward had as inputs: it computes the logits and the softmax again
+    (the same matmul and log-softmax on the same numbers, so the same bits) rather than keep the
+    (n, V) probabilities of every chunk until the backward (100 MB per 512 tokens in fp32, half in
+    bf16). Only the token's own entry, g (1 - p_token), is taken from the fp32 log-prob: with
+    p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds one (n, V) block.
     """
 
     @staticmethod
@@ -91,14 +92,16 @@ class SelectedLogprobs(torch.autograd.Function):
         logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # (n, V)
         selected = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
         if any(ctx.needs_input_grad):               # not for the reference / old log-prob passes
-            probs = logprobs.exp_().to(hidden.dtype)
-            ctx.save_for_backward(hidden, weight, token_ids, selected, probs)
+            ctx.save_for_backward(hidden, weight, token_ids, selected)
         return selected
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, weight, token_ids, selected, probs = ctx.saved_tensors
-        grad_logits = probs * -grad[:, None].to(probs.dtype)                          # -g p
+        hidden, weight, token_ids, selected = ctx.saved_tensors
+        logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # as forward
+        probs = logprobs.exp_().to(hidden.dtype)
+        del logprobs
+        grad_logits = probs.mul_(-grad[:, None].to(probs.dtype))                      # -g p
         rows = torch.arange(token_ids.size(0), device=token_ids.device)
         # g (1 - p) on each row's own token; an index_put, where scatter_ copies the whole (n, V)
         # block on a CPU

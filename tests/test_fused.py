@@ -127,3 +127,24 @@ def test_without_gradients_the_swapped_model_runs_the_plain_lines_to_the_same_bi
         fast = model.hidden(ids)
     assert trained.requires_grad and fast.dtype == dtype
     assert torch.equal(fast, trained.detach())
+
+
+def test_selected_logprobs_keeps_no_vocabulary_sized_block_for_its_backward():
+    """The training pass keeps only the forward's inputs (and one number a row) per chunk: no (n, V) logits or
+    probabilities wait for the backward (the old version kept the softmax); the gradient still equals
+    autograd's through the plain lines."""
+    g = torch.Generator().manual_seed(0)
+    n, C, V = 64, 8, 50                     # n * V = 3200 numbers, more than any input (the weight: 400)
+    h = torch.randn(n, C, generator=g, requires_grad=True)
+    W = torch.randn(V, C, generator=g, requires_grad=True)
+    ids = torch.randint(0, V, (n,), generator=g)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        got = fused.SelectedLogprobs.apply(h, W, ids)
+    assert saved and max(saved) < n * V
+    coef = torch.randn(n, generator=g)
+    gh, gW = torch.autograd.grad((got * coef).sum(), (h, W))
+    want = torch.log_softmax(h @ W.t(), -1).gather(-1, ids[:, None])[:, 0]
+    wh, wW = torch.autograd.grad((want * coef).sum(), (h, W))
+    assert (got - want).abs().max() <= 1e-5
+    assert (gh - wh).abs().max() <= 1e-5 and (gW - wW).abs().max() <= 1e-5
