@@ -57,7 +57,7 @@ from ddp import DDPPolicy, broadcast_dtype, init_distributed, local_device, mean
 from device import auto_dtype, pick_dtype
 from eval import GRADER, evaluate, format_examples, paraphrased
 from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
-from load_weights import check_fits, load_model
+from load_weights import check_fits, keep_in_file, load_model
 from optim import cast_for_training
 from report import write_report
 from show import group_table, renamed, save_run_figure, step_metrics, step_record
@@ -205,11 +205,13 @@ def run_training(cfg, device):
     log(f"compute dtype {str(dtype).removeprefix('torch.')}{rule} on {device}"
         + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
         + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
+    fused.malloc_returns_freed_blocks()       # freed tensors go back to the OS: a lower peak (fused.py)
     policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: {get_task(cfg.task).description}"
         + (f" | {world} processes" if world > 1 else ""))
     # pi_ref: the starting weights, frozen, in the compute dtype (and not needed at all when beta = 0)
     ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False) if cfg.grpo.beta > 0 else None
+    ref_model = keep_in_file(ref_model)     # in a file, out of memory between its passes (load_weights.py)
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
     reward_fn = make_reward(cfg, reward_weights, ref_model, policy, tok, device)
 

@@ -8,6 +8,7 @@ import torch
 
 import fused
 from fused import FusedRMSNorm, FusedSwiGLU, RMSNormFunction, SwiGLUFunction
+from conftest import ROOT
 from model import GPT, MLP, GPTConfig, RMSNorm
 
 
@@ -148,3 +149,49 @@ def test_selected_logprobs_keeps_no_vocabulary_sized_block_for_its_backward():
     wh, wW = torch.autograd.grad((want * coef).sum(), (h, W))
     assert (got - want).abs().max() <= 1e-5
     assert (gh - wh).abs().max() <= 1e-5 and (gW - wW).abs().max() <= 1e-5
+
+
+def test_swiglu_keeps_only_its_input_for_the_backward_and_gives_the_same_bits():
+    """The MLP's training pass keeps x and the weights, no (n, I) projection (the old version kept gate and up):
+    the backward computes them again, to the same bits as autograd through the plain lines (bf16)."""
+    g = torch.Generator().manual_seed(3)
+    n, C, I = 64, 8, 24                     # an (n, I) block is 1536 numbers, more than x (512) or a weight (192)
+    ours = [(torch.randn(*shape, generator=g) * 0.3).bfloat16().requires_grad_()
+            for shape in ((n, C), (I, C), (I, C), (C, I))]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        y = SwiGLUFunction.apply(*ours)
+    assert saved and max(saved) < n * I
+    dy = torch.randn(n, C, generator=g).bfloat16()
+    grads = torch.autograd.grad((y * dy).sum(), ours)
+    x, wg, wu, wd = (t.detach().clone().requires_grad_() for t in ours)
+    plain = (torch.nn.functional.silu(x @ wg.t()) * (x @ wu.t())) @ wd.t()
+    want = torch.autograd.grad((plain * dy).sum(), (x, wg, wu, wd))
+    assert torch.equal(y, plain)
+    for a, b in zip(grads, want):
+        assert torch.equal(a, b)
+
+
+def test_malloc_returns_freed_blocks_to_the_os():
+    """In a fresh process: after the call, a 2 MB tensor allocated and freed over and over is mapped fresh each
+    time (its 512 pages faulted in again: glibc unmapped it), where glibc's default serves it from its heap
+    after the first free (no new faults, the memory kept). Counted by the kernel (ru_minflt)."""
+    import subprocess
+    import sys
+    code = """if True:
+        import resource, sys, torch, fused
+        if sys.argv[1] == 'on':
+            fused.malloc_returns_freed_blocks()
+        def faults(k=50):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(k):
+                x = torch.empty(500_000)
+                x.fill_(1.0)
+                del x
+            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / k
+        faults(5)
+        print(faults())
+    """
+    per_block = {mode: float(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                            check=True, cwd=ROOT).stdout.split()[-1]) for mode in ("on", "off")}
+    assert per_block["on"] >= 400 and per_block["off"] <= 50, per_block
