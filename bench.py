@@ -272,13 +272,13 @@ def memory_kib(field):
 
 
 class PhaseClock:
-    """Wall seconds and peak resident memory by phase of a train.py run, from wrappers put around the functions
-    train.py calls (its code unchanged). A phase starts by resetting the kernel's peak-RSS mark
+    """Wall seconds, peak resident memory and minor page faults by phase of a train.py run, from wrappers put
+    around the functions train.py calls (its code unchanged). A phase starts by resetting the kernel's peak-RSS mark
     (/proc/self/clear_refs), so that the mark read at its end is its own peak; the time between phases is
     'other'. (The reset also lowers what /usr/bin/time reports for this process: the run's peak is max_kib.)"""
 
     def __init__(self):
-        self.seconds, self.peak_kib, self.calls = {}, {}, {}
+        self.seconds, self.peak_kib, self.calls, self.page_faults = {}, {}, {}, {}
         self.max_kib, self.inside = 0, False
 
     def _mark(self, name):
@@ -296,11 +296,13 @@ class PhaseClock:
                 return fn(*args, **kwargs)
             phase = name(*args, **kwargs) if callable(name) else name
             self._mark("other")
-            self.inside, t = True, time.perf_counter()
+            self.inside, t, faults = True, time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+                self.page_faults[phase] = self.page_faults.get(phase, 0) + \
+                    resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
                 self.calls[phase] = self.calls.get(phase, 0) + 1
                 self.inside = False
                 self._mark(phase)
@@ -331,6 +333,7 @@ def default_worker(argv):
     clock._mark("other")
     gib = lambda kib: round(kib / 2**20, 2)
     return {"seconds": {k: round(v, 2) for k, v in clock.seconds.items()}, "calls": clock.calls,
+            "minor_page_faults": clock.page_faults | {"run": resource.getrusage(resource.RUSAGE_SELF).ru_minflt},
             "peak_rss_gib": {k: gib(v) for k, v in clock.peak_kib.items()}, "run_peak_rss_gib": gib(clock.max_kib),
             "accuracy": {k: out[k]["accuracy"] for k in ("before", "after", "paraphrase") if out.get(k)},
             "format": {k: out[k]["format"] for k in ("before", "after") if out.get(k)}}

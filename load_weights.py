@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fused import give_back_free_heap
 from model import GPT, GPTConfig
 
 CACHE_DIR = Path(os.environ.get("TINYGRPO_CACHE", Path.home() / ".cache" / "tinygrpo"))
@@ -450,6 +451,7 @@ def drop_from_memory(model):
     (no-op for any other model)."""
     if getattr(model, "weights_file", None):
         model.weights_file[1].madvise(mmap.MADV_DONTNEED)
+        give_back_free_heap()          # and what the pass freed, before the training pass (fused.py)
 
 
 def resolve_model(name):
