@@ -365,7 +365,7 @@ def bench_default(args=""):
 
 # ----------------------------------------------------------------------------- the physical floor
 
-def matmul_tflops(n, k, m, dtype, repeat=5, min_s=0.2):
+def matmul_tflops(n, k, m, dtype, repeat=7, min_s=0.2):
     """This machine's best rate (TFLOP/s) for (n, k) @ (k, m) in dtype: the best of `repeat` timings, each of
     enough calls to last min_s (the best, since a busy machine only ever slows a run down)."""
     a, b = torch.randn(n, k).to(dtype), torch.randn(k, m).to(dtype)
