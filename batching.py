@@ -9,6 +9,7 @@ import torch
 
 from fused import logprobs_from_hidden
 from engine import prefill
+from load_weights import drop_from_memory
 
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size,
@@ -62,4 +63,5 @@ def logprobs_by_chunk(model, batch, group_size, prompts_per_chunk):
     for rows, c in chunks(batch, prompts_per_chunk):
         out[rows, :c.completion_ids.size(1)] = completion_logprobs(
             model, c.prompt_ids, c.prompt_mask, c.completion_ids, group_size, c.completion_mask)
+    drop_from_memory(model)     # a reference kept in a file (load_weights.keep_in_file) leaves memory till next time
     return out

@@ -1,6 +1,6 @@
 """Speed figures as JSON (not a test). Each figure names the machine; compare only within one run.
 
-    python bench.py                       # everything below except tta_seeds, trl and ratio
+    python bench.py                       # everything below except tta_seeds, trl, ratio, default and floor
     python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio
     python bench.py --out_dir=/tmp/bench  # write the results elsewhere
 
@@ -18,6 +18,11 @@ tta      held-out greedy accuracy on add1 (graded by the task's verifier) after 
          config (time to accuracy)
 tta_seeds  the same with 4 other sampling seeds, each until it reaches TRL's 94%: how much of tta is luck
 trl      TRL's GRPOTrainer on the same config, fp32 and bf16 (pip install -r requirements-bench.txt; ~10 min on 2 cores)
+default  the default `python train.py` (train.py's own defaults, in a fresh process): wall seconds and the rise of
+         peak resident memory by phase (load, evaluations, sampling, reference pass, forward+backward, optimizer,
+         checkpoints, other), the whole run's peak RSS, and before/after accuracy
+floor    this machine's fp32 and bf16 matmul rate on the model's shapes, and from it the least time the
+         matmuls of the sampler's work (batch 64 x 32 tokens) and of the comparison config's step can take
 ratio    TRL's time per step over ours, both in the auto dtype, measured alternately (ours, TRL, ours, ... 3 TRL
          runs, ~15 min): a VM whose speed drifts by 20-30% within an hour moves both sides of each ratio alike
 """
@@ -259,6 +264,193 @@ def bench_memory():
     return out
 
 
+# ----------------------------------------------------------------------------- the default run, by phase
+
+def memory_kib(field):
+    """Linux's VmHWM (the peak resident memory since the start or the last reset) or VmRSS of this process, KiB."""
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+
+class PhaseClock:
+    """Wall seconds, peak resident memory and minor page faults by phase of a train.py run, from wrappers put
+    around the functions train.py calls (its code unchanged). A phase starts by resetting the kernel's peak-RSS mark
+    (/proc/self/clear_refs), so that the mark read at its end is its own peak; the time between phases is
+    'other'. (The reset also lowers what /usr/bin/time reports for this process: the run's peak is max_kib.)"""
+
+    def __init__(self):
+        self.seconds, self.peak_kib, self.calls, self.page_faults = {}, {}, {}, {}
+        self.max_kib, self.inside = 0, False
+
+    def _mark(self, name):
+        peak = memory_kib("VmHWM")
+        self.peak_kib[name] = max(self.peak_kib.get(name, 0), peak)
+        self.max_kib = max(self.max_kib, peak)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def wrap(self, fn, name):
+        """fn, timed as phase `name` (a string, or a function of fn's arguments giving one); a call inside another
+        phase counts to that one."""
+        def timed_fn(*args, **kwargs):
+            if self.inside:
+                return fn(*args, **kwargs)
+            phase = name(*args, **kwargs) if callable(name) else name
+            self._mark("other")
+            self.inside, t, faults = True, time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+                self.page_faults[phase] = self.page_faults.get(phase, 0) + \
+                    resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+                self.calls[phase] = self.calls.get(phase, 0) + 1
+                self.inside = False
+                self._mark(phase)
+        return timed_fn
+
+
+def default_worker(argv):
+    """Run `python train.py *argv` in this process with train.py's phases timed (PhaseClock); returns the phases'
+    seconds, calls and peak RSS (GiB), the run's peak RSS and its before/after accuracy."""
+    import grpo
+    import train
+    clock = PhaseClock()
+    train.load_model = clock.wrap(train.load_model, "load")
+    train.evaluate = clock.wrap(train.evaluate, lambda *a, progress=None, **k: "eval_periodic" if progress is None
+                                else "eval_after" if "sampling" in clock.seconds else "eval_before")
+    grpo.generate = clock.wrap(grpo.generate, "sampling")                  # the rollout's samples
+    grpo.logprobs_by_chunk = clock.wrap(grpo.logprobs_by_chunk, "reference")  # pi_ref's (and pi_old's) log-probs
+    train.backward_by_chunk = clock.wrap(train.backward_by_chunk, "forward_backward")
+    train.save_checkpoint = clock.wrap(train.save_checkpoint, "checkpoints")
+    cast = train.cast_for_training
+
+    def cast_and_time(*args, **kwargs):
+        optimizer = cast(*args, **kwargs)
+        optimizer.step = clock.wrap(optimizer.step, "optimizer")
+        return optimizer
+    train.cast_for_training = cast_and_time
+    out = train.main(argv)
+    clock._mark("other")
+    gib = lambda kib: round(kib / 2**20, 2)
+    return {"seconds": {k: round(v, 2) for k, v in clock.seconds.items()}, "calls": clock.calls,
+            "minor_page_faults": clock.page_faults | {"run": resource.getrusage(resource.RUSAGE_SELF).ru_minflt},
+            "peak_rss_gib": {k: gib(v) for k, v in clock.peak_kib.items()}, "run_peak_rss_gib": gib(clock.max_kib),
+            "accuracy": {k: out[k]["accuracy"] for k in ("before", "after", "paraphrase") if out.get(k)},
+            "format": {k: out[k]["format"] for k in ("before", "after") if out.get(k)}}
+
+
+PHASES = ("load", "eval_before", "sampling", "reference", "forward_backward", "optimizer", "eval_periodic",
+          "checkpoints", "eval_after", "other")
+
+
+def bench_default(args=""):
+    """The default `python train.py` (plus args, e.g. '--dtype=fp32') in a fresh process, its run folder a temporary
+    one: wall seconds by phase (the process's start and imports are 'other'), peak RSS by phase and of the run."""
+    with tempfile.TemporaryDirectory() as out:
+        argv = shlex.split(args) + [f"--out_dir={out}/run"]
+        code = f"import json, bench; print('RESULT ' + json.dumps(bench.default_worker({argv!r})))"
+        t = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        wall = time.perf_counter() - t
+    if res.returncode:
+        sys.exit(f"error: the default run failed:\n{res.stderr[-3000:]}")
+    run = json.loads(next(l for l in res.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    seconds = run.pop("seconds")
+    seconds["other"] = wall - sum(seconds.values())
+    dtype = next((l.split()[2] for l in res.stdout.splitlines() if l.startswith("compute dtype")), None)
+    return {"command": shlex.join(["python", "train.py", *shlex.split(args)]), "dtype": dtype,
+            "wall_s": round(wall, 1), "seconds": {k: round(seconds[k], 1) for k in PHASES if k in seconds}, **run}
+
+
+# ----------------------------------------------------------------------------- the physical floor
+
+def matmul_tflops(n, k, m, dtype, repeat=7, min_s=0.2):
+    """This machine's best rate (TFLOP/s) for (n, k) @ (k, m) in dtype: the best of `repeat` timings, each of
+    enough calls to last min_s (the best, since a busy machine only ever slows a run down)."""
+    a, b = torch.randn(n, k).to(dtype), torch.randn(k, m).to(dtype)
+    a @ b
+    calls = max(1, int(min_s / max(timed(lambda: a @ b), 1e-6)))
+    best = min(timed(lambda: [a @ b for _ in range(calls)]) for _ in range(repeat)) / calls
+    return 2 * n * k * m / best / 1e12
+
+
+def linear_shapes(cfg):
+    """(in, out, count) of the matmuls each token meets: the blocks' projections, then the tied output head."""
+    C, D, I = cfg.n_embd, cfg.head_dim, cfg.n_inner
+    return [(C, cfg.n_head * D, 2 * cfg.n_layer), (C, cfg.n_kv_head * D, 2 * cfg.n_layer),   # q and o; k and v
+            (C, I, 2 * cfg.n_layer), (I, C, cfg.n_layer),                                      # gate, up; down
+            (C, cfg.vocab_size, 1)]                                                            # head
+
+
+def forward_flops(cfg, tokens, head_tokens, key_positions):
+    """Matmul FLOPs of a forward over `tokens` positions, the head on `head_tokens` of them, by shape (in, out) ->
+    FLOPs, with the attention's two matmuls (scores and values: 4 C FLOPs per query and key it sees, per layer,
+    key_positions = sum over the queries of the keys each sees) under 'attention'."""
+    out = {(k, m): 2 * k * m * count * (head_tokens if m == cfg.vocab_size else tokens)
+           for k, m, count in linear_shapes(cfg)}
+    out["attention"] = 4 * cfg.n_embd * cfg.n_layer * key_positions
+    return out
+
+
+def floor_seconds(flops, rates, cfg):
+    """The least time for matmul FLOPs by shape at this machine's rate for each shape (TFLOP/s); the attention's
+    small matmuls at the MLP's rate (an optimistic one for them)."""
+    mlp = (cfg.n_embd, cfg.n_inner)
+    return sum(f / (rates[mlp if shape == "attention" else shape] * 1e12) for shape, f in flops.items())
+
+
+def add_flops(*parts):
+    total = {}
+    for part in parts:
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def bench_floor(tok, results_dir="results/bench"):
+    """This machine's fp32 and bf16 matmul rates on the model's shapes (rows = the sampler's batch of 64, and the
+    1024 positions of a training pass), and the least time the matmuls of two benchmarks can take at those rates:
+    the sampler (batch 64 x 32 new tokens, bench sample) and a GRPO step of the comparison config (bench step:
+    sampling, the reference pass, the policy's forward and backward = 2 more forwards' matmuls). Only the matmuls:
+    the floor leaves out everything else (softmax, norms, the optimizer, Python), so no real run reaches it."""
+    from model import GPTConfig
+    cfg = GPTConfig()                               # SmolLM2-135M's shapes
+    shapes = [(k, m) for k, m, _ in linear_shapes(cfg)]
+    rates = {name: {rows: {s: round(matmul_tflops(rows, *s, dtype), 3) for s in shapes} for rows in (64, 1024)}
+             for name, dtype in DTYPES.items()}
+    out = {"rates_tflops": {d: {str(rows): {f"{k}x{m}": r for (k, m), r in by_rows.items()}
+                                for rows, by_rows in v.items()} for d, v in rates.items()}}
+    # the sampler: one prompt for all 64 rows (its first P - 1 tokens once, then one per row), 31 decode steps
+    P, N, T = len(tok.chat_prompt(QUESTION)), 64, 32
+    prefill = forward_flops(cfg, P - 1 + N, N, sum(range(1, P)) + N * P)
+    decode = forward_flops(cfg, N * (T - 1), N * (T - 1), N * sum(range(P + 1, P + T)))
+    sample = add_flops(prefill, decode)
+    # the step: 8 prompts x G = 8 of add1 with the system prompt, the completion tokens that bench step measured
+    # (else all 64 x 32): sampling, then 3 forwards' worth (reference, policy forward, its backward = 2 forwards)
+    prompts = [tok.chat_prompt(p.question, system=DEFAULT_SYSTEM) for p in make_dataset("add1", seed=0)[0][:8]]
+    step_file = Path(results_dir) / f"step-{machine_slug(machine())}.json"
+    measured = json.loads(step_file.read_text())["result"] if step_file.exists() else {}
+    out["sample"], out["step"] = {"tokens": N * T, "matmul_gflop": round(sum(sample.values()) / 1e9, 1)}, {}
+    for name in DTYPES:
+        tokens = measured.get(name, {}).get("completion_tokens", N * T)
+        per_row = tokens / N
+        Pm = sum(map(len, prompts)) / len(prompts)
+        keys = N * per_row * (Pm + per_row / 2)               # each completion token sees its prompt and half of itself
+        gen = add_flops(forward_flops(cfg, sum(map(len, prompts)), 8, sum(len(p) ** 2 / 2 for p in prompts)),
+                        forward_flops(cfg, tokens, tokens, keys))
+        fwd = add_flops(forward_flops(cfg, sum(map(len, prompts)), 0, sum(len(p) ** 2 / 2 for p in prompts)),
+                        forward_flops(cfg, tokens, tokens, keys))
+        step = add_flops(gen, fwd, fwd, fwd, fwd)
+        r64, r1024 = rates[name][64], rates[name][1024]
+        out["sample"][f"floor_{name}_s"] = round(floor_seconds(sample, r64, cfg), 3)
+        out["sample"][f"floor_{name}_tok_s"] = round(N * T / floor_seconds(sample, r64, cfg), 1)
+        out["step"][name] = {"completion_tokens": tokens, "completion_tokens_from": str(step_file) if measured
+                             else "all 64 x 32", "matmul_gflop": round(sum(step.values()) / 1e9, 1),
+                             "floor_s": round(floor_seconds(gen, r64, cfg) + 4 * floor_seconds(fwd, r1024, cfg), 3)}
+    return out
+
+
 def bench_tta(model, tok, steps=8, dtype_name="auto", seed=0, target=None):
     """Held-out greedy accuracy on add1 after each step of the comparison config, with training seconds; seed
     shifts the sampling seeds, and with a target accuracy the run stops at the first step that reaches it."""
@@ -363,8 +555,11 @@ def bench_ratio(model, tok, rounds=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="load,sample,fwdbwd,step,memory,tta",
-                    help="comma-separated: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio")
+                    help="comma-separated: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio, default, "
+                                                      "floor")
     ap.add_argument("--out_dir", default="results/bench", help="where each benchmark's JSON file goes")
+    ap.add_argument("--default_args", default="", help="options added to default's `python train.py`, e.g. "
+                                                       "'--dtype=fp32' or '--steps=2'")
     args = ap.parse_args()
     parts = args.only.split(",")
     try:
@@ -374,7 +569,7 @@ def main():
         hf = None
     result = {"machine": machine()}
     command = command_line()
-    model, tok = load_model()
+    model, tok = load_model() if set(parts) - {"default", "memory", "trl"} else (None, None)
     for name in parts:
         print(f"bench {name} ...", file=sys.stderr)
         t = time.perf_counter()
@@ -396,6 +591,10 @@ def main():
             result[name] = bench_memory()
         elif name == "trl":
             result[name] = {d: bench_trl(dtype_name=d) for d in ("fp32", "bf16")}
+        elif name == "floor":
+            result[name] = bench_floor(tok)
+        elif name == "default":
+            result[name] = bench_default(args.default_args)
         elif name == "ratio":
             result[name] = bench_ratio(model, tok)
         else:

@@ -1,9 +1,10 @@
 """Autograd Functions with their backward written out, to save memory in the training pass, and
 `apply`, which swaps the first two into a model.
 
-Autograd keeps every intermediate tensor that a backward could need. These keep their inputs and a
-little more (the norm's 1/RMS per row, the MLP's two projections, the softmax as probabilities) and
-compute the gradient from them; each forward is the plain formula:
+Autograd keeps every intermediate tensor that a backward could need. These keep their inputs (and
+the norm's 1/RMS per row) and compute the rest again in the backward (the MLP's two projections,
+the logits): the same operations on the same numbers give the same bits, and the training pass
+holds much less memory for a few more matmuls; each forward is the plain formula:
     RMSNormFunction    y = x * r * w,  r = 1 / sqrt(mean(x^2) + eps)    model.RMSNorm (Llama)
     SwiGLUFunction     y = (silu(x Wg^T) * (x Wu^T)) Wd^T                model.MLP (Llama)
     SelectedLogprobs   log_softmax(h W^T)[token]                         logprobs_from_hidden (below)
@@ -14,6 +15,8 @@ log-probs), to the same forward bits. tests/test_fused.py checks the swap agains
 and the norm's and the MLP's backward against finite differences and autograd through the plain
 lines; tests/test_grpo.py checks the log-prob's against autograd.
 """
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
@@ -49,10 +52,10 @@ class RMSNormFunction(torch.autograd.Function):
 class SwiGLUFunction(torch.autograd.Function):
     """down(silu(x Wg^T) * (x Wu^T)), the Llama MLP, for x (n, C), weights Wg, Wu (I, C), Wd (C, I).
 
-    The backward is written out and recomputes silu(gate) and the product from gate and up: it
-    keeps x, gate and up (what the weight gradients need), two (n, I) tensors where autograd would
-    keep four (also silu(gate) and the product): the MLP's are the largest activations of the
-    training pass.
+    The backward is written out and keeps only x: it computes gate = x Wg^T and up = x Wu^T again
+    (the same matmuls on the same numbers, so the same bits), then silu(gate) and the product.
+    Autograd would keep four (n, I) tensors (gate, up, silu(gate), the product), the largest
+    activations of the training pass; this keeps one (n, C) for two more matmuls in the backward.
     With h = silu(gate) * up:
         dWd = dy^T h;  dh = dy Wd;  dup = dh silu(gate);  dgate = silu'(gate) dh up;
         dx = dgate Wg + dup Wu;  dWg = dgate^T x;  dWu = dup^T x
@@ -60,13 +63,13 @@ class SwiGLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down):
-        gate, up = x @ w_gate.t(), x @ w_up.t()
-        ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
-        return (F.silu(gate) * up) @ w_down.t()
+        ctx.save_for_backward(x, w_gate, w_up, w_down)
+        return (F.silu(x @ w_gate.t()) * (x @ w_up.t())) @ w_down.t()
 
     @staticmethod
     def backward(ctx, dy):
-        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+        x, w_gate, w_up, w_down = ctx.saved_tensors
+        gate, up = x @ w_gate.t(), x @ w_up.t()                 # as the forward computed them
         act = F.silu(gate)
         dh = dy @ w_down
         dgate = torch.ops.aten.silu_backward(dh * up, gate)     # the kernel autograd uses for silu
@@ -80,10 +83,11 @@ class SelectedLogprobs(torch.autograd.Function):
 
     The log-softmax runs in fp32 whatever the logits' dtype. The backward is written out,
         d logp / d logits = onehot(token) - softmax(logits),
-    from the softmax the forward already has (exp of its log-softmax), kept in the compute dtype: no
-    second head matmul and softmax. Only the token's own entry, g (1 - p_token), is taken from the
-    fp32 log-prob: with p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds
-    one (n, V) block per chunk.
+    and keeps only what the forward had as inputs: it computes the logits and the softmax again
+    (the same matmul and log-softmax on the same numbers, so the same bits) rather than keep the
+    (n, V) probabilities of every chunk until the backward (100 MB per 512 tokens in fp32, half in
+    bf16). Only the token's own entry, g (1 - p_token), is taken from the fp32 log-prob: with
+    p_token near 1, 1 - p in bf16 would lose most of its digits. Memory holds one (n, V) block.
     """
 
     @staticmethod
@@ -91,14 +95,16 @@ class SelectedLogprobs(torch.autograd.Function):
         logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # (n, V)
         selected = logprobs.gather(-1, token_ids[:, None]).squeeze(-1)
         if any(ctx.needs_input_grad):               # not for the reference / old log-prob passes
-            probs = logprobs.exp_().to(hidden.dtype)
-            ctx.save_for_backward(hidden, weight, token_ids, selected, probs)
+            ctx.save_for_backward(hidden, weight, token_ids, selected)
         return selected
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, weight, token_ids, selected, probs = ctx.saved_tensors
-        grad_logits = probs * -grad[:, None].to(probs.dtype)                          # -g p
+        hidden, weight, token_ids, selected = ctx.saved_tensors
+        logprobs = torch.log_softmax(hidden @ weight.t(), dim=-1, dtype=torch.float32)      # as forward
+        probs = logprobs.exp_().to(hidden.dtype)
+        del logprobs
+        grad_logits = probs.mul_(-grad[:, None].to(probs.dtype))                      # -g p
         rows = torch.arange(token_ids.size(0), device=token_ids.device)
         # g (1 - p) on each row's own token; an index_put, where scatter_ copies the whole (n, V)
         # block on a CPU
@@ -157,3 +163,29 @@ def apply(model):
         elif type(m) is MLP and m.arch == "llama":
             m.__class__ = FusedSwiGLU
     return model
+
+
+# ----------------------------------------------------------------------------- the C allocator
+
+def malloc_returns_freed_blocks(threshold=256 << 10):
+    """Make glibc's malloc map each block of `threshold` bytes or more from the OS on its own and unmap it when
+    freed (M_MMAP_THRESHOLD). By default glibc raises that threshold, up to 32 MiB, each time the program frees
+    a large block, and from then on serves such blocks from its heap, where freed ones stay resident and
+    fragment: the default run held ~0.3 GiB (bf16) to ~0.9 GiB (fp32) more at its peak than its live tensors.
+    The price: a fresh block's pages are faulted in on every allocation (about 2M more minor page faults per
+    default step). A no-op where the C library is not glibc (macOS, musl)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))       # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def give_back_free_heap():
+    """glibc's malloc_trim(0): hand the C heap's free pages back to the OS. Blocks under the mmap threshold stay
+    in the heap, and over many steps their free gaps add up (~0.2 GiB by step 14 of the default run); called
+    once a step (optim.MasterAdamW.step, load_weights.drop_from_memory), it costs a few milliseconds.
+    A no-op where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -12,10 +12,12 @@ import argparse
 import base64
 import importlib.util
 import json
+import mmap
 import os
 import re
 import shutil
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fused import give_back_free_heap
 from model import GPT, GPTConfig
 
 CACHE_DIR = Path(os.environ.get("TINYGRPO_CACHE", Path.home() / ".cache" / "tinygrpo"))
@@ -408,6 +411,47 @@ def _build(cfg, state, source="checkpoint"):
         model = GPT(cfg)
     model.load_state_dict(check_fits(model, state, source), assign=True)
     return model.eval()
+
+
+def keep_in_file(model, folder=None):
+    """Move a frozen model's parameters (train.py's reference model) into a file on disk that this process maps
+    into memory, and return the model. It computes as before, from the same bits; but after each use
+    drop_from_memory lets the kernel take its pages back (clean pages of a file: nothing is written), so the
+    reference's 0.25 GiB (bf16) or 0.5 GiB (fp32) do not sit in memory during the training pass, where the run's
+    memory peaks. Its next pass reads them again, from the page cache while memory is free. The file has no name
+    (removed when the process ends), in `folder` (default the weight cache: on disk, where /tmp may be in memory).
+    Only on the CPU, and only where the file can be written; else the model stays as it is."""
+    params = list(model.parameters()) if model is not None else []
+    if not params or params[0].device.type != "cpu" or any(p.requires_grad for p in params):
+        return model
+    offsets, size = [], 0
+    for p in params:                                   # each tensor at a 64-byte boundary, as allocators place them
+        offsets.append(size)
+        size += -(-p.numel() * p.element_size() // 64) * 64
+    try:
+        folder = Path(folder or CACHE_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        file = tempfile.TemporaryFile(dir=folder)
+        file.truncate(size)
+        for p, offset in zip(params, offsets):
+            file.seek(offset)
+            file.write(p.detach().contiguous().view(-1).view(torch.uint8).numpy().data)
+        file.flush()
+        mapped = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)     # private: never written back
+    except OSError:                                    # no space, read-only: the weights stay in memory
+        return model
+    for p, offset in zip(params, offsets):
+        p.data = torch.frombuffer(mapped, dtype=p.dtype, count=p.numel(), offset=offset).view(p.shape)
+    model.weights_file = (file, mapped)
+    return model
+
+
+def drop_from_memory(model):
+    """Let the kernel take a keep_in_file model's weights out of this process's memory until their next use
+    (no-op for any other model)."""
+    if getattr(model, "weights_file", None):
+        model.weights_file[1].madvise(mmap.MADV_DONTNEED)
+        give_back_free_heap()          # and what the pass freed, before the training pass (fused.py)
 
 
 def resolve_model(name):

@@ -14,6 +14,8 @@ import torch
 from torch.optim.adamw import adamw
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
+from fused import give_back_free_heap
+
 
 class MasterAdamW:
     """torch.optim.AdamW's update on fp32 master weights of a model that computes in bf16 (or in fp32).
@@ -85,6 +87,7 @@ class MasterAdamW:
             p.grad = None
             if p is not w:
                 p.copy_(w)
+        give_back_free_heap()           # the gradients just freed, and the step's other leftovers (fused.py)
         return norm
 
     def master_state_dict(self, model):

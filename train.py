@@ -57,7 +57,7 @@ from device import auto_dtype, pick_dtype
 from eval import GRADER, evaluate, paraphrased, report_run
 from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
 from judge import run_judge
-from load_weights import check_fits, load_model
+from load_weights import check_fits, keep_in_file, load_model
 from optim import cast_for_training
 from show import format_log, group_table, renamed, step_metrics, step_record
 from task import WeightedReward, get_task, make_dataset, parse_weights
@@ -174,13 +174,15 @@ def run_training(cfg, device):
     log(f"compute dtype {str(dtype).removeprefix('torch.')}{rule} on {device}"
         + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
         + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
+    fused.malloc_returns_freed_blocks()       # freed tensors go back to the OS: a lower peak (fused.py)
     policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: "
         f"{get_task(cfg.task).description}" + (f" | {world} processes" if world > 1 else ""))
-    # pi_ref: the starting weights, frozen, in the compute dtype (not needed at all when beta = 0)
+    # pi_ref: the starting weights, frozen, in the compute dtype (not needed at all when beta = 0); kept in a
+    # file and out of memory between its passes (load_weights.keep_in_file)
     ref_model = None
     if cfg.grpo.beta > 0:
-        ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False)
+        ref_model = keep_in_file(copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False))
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
     reward_fn = make_reward(cfg, reward_weights, ref_model, policy, tok, device)
 

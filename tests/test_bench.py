@@ -59,3 +59,47 @@ def test_committed_results_follow_the_scheme():
         assert re.fullmatch(r"\d{4}-\d\d-\d\d", record["date"]), path.name
         assert "python bench.py --only=" in record["command"], path.name
         assert record["result"], path.name
+
+
+def test_forward_flops_of_one_token_are_twice_the_matmul_parameters():
+    """Oracle: the model's own parameter count. One token through every projection and the tied head is 2
+    FLOPs per weight of each matmul: all parameters but the norms' (the embedding is the head's weight)."""
+    import torch
+    from model import GPT, GPTConfig
+    cfg = GPTConfig()
+    with torch.device("meta"):
+        model = GPT(cfg)
+    norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
+    flops = bench.forward_flops(cfg, tokens=1, head_tokens=1, key_positions=0)
+    assert sum(flops.values()) == 2 * (model.num_params() - norms)
+    # without the head (a prompt position whose logits are not needed) the embedding's share goes
+    no_head = bench.forward_flops(cfg, tokens=1, head_tokens=0, key_positions=0)
+    assert sum(flops.values()) - sum(no_head.values()) == 2 * cfg.vocab_size * cfg.n_embd
+    # attention: q k^T and probs v, 2 C FLOPs each per (query, key) pair, per layer
+    assert bench.forward_flops(cfg, 0, 0, key_positions=10)["attention"] == 10 * 4 * cfg.n_embd * cfg.n_layer
+
+
+def test_floor_seconds_divides_each_shape_by_its_rate():
+    """Hand values: 2 TFLOP at 1 TFLOP/s and 3 TFLOP at 3 TFLOP/s take 3 s; attention runs at the MLP's rate."""
+    from model import GPTConfig
+    cfg = GPTConfig()
+    rates = {(576, 1536): 1.0, (576, 49152): 3.0}
+    assert bench.floor_seconds({(576, 1536): 2e12, (576, 49152): 3e12}, rates, cfg) == 3.0
+    assert bench.floor_seconds({"attention": 1e12}, rates, cfg) == 1.0
+
+
+def test_phase_clock_times_each_phase_and_finds_its_peak_memory():
+    """A phase that allocates 200 MB and frees it shows that peak (the kernel's VmHWM, reset at the start of
+    each phase); one that allocates nothing does not; a call inside a phase counts to the outer one."""
+    import numpy as np
+    clock = bench.PhaseClock()
+    big = clock.wrap(lambda: np.ones(25_000_000).sum(), "big")          # 200 MB, touched
+    small = clock.wrap(lambda: big() + 1, "small")                       # big inside small: counts to small
+    base = bench.memory_kib("VmRSS")
+    big()
+    clock.wrap(lambda: 1, lambda: "idle")()
+    small()
+    assert clock.calls == {"big": 1, "idle": 1, "small": 1}
+    assert clock.peak_kib["big"] - base >= 190_000 and clock.peak_kib["small"] - base >= 190_000
+    assert clock.peak_kib["idle"] - base < 50_000
+    assert set(clock.seconds) == {"big", "idle", "small"} and clock.max_kib >= clock.peak_kib["big"]

@@ -95,3 +95,28 @@ def test_cache_that_cannot_be_rebuilt_names_the_folder(gguf_parts, rebuilt_from_
         load_weights.load_smollm2(cache_dir=tmp_path)
     msg = str(e.value)
     assert "\n" not in msg and f"delete {folder}" in msg and "No space left" in msg and "TINYGRPO_CACHE" in msg
+
+
+def test_keep_in_file_computes_the_same_bits_and_leaves_memory_when_dropped(tmp_path):
+    """A frozen model moved into a file (train.py's reference): the same logits to the bit, and after
+    drop_from_memory its weights are no longer resident in this process (the kernel's RssFile falls by their
+    size), until the next forward reads them back; a model that trains (requires_grad) or None is left as is."""
+    from load_weights import drop_from_memory, keep_in_file
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(arch="llama", vocab_size=8192, n_layer=1, n_head=4, n_kv_head=2, n_embd=256, n_inner=512,
+                          block_size=64)).requires_grad_(False)           # the embedding alone is 8 MB
+    ids = torch.randint(0, 8192, (2, 9))
+    want = model(ids)
+    rss_file = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssFile:"))
+    assert keep_in_file(model, tmp_path) is model and model.weights_file
+    assert torch.equal(model(ids), want)
+    resident = rss_file()
+    drop_from_memory(model)
+    assert resident - rss_file() >= 6_000                                 # KiB: the embedding's pages left
+    assert torch.equal(model(ids), want)
+    assert rss_file() >= resident - 2_000                                 # read back by the forward
+    trained = GPT(GPTConfig(arch="llama", vocab_size=97, n_layer=1, n_head=4, n_kv_head=2, n_embd=32, n_inner=48,
+                            block_size=64))
+    assert keep_in_file(trained) is trained and not hasattr(trained, "weights_file")
+    assert keep_in_file(None) is None

@@ -8,6 +8,7 @@ import torch
 
 import fused
 from fused import FusedRMSNorm, FusedSwiGLU, RMSNormFunction, SwiGLUFunction
+from conftest import ROOT
 from model import GPT, MLP, GPTConfig, RMSNorm
 
 
@@ -127,3 +128,70 @@ def test_without_gradients_the_swapped_model_runs_the_plain_lines_to_the_same_bi
         fast = model.hidden(ids)
     assert trained.requires_grad and fast.dtype == dtype
     assert torch.equal(fast, trained.detach())
+
+
+def test_selected_logprobs_keeps_no_vocabulary_sized_block_for_its_backward():
+    """The training pass keeps only the forward's inputs (and one number a row) per chunk: no (n, V) logits or
+    probabilities wait for the backward (the old version kept the softmax); the gradient still equals
+    autograd's through the plain lines."""
+    g = torch.Generator().manual_seed(0)
+    n, C, V = 64, 8, 50                     # n * V = 3200 numbers, more than any input (the weight: 400)
+    h = torch.randn(n, C, generator=g, requires_grad=True)
+    W = torch.randn(V, C, generator=g, requires_grad=True)
+    ids = torch.randint(0, V, (n,), generator=g)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        got = fused.SelectedLogprobs.apply(h, W, ids)
+    assert saved and max(saved) < n * V
+    coef = torch.randn(n, generator=g)
+    gh, gW = torch.autograd.grad((got * coef).sum(), (h, W))
+    want = torch.log_softmax(h @ W.t(), -1).gather(-1, ids[:, None])[:, 0]
+    wh, wW = torch.autograd.grad((want * coef).sum(), (h, W))
+    assert (got - want).abs().max() <= 1e-5
+    assert (gh - wh).abs().max() <= 1e-5 and (gW - wW).abs().max() <= 1e-5
+
+
+def test_swiglu_keeps_only_its_input_for_the_backward_and_gives_the_same_bits():
+    """The MLP's training pass keeps x and the weights, no (n, I) projection (the old version kept gate and up):
+    the backward computes them again, to the same bits as autograd through the plain lines (bf16)."""
+    g = torch.Generator().manual_seed(3)
+    n, C, I = 64, 8, 24                     # an (n, I) block is 1536 numbers, more than x (512) or a weight (192)
+    ours = [(torch.randn(*shape, generator=g) * 0.3).bfloat16().requires_grad_()
+            for shape in ((n, C), (I, C), (I, C), (C, I))]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        y = SwiGLUFunction.apply(*ours)
+    assert saved and max(saved) < n * I
+    dy = torch.randn(n, C, generator=g).bfloat16()
+    grads = torch.autograd.grad((y * dy).sum(), ours)
+    x, wg, wu, wd = (t.detach().clone().requires_grad_() for t in ours)
+    plain = (torch.nn.functional.silu(x @ wg.t()) * (x @ wu.t())) @ wd.t()
+    want = torch.autograd.grad((plain * dy).sum(), (x, wg, wu, wd))
+    assert torch.equal(y, plain)
+    for a, b in zip(grads, want):
+        assert torch.equal(a, b)
+
+
+def test_malloc_returns_freed_blocks_to_the_os():
+    """In a fresh process: after the call, a 2 MB tensor allocated and freed over and over is mapped fresh each
+    time (its 512 pages faulted in again: glibc unmapped it), where glibc's default serves it from its heap
+    after the first free (no new faults, the memory kept). Counted by the kernel (ru_minflt)."""
+    import subprocess
+    import sys
+    code = """if True:
+        import resource, sys, torch, fused
+        if sys.argv[1] == 'on':
+            fused.malloc_returns_freed_blocks()
+        def faults(k=50):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(k):
+                x = torch.empty(500_000)
+                x.fill_(1.0)
+                del x
+            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / k
+        faults(5)
+        print(faults())
+    """
+    per_block = {mode: float(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                            check=True, cwd=ROOT).stdout.split()[-1]) for mode in ("on", "off")}
+    assert per_block["on"] >= 400 and per_block["off"] <= 50, per_block
