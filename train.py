@@ -174,15 +174,16 @@ def run_training(cfg, device):
     log(f"compute dtype {str(dtype).removeprefix('torch.')}{rule} on {device}"
         + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
         + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
-    fused.malloc_returns_freed_blocks()       # freed tensors go back to the OS: a lower peak (fused.py)
+    fused.malloc_returns_freed_blocks()       # freed tensors go back to the OS: a lower peak
     policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: "
         f"{get_task(cfg.task).description}" + (f" | {world} processes" if world > 1 else ""))
-    # pi_ref: the starting weights, frozen, in the compute dtype (not needed at all when beta = 0); kept in a
-    # file and out of memory between its passes (load_weights.keep_in_file)
+    # pi_ref: the starting weights, frozen, in the compute dtype (not needed at all when beta = 0);
+    # kept in a file and out of memory between its passes (load_weights.keep_in_file)
     ref_model = None
     if cfg.grpo.beta > 0:
-        ref_model = keep_in_file(copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False))
+        ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False)
+        ref_model = keep_in_file(ref_model)
     train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
     reward_fn = make_reward(cfg, reward_weights, ref_model, policy, tok, device)
 
