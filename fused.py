@@ -167,19 +167,6 @@ def apply(model):
 
 # ----------------------------------------------------------------------------- the C allocator
 
-def malloc_returns_freed_blocks(threshold=256 << 10):
-    """Make glibc's malloc map each block of `threshold` bytes or more from the OS on its own and unmap it when
-    freed (M_MMAP_THRESHOLD). By default glibc raises that threshold, up to 32 MiB, each time the program frees
-    a large block, and from then on serves such blocks from its heap, where freed ones stay resident and
-    fragment: the default run held ~0.3 GiB (bf16) to ~0.9 GiB (fp32) more at its peak than its live tensors.
-    The price: a fresh block's pages are faulted in on every allocation (about 2M more minor page faults per
-    default step). A no-op where the C library is not glibc (macOS, musl)."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))       # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def give_back_free_heap():
     """glibc's malloc_trim(0): hand the C heap's free pages back to the OS. Blocks under the mmap threshold stay
     in the heap, and over many steps their free gaps add up (~0.2 GiB by step 14 of the default run); called

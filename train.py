@@ -174,7 +174,6 @@ def run_training(cfg, device):
     log(f"compute dtype {str(dtype).removeprefix('torch.')}{rule} on {device}"
         + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
         + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
-    fused.malloc_returns_freed_blocks()       # freed tensors go back to the OS: a lower peak
     policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: "
         f"{get_task(cfg.task).description}" + (f" | {world} processes" if world > 1 else ""))
