@@ -66,18 +66,25 @@ def table(runs):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    seeds, dtypes, extra, only_table = [0, 1, 2, 3, 4], ["fp32", "bf16"], [], False
+def split_args(argv, lists):
+    """This script's and scripts/tasks.py's command line: ({name: values} of each --name=a,b option named in
+    `lists`, else its default there; whether --table was given; every other flag, for train.py)."""
+    values, only_table, extra = dict(lists), False, []
     for a in argv:
-        if a.startswith("--seeds="):
-            seeds = [int(s) for s in a.split("=", 1)[1].split(",")]
-        elif a.startswith("--dtypes="):
-            dtypes = a.split("=", 1)[1].split(",")
+        name, _, value = a.removeprefix("--").partition("=")
+        if a.startswith("--") and name in lists and value:
+            values[name] = value.split(",")
         elif a == "--table":
             only_table = True
         else:
             extra.append(a)
+    return values, only_table, extra
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    lists, only_table, extra = split_args(argv, {"seeds": ["0", "1", "2", "3", "4"], "dtypes": ["fp32", "bf16"]})
+    seeds, dtypes = [int(s) for s in lists["seeds"]], lists["dtypes"]
     name = "seeds-" + machine_name() + ("" if not extra else "-custom")
     path = ROOT / "results" / f"{name}.json"
     data = json.loads(path.read_text()) if path.exists() else {"runs": []}
@@ -86,14 +93,13 @@ def main(argv=None):
         for dtype in dtypes:
             out_dir = ROOT / 'runs' / 'seeds' / f'{dtype}-seed{seed}'
             args = extra + [f"--seed={seed}", f"--dtype={dtype}", f"--out_dir={out_dir}"]
+            if checkpoint.current(out_dir):    # an interrupted run continues exactly (its "before" is not redone)
+                args.append("--resume")        # (run_key leaves --resume out)
             cfg = train.parse_args(args)
             key = run_key(cfg)
             if any(r["key"] == key and r["threads"] == threads for r in data["runs"]):
                 print(f"seed {seed} {dtype}: in {path.name} already, skipped")
                 continue
-            if checkpoint.current(out_dir):    # an interrupted run continues exactly (its "before" is not redone)
-                args.append("--resume")
-                cfg = train.parse_args(args)
             print(f"\n=== seed {seed} {dtype}: python train.py {' '.join(args)}", flush=True)
             t = time.perf_counter()
             out = train.train(cfg)

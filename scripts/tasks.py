@@ -17,19 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train                                                        # noqa: E402
 from device import machine_name                                     # noqa: E402
-from seeds import run_key                                           # noqa: E402
+from seeds import run_key, split_args                               # noqa: E402
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    tasks, extra, only_table = ["add2", "count_letter", "sort", "reverse"], [], False
-    for a in argv:
-        if a.startswith("--tasks="):
-            tasks = a.split("=", 1)[1].split(",")
-        elif a == "--table":
-            only_table = True
-        else:
-            extra.append(a)
+    lists, only_table, extra = split_args(argv, {"tasks": ["add2", "count_letter", "sort", "reverse"]})
+    tasks = lists["tasks"]
     path = ROOT / "results" / f"tasks-{machine_name()}.json"
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
     for task in ([] if only_table else tasks):
