@@ -13,8 +13,9 @@ once per seed (the held-out set depends on the seed). Per G, `summary` gives eac
 the seeds. Results go to results/group_size_sweep.json, rewritten after every run; a run already in that file
 with the same settings is kept, not repeated, so an interrupted sweep continues where it stopped.
 
-The runs compute in fp32 whatever the machine: dtype=auto could choose bf16 on one machine and fp32 on another,
-or (timing both on a busy CPU) differently from one run to the next.
+The runs compute in fp32 whatever the machine: dtype=auto could choose bf16 on one machine and fp32 on another.
+They use the notebook's settings, which cell 8 reads beside this sweep (the paper's GRPOConfig: 32 new tokens,
+temperature 1, advantages divided by the std; reward correct:1,format:1), not train.py's recipe.
 """
 import argparse
 import json
@@ -29,7 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import machine  # noqa: E402
 from eval import GRADER  # noqa: E402
+from grpo import GRPOConfig  # noqa: E402
 from train import TrainConfig, train  # noqa: E402
+
+REWARD_WEIGHTS = "correct:1,format:1"      # the notebook's get_reward
 
 SUMMARISED = ["accuracy_after", "format_after", "reward_last5", "reward_peak", "reward_final", "reward_curve_noise",
               "frac_zero_std_groups", "kl_last", "completion_chars_after"]
@@ -88,10 +92,11 @@ def main(argv=None):
     bad = [G for G in groups if G < 2 or args.completions % G]
     if bad:
         sys.exit(f"error: --groups: each G must be >= 2 and divide --completions={args.completions} (not {bad})")
-    defaults = TrainConfig()
-    settings = {"grader": GRADER, "task": defaults.task, "reward_weights": defaults.reward_weights,
+    defaults, paper = TrainConfig(), GRPOConfig()
+    settings = {"grader": GRADER, "task": defaults.task, "reward_weights": REWARD_WEIGHTS,
                 "steps": args.steps, "completions_per_step": args.completions, "lr": defaults.lr,
-                "beta": defaults.grpo.beta, "dtype": "fp32", "n_eval": defaults.n_eval}
+                "beta": paper.beta, "max_new_tokens": paper.max_new_tokens, "temperature": paper.temperature,
+                "scale_rewards": paper.scale_rewards, "dtype": "fp32", "n_eval": defaults.n_eval}
     out_path = Path(args.out)
     results = {"command": "python scripts/sweep_group_size.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
                **settings, "accuracy_before": {}, "runs": []}
@@ -108,9 +113,9 @@ def main(argv=None):
                 continue
             out_dir = ROOT / "runs" / f"sweep_G{G}_seed{seed}"
             cfg = TrainConfig(steps=args.steps, batch_prompts=args.completions // G, seed=seed, dtype="fp32",
-                              eval_before=str(seed) not in results["accuracy_before"],
-                              out_dir=str(out_dir), log_every=5, save_every=10**9)
-            cfg.grpo.group_size = G
+                              reward_weights=REWARD_WEIGHTS, grpo=GRPOConfig(group_size=G),
+                              eval_before=str(seed) not in results["accuracy_before"], eval_every=0,
+                              eval_paraphrase=False, out_dir=str(out_dir), log_every=5, save_every=10**9)
             print(f"\n=== G = {G}, B = {cfg.batch_prompts}, seed {seed} ===", flush=True)
             t = time.time()
             out = train(cfg)

@@ -37,7 +37,7 @@ def main(argv=None):
         t = time.perf_counter()
         out = train.train(cfg)
         data = json.loads(path.read_text()) if path.exists() else {"runs": []}
-        data["runs"].append({"task": task, "threads": threads, "steps": cfg.steps,
+        data["runs"].append({"task": task, "threads": threads, "steps": cfg.steps, "flags": " ".join(extra),
                              "command": f"OMP_NUM_THREADS={threads} python train.py {' '.join(args)}",
                              "before": out["before"]["accuracy"], "after": out["after"]["accuracy"],
                              "format": out["after"]["format"],
@@ -48,10 +48,11 @@ def main(argv=None):
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(data, indent=1) + "\n")
     data = json.loads(path.read_text()) if path.exists() else {"runs": []}
-    print("| task | steps | before | after | exact format | reworded |\n|---|---|---|---|---|---|")
+    print("| task | settings | before | after | exact format | reworded | wall time |\n|---|---|---|---|---|---|---|")
     for r in data["runs"]:
-        print(f"| `{r['task']}` | {r['steps']} | {r['before']:.1%} | {r['after']:.1%} | {r['format']:.1%} | "
-              + ("-" if r["paraphrase"] is None else f"{r['paraphrase']:.1%}") + " |")
+        print(f"| `{r['task']}` | {r.get('flags') or 'default'} | {r['before']:.1%} | {r['after']:.1%} | "
+              f"{r['format']:.1%} | " + ("-" if r["paraphrase"] is None else f"{r['paraphrase']:.1%}") +
+              f" | {r['wall_s'] / 60:.1f} min |")
 
 
 if __name__ == "__main__":
