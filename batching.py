@@ -13,8 +13,9 @@ from load_weights import drop_from_memory
 
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size,
-                        completion_mask=None):
-    """log pi(o_it | q, o_i<t) of every completion token, (N, T) fp32, 0 outside completion_mask.
+                        completion_mask=None, temperature=1.0):
+    """log pi(o_it | q, o_i<t) of every completion token, (N, T) fp32, 0 outside completion_mask,
+    pi = softmax(logits / temperature): the distribution that sampled them.
 
     The B prompts (B, P) run once (prefill) and their keys/values are copied to their G completions
     (exact, and G times less prompt work); positions after EOS are not computed at all. The model
@@ -32,6 +33,8 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
         active = completion_mask[:, 1:].bool() if completion_mask is not None else None
         h = model.hidden(completion_ids[:, :-1], attention_mask=mask, cache=cache, active=active)
         hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
+    if temperature != 1.0:         # logits / T = (hidden / T) W^T: the sampler's pi, so the ratio and
+        hidden = hidden / temperature           # the KL are of the policy that drew the samples
     return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
 
 
@@ -57,11 +60,12 @@ def chunks(batch, prompts_per_chunk):
             reward_components={k: v[rows] for k, v in batch.reward_components.items()})
 
 
-def logprobs_by_chunk(model, batch, group_size, prompts_per_chunk):
+def logprobs_by_chunk(model, batch, group_size, prompts_per_chunk, temperature=1.0):
     """completion_logprobs of a grpo.Rollout, chunk by chunk (chunks): (N, T), 0 after EOS."""
     out = torch.zeros(batch.completion_ids.shape, device=batch.completion_ids.device)
     for rows, c in chunks(batch, prompts_per_chunk):
         out[rows, :c.completion_ids.size(1)] = completion_logprobs(
-            model, c.prompt_ids, c.prompt_mask, c.completion_ids, group_size, c.completion_mask)
+            model, c.prompt_ids, c.prompt_mask, c.completion_ids, group_size, c.completion_mask,
+            temperature)
     drop_from_memory(model)     # a reference kept in a file (load_weights.keep_in_file) leaves memory till next time
     return out

@@ -9,6 +9,7 @@ init_distributed and mean_across_ranks return at once, and nothing else here run
 """
 import contextlib
 import os
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -102,9 +103,10 @@ class PolicyLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask=None):
+    def forward(self, prompt_ids, prompt_mask, completion_ids, group_size, completion_mask=None,
+                temperature=1.0):
         out = completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids, group_size,
-                                  completion_mask)
+                                  completion_mask, temperature)
         if torch.is_grad_enabled() and not out.requires_grad:
             # no token in the mask (every group dropped): a zero that still reaches every parameter,
             # so that backward works and this rank joins DDP's gradient all-reduce
@@ -126,5 +128,6 @@ class DDPPolicy:
         zero: DDP needs each rank in each all-reduce), and the gradients are all-reduced once, after
         the last chunk."""
         sync = lambda last: contextlib.nullcontext() if last else self.module.no_sync()
-        return backward_by_chunk(self.module, batch, cfg, sum_across_ranks(normaliser),
+        return backward_by_chunk(partial(self.module, temperature=cfg.temperature), batch, cfg,
+                                 sum_across_ranks(normaliser),
                                  weight=self.world, skip_empty=False, sync=sync)

@@ -223,7 +223,8 @@ def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):
 
 def check_written_out(cfg):
     """One line when cfg asks grpo_step for an option that only rollout + grpo_loss run."""
-    kept = dict(kl_estimator="k3", kl_mode="loss", loss_agg="seq_mean", drop_zero_std_groups=False)
+    kept = dict(kl_estimator="k3", kl_mode="loss", loss_agg="seq_mean", drop_zero_std_groups=False,
+                temperature=1.0)
     other = [f"{k}={getattr(cfg, k)}" for k, v in kept.items() if getattr(cfg, k) != v]
     if other:
         raise ValueError(f"grpo_step writes out {kept}; {', '.join(other)}: rollout + grpo_loss")
@@ -240,10 +241,10 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None,
     batch = sample_groups(policy, tok, prompts, reward_fn, cfg, seeds)
     t0 = time.perf_counter()
     if cfg.beta > 0:
-        batch.ref_logprobs = logprobs_by_chunk(ref_model, batch, G, cfg.prompts_per_pass)
+        batch.ref_logprobs = logprobs_by_chunk(ref_model, batch, G, cfg.prompts_per_pass, cfg.temperature)
     kl_in_reward = cfg.beta > 0 and cfg.kl_mode == "reward"
     if need_old_logprobs or kl_in_reward:
-        batch.old_logprobs = logprobs_by_chunk(policy, batch, G, cfg.prompts_per_pass)
+        batch.old_logprobs = logprobs_by_chunk(policy, batch, G, cfg.prompts_per_pass, cfg.temperature)
     shaped = batch.rewards
     if kl_in_reward:
         # r_i - beta * sum_t KL_it: the penalty is part of the reward that the advantages normalise

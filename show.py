@@ -251,7 +251,7 @@ def group_ansi(view):
 def shade_group(policy, tok, batch, cfg, group=None, as_html=True, numbers=False):
     """One group of a rollout (pick_group's when None) shaded by its tokens' shares of the loss under the
     policy's current log-probs: group_html for a notebook (IPython.display.HTML), group_ansi for a terminal."""
-    logprobs = logprobs_by_chunk(policy, batch, cfg.group_size, cfg.prompts_per_pass)
+    logprobs = logprobs_by_chunk(policy, batch, cfg.group_size, cfg.prompts_per_pass, cfg.temperature)
     by_advantage, by_kl = token_contributions(logprobs, batch, cfg)
     if group is None:
         group = pick_group(batch.rewards.view(-1, cfg.group_size).tolist())

@@ -44,6 +44,7 @@ CASES = {
     "token_mean_unscaled": dict(beta=0.04, loss_agg="token_mean", scale=False),
     "drop_zero_std": dict(beta=0.04, drop_zero_std_groups=True),      # rank 1 has no group left at all
     "mu2_kl": dict(beta=0.04, mu=2),
+    "tempered_mu2_kl": dict(beta=0.04, mu=2, temperature=1.3),       # log-probs of softmax(logits / T)
     "one_pass_per_rank": dict(beta=0.04, loss_agg="token_mean", prompts_per_pass=4),
 }
 EXACT = [c for c in CASES if CASES[c].get("scale", True)]
@@ -102,8 +103,10 @@ def make_rollout(items, cfg, tcfg, policy, ref_model, mu):
         loss_mask[grpo.zero_std_groups(rewards, G)] = 0
     args = (prompt_ids, prompt_mask, completion_ids, G)
     with torch.no_grad():
-        ref = grpo.completion_logprobs(ref_model, *args, completion_mask=cmask) if cfg.beta > 0 else None
-        old = grpo.completion_logprobs(policy, *args, completion_mask=cmask) if mu > 1 else None
+        ref = grpo.completion_logprobs(ref_model, *args, completion_mask=cmask,
+                                       temperature=cfg.temperature) if cfg.beta > 0 else None
+        old = grpo.completion_logprobs(policy, *args, completion_mask=cmask,
+                                       temperature=cfg.temperature) if mu > 1 else None
     return grpo.Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                         completion_mask=cmask, rewards=rewards, texts=[""] * len(rewards), advantages=advantages,
                         loss_mask=loss_mask, ref_logprobs=ref, old_logprobs=old)

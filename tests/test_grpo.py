@@ -371,6 +371,47 @@ def assert_equal_to_plain(model, prompt_ids, prompt_mask, comp, cmask):
     assert (g_fast - g_plain).abs().max() <= 1e-5 * g_plain.abs().max()
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_tempered_logprobs_are_the_samplers_log_softmax_of_logits_over_T(arch):
+    """Oracle: log_softmax(logits / T) of full rows (our own, not the fused head), values and parameter
+    gradients, at T = 1.3; and T = 1 gives the untempered values to the bit."""
+    prompt_ids, prompt_mask, comp, cmask = toy_batch()
+    model = tiny(arch)
+    fast = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask, temperature=1.3)
+    (fast * cmask).sum().backward()
+    g_fast = grads(model)
+    model.zero_grad()
+    ids = torch.cat([prompt_ids.repeat_interleave(2, 0), comp], 1)
+    mask = torch.cat([prompt_mask.repeat_interleave(2, 0), torch.ones_like(comp)], 1)
+    logits = model(ids, attention_mask=mask)[:, -comp.size(1) - 1:-1] / 1.3
+    oracle = torch.log_softmax(logits, -1).gather(-1, comp[..., None])[..., 0]
+    (oracle * cmask).sum().backward()
+    m = cmask.bool()
+    assert (fast[m] - oracle[m]).abs().max() <= 1e-5
+    assert (g_fast - grads(model)).abs().max() <= 1e-5 * grads(model).abs().max()
+    untempered = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)
+    assert torch.equal(completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask, temperature=1.0),
+                       untempered)
+    assert (untempered[m] - fast[m]).abs().max() > 1e-2          # the temperature is not ignored
+
+
+def test_rollout_takes_the_reference_log_probs_at_the_sampling_temperature():
+    """rollout's pi_ref (and pi_old) log-probs are of softmax(logits / T), T = cfg.temperature, as the policy's
+    in the loss (train.optimize): k3 and the ratio compare the same tempered distributions."""
+    policy = tiny()
+    ref = perturbed(policy)
+    cfg = GRPOConfig(group_size=2, max_new_tokens=4, temperature=1.5)
+    batch = rollout(policy, FakeTok(), PROMPTS, frac_target, cfg, ref_model=ref, seeds=[0, 1, 2, 3],
+                    need_old_logprobs=True)
+    m = batch.completion_mask.bool()
+    for model, got in ((ref, batch.ref_logprobs), (policy, batch.old_logprobs)):
+        want = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, 2,
+                                   batch.completion_mask, temperature=1.5)
+        at_1 = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, 2,
+                                   batch.completion_mask)
+        assert torch.allclose(got[m], want[m], atol=1e-6) and not torch.allclose(got[m], at_1[m], atol=1e-3)
+
+
 def test_shared_prefix_len_hand_cases():
     """Hand: the common first tokens of the real (unpadded) rows, at most the shortest row less one."""
     def L(rows):
@@ -528,7 +569,7 @@ def test_written_out_step_equals_the_batched_path(settings):
 
 
 @pytest.mark.parametrize("option", [dict(kl_estimator="k1"), dict(kl_mode="reward"), dict(loss_agg="seq_sum"),
-                                    dict(drop_zero_std_groups=True)])
+                                    dict(drop_zero_std_groups=True), dict(temperature=1.2)])
 def test_grpo_step_refuses_what_it_does_not_write_out(option):
     """Oracle: one line naming the option, before any sampling (the batched path runs it)."""
     with pytest.raises(ValueError) as e:
