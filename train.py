@@ -71,7 +71,7 @@ class TrainConfig:
     reward_weights: str = "correct:1,format:1,short:1"   # reward components and weights (task.py)
     judge: str = "ref"             # judge model: "ref" (the frozen start) or a checkpoint
     # optimisation
-    steps: int = 30                # GRPO steps: a rollout of B*G completions, mu AdamW steps
+    steps: int = 40                # GRPO steps: a rollout of B*G completions, mu AdamW steps
     batch_prompts: int = 8         # B prompts per step (all ranks), G = group_size samples each
     lr: float = 5e-5               # AdamW learning rate (optim.py)
     weight_decay: float = 0.0      # AdamW's decoupled weight decay: w -= lr * wd * w each step

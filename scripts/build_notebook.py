@@ -383,6 +383,7 @@ def import_lines(names, modules, extra=()):
 
 SWEEP = ROOT / "results" / "group_size_sweep.json"
 NOTEBOOK_RUN = ROOT / "results" / "notebook_run.json"      # written by cell 7 of a full run
+SEEDS = ROOT / "results" / "seeds-amd-epyc-family25.json"   # python scripts/seeds.py: train.py's recipe
 
 
 def pct(x, d=1):
@@ -471,13 +472,42 @@ def sweep_sentences(summary):
     return noisy, few
 
 
-def analysis_text(run=None, sweep=None):
-    """Cell 8, every number read from results/notebook_run.json (this notebook's run, or `run`) and the sweep's
-    results (or `sweep`); the qualitative claims (a trend, a peak, a shortcut) are chosen by the numbers."""
+def seeds_sentence(seeds, sweep_format, notebook_steps):
+    """Cell 8's last paragraph: how train.py's recipe did over seeds and dtypes (results/seeds-<machine>.json),
+    beside the exact-format range (sweep_format: min, max) of this notebook's settings in the G sweep."""
+    runs = seeds["runs"]
+    span = lambda k: f"{pct(min(r[k] for r in runs))} to {pct(max(r[k] for r in runs))}"
+    both = sum(r["after"] >= 0.95 and r["format"] >= 0.95 for r in runs)
+    dtypes = " and ".join(sorted({r["dtype"] for r in runs}))
+    from dataclasses import asdict
+    from grpo import GRPOConfig
+    from train import TrainConfig
+    recipe, paper = TrainConfig(), GRPOConfig()
+    said = {"max_new_tokens": lambda v: f"{v} new tokens", "temperature": lambda v: f"temperature {v} (the loss's log-probs too)",
+            "scale_rewards": lambda v: "advantages not divided by the std" if not v else "std-scaled advantages"}
+    changes = [said.get(k, lambda v: f"{k} = {v}")(v) for k, v in asdict(recipe.grpo).items()
+               if v != getattr(paper, k)]
+    if "short" in recipe.reward_weights:
+        changes.insert(0, "a `short` reward component (a right reply's 1 - extra characters / 40, 0 for a wrong one)")
+    if recipe.steps != notebook_steps:
+        changes.append(f"{recipe.steps} steps (here {notebook_steps})")
+    return (f"**Exact format on every seed?** At G = 8 above, exactly the answer ranged from "
+            f"{pct(sweep_format['min'])} to {pct(sweep_format['max'])} by seed. `python train.py` changes "
+            f"{len(changes)} settings of this notebook's run: {'; '.join(changes)}. Over seeds "
+            f"{min(r['seed'] for r in runs)}-{max(r['seed'] for r in runs)} in {dtypes} ({len(runs)} runs, "
+            f"`python scripts/seeds.py`, `results/{SEEDS.name}`) it ended at {span('after')} held-out accuracy "
+            f"and {span('format')} exact format; {both} of {len(runs)} runs reached 95% on both.")
+
+
+def analysis_text(run=None, sweep=None, seed_table=None):
+    """Cell 8, every number read from results/notebook_run.json (this notebook's run, or `run`), the sweep's
+    results (or `sweep`) and train.py's seeds table (or `seed_table`); the qualitative claims (a trend, a peak, a
+    shortcut) are chosen by the numbers."""
     import json
     from show import renamed                                    # a run logged with older metric names
     run = run or json.loads(NOTEBOOK_RUN.read_text())
     sweep = sweep or json.loads(SWEEP.read_text())
+    seed_table = seed_table or json.loads(SEEDS.read_text())
     h, base, tuned, n = renamed(run["history"]), run["base"], run["tuned"], run["steps"]
     w = 4                                                       # cell 6 prints LOG_EVERY = 4-step averages
     first = lambda key: window(h, key, 1, w)
@@ -552,7 +582,9 @@ seeds {", ".join(map(str, seeds))}; mean [min, max] over the seeds; graded by {s
 {pct(max(sweep['accuracy_before'].values()))}, per seed). G = {best_G} had the highest mean accuracy, and G =
 {worst['G']} the lowest single run: seed {worst['seed']}, {pct(worst['accuracy_after'])}, often the wrong number in the
 requested format ({said(r['reply'] for r in worst['wrong_after'][:2])}), with B = {worst['B']} prompts a step. {noisy}
-{few} Three seeds and {sweep['n_eval']} held-out prompts rank the ends of the G range, not G = 2, 4 and 8."""
+{few} Three seeds and {sweep['n_eval']} held-out prompts rank the ends of the G range, not G = 2, 4 and 8.
+
+{seeds_sentence(seed_table, g8['format_after'], n)}"""
 
 
 def baseline_numbers():

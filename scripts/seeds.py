@@ -10,8 +10,10 @@ the accuracy on the held-out questions reworded (eval.paraphrased), the first st
 held-out check (every 5 steps, --eval_subset prompts, logged in log.jsonl as eval_accuracy) passed 90%,
 and the run's wall time (load and both evaluations included; on a shared machine not a speed measurement).
 Resumable: a run already in the file (same recipe, seed, dtype) is skipped, and a run stopped after a checkpoint
-continues from it (train.py --resume, exact; its base-model evaluation is not redone: "before" shows "-"), so an
-interrupted sweep continues where it stopped. Each run's folder is runs/seeds/<dtype>-seed<N>.
+continues from it (train.py --resume, exact; its base-model evaluation is not redone: "before" is the one the
+first part wrote in eval.json, else "-"; the wall time is the resumed part's), so an interrupted sweep continues
+where it stopped, and a longer recipe can continue the runs of a shorter one. Each run's folder is
+runs/seeds/<dtype>-seed<N>.
 """
 import json
 import os
@@ -28,7 +30,8 @@ import train                                                        # noqa: E402
 from device import machine_name                                     # noqa: E402
 
 # train.py's default recipe (README): the shaped `short` component, 16 new tokens, advantages not divided by the
-# group's std (Dr. GRPO), and the periodic check (--eval_every=5 on --eval_subset=50) the table's "90% at" reads.
+# group's std (Dr. GRPO), sampling at temperature 1.2, and the periodic check (--eval_every=5 on --eval_subset=50)
+# the table's "90% at" reads.
 # Flags given to this script are added to every run (another recipe: its own file).
 
 
@@ -105,11 +108,14 @@ def main(argv=None):
             out = train.train(cfg)
             wall = time.perf_counter() - t
             after, para = out["after"], out["paraphrase"]
+            before = out["before"]           # a resumed run's: the first part's, kept in eval.json (report.py)
+            if before is None and (out_dir / "eval.json").is_file():
+                before = json.loads((out_dir / "eval.json").read_text()).get("before")
             data = json.loads(path.read_text()) if path.exists() else {"runs": []}   # another sweep may have
             data["runs"].append({                                                       # added runs meanwhile
                 "seed": seed, "dtype": dtype, "threads": threads,
                 "command": f"OMP_NUM_THREADS={threads} python train.py {' '.join(args)}",
-                "before": out["before"]["accuracy"] if out["before"] else None, "after": after["accuracy"],
+                "before": before["accuracy"] if before else None, "after": after["accuracy"],
                 "format": after["format"], "paraphrase": para["accuracy"] if para else None,
                 "step_90": first_pass(out["history"]), "wall_s": round(wall, 1),
                 "eval_accuracy": {m["step"]: m["eval_accuracy"] for m in out["history"] if "eval_accuracy" in m},

@@ -247,6 +247,22 @@ def test_the_analysis_is_the_generated_one(nb):
     assert nb.cells[8].source == load_script("build_notebook").analysis_text(), RUN_IT
 
 
+def test_the_seeds_claim_counts_the_table_and_names_the_recipe():
+    """Cell 8's last paragraph: the runs that reached 95% on both counts, the seed range and dtypes from the table;
+    the settings train.py changes read from TrainConfig and GRPOConfig, not typed."""
+    build = load_script("build_notebook")
+    from grpo import GRPOConfig
+    from train import TrainConfig
+    runs = [dict(seed=2, dtype="fp32", after=0.99, format=0.96), dict(seed=5, dtype="bf16", after=0.99, format=0.0),
+            dict(seed=3, dtype="fp32", after=0.94, format=0.94)]
+    text = build.seeds_sentence({"runs": runs}, {"min": 0.0, "max": 0.98}, 24)
+    assert "1 of 3 runs reached 95% on both" in text and "seeds 2-5 in bf16 and fp32 (3 runs" in text
+    assert "94.0% to 99.0% held-out accuracy and 0.0% to 96.0% exact format" in text
+    recipe, paper = TrainConfig(), GRPOConfig()
+    assert (f"temperature {recipe.grpo.temperature}" in text) == (recipe.grpo.temperature != paper.temperature)
+    assert f"{recipe.steps} steps (here 24)" in text and "0.0% to 98.0% by seed" in text
+
+
 def analysis_inputs():
     run = json.loads((ROOT / "results" / "notebook_run.json").read_text())
     sweep = json.loads((ROOT / "results" / "group_size_sweep.json").read_text())
