@@ -33,8 +33,8 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
         active = completion_mask[:, 1:].bool() if completion_mask is not None else None
         h = model.hidden(completion_ids[:, :-1], attention_mask=mask, cache=cache, active=active)
         hidden = torch.cat([hidden, h], dim=1)                              # (N, T, C)
-    if temperature != 1.0:         # logits / T = (hidden / T) W^T: the sampler's pi, so the ratio and
-        hidden = hidden / temperature           # the KL are of the policy that drew the samples
+    if temperature != 1.0:    # logits / T = (hidden / T) W^T: the sampler's pi, so the ratio and
+        hidden = hidden / temperature      # the KL are of the policy that drew the samples
     return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
 
 

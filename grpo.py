@@ -237,14 +237,14 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None,
     """sample_groups, then what every optimisation pass of the batch needs: the frozen log-probs
     (pi_ref; pi_old when mu > 1), the advantages (of r_i - beta sum_t KL_it with kl_mode=reward) and
     the loss mask (less the flat groups with drop_zero_std_groups)."""
-    G = cfg.group_size
+    G, T = cfg.group_size, cfg.temperature      # log-probs of softmax(logits / T): the sampler's
     batch = sample_groups(policy, tok, prompts, reward_fn, cfg, seeds)
     t0 = time.perf_counter()
     if cfg.beta > 0:
-        batch.ref_logprobs = logprobs_by_chunk(ref_model, batch, G, cfg.prompts_per_pass, cfg.temperature)
+        batch.ref_logprobs = logprobs_by_chunk(ref_model, batch, G, cfg.prompts_per_pass, T)
     kl_in_reward = cfg.beta > 0 and cfg.kl_mode == "reward"
     if need_old_logprobs or kl_in_reward:
-        batch.old_logprobs = logprobs_by_chunk(policy, batch, G, cfg.prompts_per_pass, cfg.temperature)
+        batch.old_logprobs = logprobs_by_chunk(policy, batch, G, cfg.prompts_per_pass, T)
     shaped = batch.rewards
     if kl_in_reward:
         # r_i - beta * sum_t KL_it: the penalty is part of the reward that the advantages normalise

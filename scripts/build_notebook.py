@@ -483,7 +483,8 @@ def seeds_sentence(seeds, sweep_format, notebook_steps):
     from grpo import GRPOConfig
     from train import TrainConfig
     recipe, paper = TrainConfig(), GRPOConfig()
-    said = {"max_new_tokens": lambda v: f"{v} new tokens", "temperature": lambda v: f"temperature {v} (the loss's log-probs too)",
+    said = {"max_new_tokens": lambda v: f"{v} new tokens",
+            "temperature": lambda v: f"temperature {v} (the loss's log-probs too)",
             "scale_rewards": lambda v: "advantages not divided by the std" if not v else "std-scaled advantages"}
     changes = [said.get(k, lambda v: f"{k} = {v}")(v) for k, v in asdict(recipe.grpo).items()
                if v != getattr(paper, k)]
