@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 import fused
-from device import pick_dtype
+from device import machine_name, pick_dtype
 from engine import generate
 from eval import GRADER, evaluate
 from grpo import GRPOConfig, rollout
@@ -59,7 +59,7 @@ QUESTION = "What is 3 + 5? Answer with just the number."
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
         if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "amx": bool(torch._C._cpu._init_amx()),
+    return {"cpu": cpu, "kind": machine_name(), "threads": torch.get_num_threads(), "amx": bool(torch._C._cpu._init_amx()),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": torch.__version__, "auto_dtype": str(pick_dtype("auto", "cpu")).removeprefix("torch."),
             # the C allocator changes these timings a lot (TRL's most): glibc's unless one is preloaded
@@ -73,8 +73,9 @@ def machine_slug(m):
     'nvidia-h200')."""
     if m["cuda"]:
         name = m["cuda"]
-    else:   # 'Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz' and 2 threads -> intel-core-i7-8700-2threads
-        name = re.sub(r"\((r|tm)\)|\b(cpu|processor)\b|@.*", " ", m["cpu"], flags=re.I) + f" {m['threads']}threads"
+    else:   # device.machine_name() ('amd-epyc-family26', 'intel-xeon-amx') and 2 threads; older records lack "kind"
+        name = m.get("kind") or re.sub(r"\((r|tm)\)|\b(cpu|processor)\b|@.*", " ", m["cpu"], flags=re.I)
+        name += f" {m['threads']}threads"
     if m["allocator"] != "glibc malloc":   # 'libtcmalloc_minimal.so.4' -> tcmalloc
         name += "".join(" " + re.sub(r"^lib|[_.].*", "", lib) for lib in m["allocator"].split())
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -321,7 +322,7 @@ def default_worker(argv):
     grpo.generate = clock.wrap(grpo.generate, "sampling")                  # the rollout's samples
     grpo.logprobs_by_chunk = clock.wrap(grpo.logprobs_by_chunk, "reference")  # pi_ref's (and pi_old's) log-probs
     train.backward_by_chunk = clock.wrap(train.backward_by_chunk, "forward_backward")
-    train.save_checkpoint = clock.wrap(train.save_checkpoint, "checkpoints")
+    train.checkpoint.save_step = clock.wrap(train.checkpoint.save_step, "checkpoints")
     cast = train.cast_for_training
 
     def cast_and_time(*args, **kwargs):

@@ -144,9 +144,18 @@ def non_finite(tensors, prefix=""):
     for name, t in items:
         if isinstance(t, (dict, list, tuple)):
             bad += non_finite(t, f"{prefix}{name}.")
-        elif isinstance(t, torch.Tensor) and not bool(torch.isfinite(t).all()):
+        elif isinstance(t, torch.Tensor) and not finite(t):
             bad.append(f"{prefix}{name}")
     return bad
+
+
+def finite(t):
+    """Whether every number of tensor t is finite: its min and max are (both are NaN if any number is), found
+    without the bool tensor of t's size that isfinite(t).all() makes (20x slower on the 28M embedding)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def check_step(step, metrics, weights, out_dir):

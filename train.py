@@ -92,7 +92,7 @@ class TrainConfig:
     eval_subset: int = 50          # eval_subset held-out prompts, logged as eval_accuracy
     eval_max_new_tokens: int = 32  # the evaluations' reply budget (training's is max_new_tokens)
     eval_paraphrase: bool = True   # held-out questions reworded, at the end (eval.paraphrased)
-    save_every: int = 10           # write a checkpoint every this many steps, and after the last
+    save_every: int = 20           # write a checkpoint every this many steps, and after the last (each ~5 s)
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
     # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig, the
@@ -147,6 +147,7 @@ def train(cfg: TrainConfig):
     """Every setting checked (configurator.validate), then the run in its run folder, which rank 0
     holds locked until the run ends (checkpoint.open_run: made, marked, cleaned; an earlier run
     moved aside first)."""
+    fused.use_huge_pages()          # before the first large tensor: fewer page faults a step (fused.py)
     device = validate(cfg)
     if os.environ.get("RANK", "0") != "0":
         return run_training(cfg, device)

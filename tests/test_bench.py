@@ -18,6 +18,9 @@ def test_machine_slug():
         == "intel-core-i7-8700-1threads"
     assert bench.machine_slug(AMD | {"cpu": "Intel(R) Xeon(R) Processor"}) == "intel-xeon-2threads"
     assert bench.machine_slug(AMD | {"cuda": "NVIDIA H200"}) == "nvidia-h200"
+    # a record of this code names the kind of machine (device.machine_name: Zen 4 and Zen 5 apart)
+    assert bench.machine_slug(AMD | {"kind": "amd-epyc-family26"}) == "amd-epyc-family26-2threads"
+    assert bench.machine()["kind"] == bench.machine_name()
 
 
 def test_command_line_names_the_preloaded_allocator(monkeypatch):
@@ -103,3 +106,22 @@ def test_phase_clock_times_each_phase_and_finds_its_peak_memory():
     assert clock.peak_kib["big"] - base >= 190_000 and clock.peak_kib["small"] - base >= 190_000
     assert clock.peak_kib["idle"] - base < 50_000
     assert set(clock.seconds) == {"big", "idle", "small"} and clock.max_kib >= clock.peak_kib["big"]
+
+
+def test_default_worker_times_every_phase_of_a_tiny_run(tiny_checkpoint, tmp_path, monkeypatch):
+    """bench.py --only=default's worker wraps the functions train.py calls today: a renamed one fails here, not in
+    a 5-minute benchmark. A 2-step run of the tiny model reaches every phase, each called as often as the run does."""
+    import checkpoint
+    import grpo
+    import train
+    for module, name in [(train, "load_model"), (train, "evaluate"), (grpo, "generate"), (grpo, "logprobs_by_chunk"),
+                         (train, "backward_by_chunk"), (checkpoint, "save_step"), (train, "cast_for_training")]:
+        monkeypatch.setattr(module, name, getattr(module, name))     # undone after the test: the worker patches them
+    run = bench.default_worker([f"--model={tiny_checkpoint}", "--task=add1", "--steps=2", "--batch_prompts=2",
+                                "--n_train=50", "--n_eval=4", "--device=cpu", f"--out_dir={tmp_path / 'run'}",
+                                "--dtype=fp32", "--eval_max_new_tokens=4", "--group_size=2", "--max_new_tokens=4",
+                                "--eval_every=1", "--save_every=1"])
+    assert set(run["calls"]) == set(bench.PHASES) - {"other"}
+    assert run["calls"]["checkpoints"] == 2 and run["calls"]["optimizer"] == 2 and run["calls"]["sampling"] == 2
+    assert run["calls"]["eval_periodic"] == 2 and run["calls"]["eval_before"] == 1
+    assert set(run["accuracy"]) == {"before", "after", "paraphrase"}

@@ -175,6 +175,20 @@ def test_a_non_finite_step_stops_in_one_line_and_is_never_saved(what, tiny_check
     assert not checkpoint.non_finite(weights) and not checkpoint.non_finite(state)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_agrees_with_isfinite_wherever_the_bad_number_is(dtype):
+    """checkpoint.finite (min and max, no bool tensor) against torch.isfinite(t).all(): a NaN, +inf or -inf at
+    the first, a middle, a SIMD-tail and the last position of a 1M tensor; finite tensors; the other kinds."""
+    t = torch.randn(1_000_003).to(dtype)
+    assert checkpoint.finite(t) and checkpoint.finite(t[:0]) and checkpoint.finite(torch.arange(5))
+    for bad in (math.nan, math.inf, -math.inf):
+        for where in (0, 517_211, 999_999, 1_000_002):
+            u = t.clone()
+            u[where] = bad
+            assert checkpoint.finite(u) == bool(torch.isfinite(u).all()) == False, (bad, where)
+    assert checkpoint.finite(torch.tensor(3.0e38) * 1) and not checkpoint.finite(torch.tensor(3.0e38) * 10)
+
+
 def test_save_refuses_a_non_finite_checkpoint(tmp_path):
     state = {"step": 4, "optimizer": {"t": 4, "exp_avg": [torch.zeros(2), torch.tensor([0.0, math.nan])]}}
     with pytest.raises(ValueError) as e:

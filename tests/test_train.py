@@ -246,3 +246,30 @@ def test_optimize_by_chunks_equals_the_whole_batch(agg, drop):
     m = batch.loss_mask.bool()
     assert torch.allclose(kl[m], want_kl.detach()[m], rtol=1e-5, atol=1e-6) and not clipped.any()
     assert max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters())) <= 1e-6
+
+
+HUGE_PAGES_ON_REQUEST = "[never]" not in (lambda p: open(p).read() if __import__("os").path.exists(p) else "[never]")(
+    "/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not HUGE_PAGES_ON_REQUEST, reason="this kernel gives no transparent huge pages on request")
+@pytest.mark.parametrize("env", ["unset", "0"])
+def test_a_run_asks_for_huge_pages_before_its_first_large_tensor(tiny_checkpoint, tmp_path, env):
+    """train() turns on PyTorch's huge-page allocation (fused.use_huge_pages) before the run allocates anything
+    large: 20 fresh 64 MB tensors then cost a few page faults per 2 MB instead of one per 4 KB. A
+    THP_MEM_ALLOC_ENABLE=0 already in the environment wins."""
+    import os
+    code = ("import resource, sys, torch, train\n"
+            "def run_training(cfg, device):\n"
+            "    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    for _ in range(20): torch.ones(2 ** 24)\n"
+            "    print('FAULTS', resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
+            "train.run_training = run_training\n"
+            f"train.main(['--model={tiny_checkpoint}', '--device=cpu', '--out_dir={tmp_path / 'run'}'])\n")
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env != "unset":
+        environ["THP_MEM_ALLOC_ENABLE"] = env
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True)
+    faults = int(out.stdout.split("FAULTS")[1])
+    four_kb_pages = 20 * 2 ** 26 // 4096
+    assert faults < four_kb_pages / 20 if env == "unset" else faults > four_kb_pages / 2
