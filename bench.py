@@ -59,7 +59,8 @@ QUESTION = "What is 3 + 5? Answer with just the number."
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
         if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"cpu": cpu, "kind": machine_name(), "threads": torch.get_num_threads(), "amx": bool(torch._C._cpu._init_amx()),
+    return {"cpu": cpu, "kind": machine_name(), "threads": torch.get_num_threads(),
+            "amx": bool(torch._C._cpu._init_amx()),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": torch.__version__, "auto_dtype": str(pick_dtype("auto", "cpu")).removeprefix("torch."),
             # the C allocator changes these timings a lot (TRL's most): glibc's unless one is preloaded
