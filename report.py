@@ -36,13 +36,19 @@ def read_jsonl(path):
     return records
 
 
+def read_evals(run):
+    """A run folder's eval.json ({"grader", "before", "after", "paraphrase", "n_eval"}), {} if it has none."""
+    path = Path(run) / "eval.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def read_run(run):
     """{"history", "records", "evals", "config"} of a run folder; one line when it holds no run."""
     run = Path(run)
     history = renamed(read_jsonl(run / "log.jsonl"))      # an older run's keys under today's names
     if not history:
         raise ValueError(f"{run} holds no run: {run / 'log.jsonl'} is missing or empty")
-    evals = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
+    evals = read_evals(run)
     folder = current(run)
     config = json.loads((folder / "config.json").read_text()) if folder and (folder / "config.json").is_file() else {}
     return {"history": history, "records": read_jsonl(run / "completions.jsonl"), "evals": evals, "config": config}
@@ -309,8 +315,8 @@ def write_report(run, evals=None):
     the base model again) keeps the one eval.json has."""
     run = Path(run)
     if evals is not None:
-        if evals.get("before") is None and (run / "eval.json").is_file():     # --resume: the base model's
-            evals = evals | {"before": json.loads((run / "eval.json").read_text()).get("before")}
+        if evals.get("before") is None:             # --resume: the base model's, if the first part wrote it
+            evals = evals | {"before": read_evals(run).get("before")}
         replace_text(run / "eval.json", json.dumps({"grader": GRADER} | evals, indent=1, default=str))
     path = run / "report.html"
     replace_text(path, render(run, read_run(run)))

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import checkpoint                                                   # noqa: E402
 import train                                                        # noqa: E402
 from device import machine_name                                     # noqa: E402
+from report import read_evals                                       # noqa: E402
 
 # train.py's default recipe (README): the shaped `short` component, 16 new tokens, advantages not divided by the
 # group's std (Dr. GRPO), sampling at temperature 1.2, and the periodic check (--eval_every=5 on --eval_subset=50)
@@ -108,9 +109,8 @@ def main(argv=None):
             out = train.train(cfg)
             wall = time.perf_counter() - t
             after, para = out["after"], out["paraphrase"]
-            before = out["before"]           # a resumed run's: the first part's, kept in eval.json (report.py)
-            if before is None and (out_dir / "eval.json").is_file():
-                before = json.loads((out_dir / "eval.json").read_text()).get("before")
+            # a resumed run's: the first part's, kept in eval.json (report.write_report)
+            before = out["before"] or read_evals(out_dir).get("before")
             data = json.loads(path.read_text()) if path.exists() else {"runs": []}   # another sweep may have
             data["runs"].append({                                                       # added runs meanwhile
                 "seed": seed, "dtype": dtype, "threads": threads,
