@@ -12,7 +12,7 @@ accuracy = mean over the k samples).
 import argparse
 import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
@@ -36,7 +36,7 @@ def complete(model, tok, prompts, num_samples=1, temperature=0.0, max_new_tokens
     per_batch = max(1, batch_size // num_samples)
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start:start + per_batch]
-        ids = [tok.chat_prompt(p.question, system=system_prompt) for p in chunk]
+        ids = [tok.chat_prompt(p.question, system=system_prompt, example=p.format_example) for p in chunk]
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         out, mask = generate(model, ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
                              temperature=temperature, eos_id=tok.stop_ids, pad_id=tok.pad_id, seeds=seeds)
@@ -85,7 +85,7 @@ def paraphrased(prompts):
         question, n = re.subn(pattern, replacement, p.question)
         if n != 1:
             raise ValueError(f"paraphrase template {pattern!r} does not match {p.question!r}")
-        out.append(Prompt(question, p.answer, p.task))
+        out.append(replace(p, question=question))           # the same answer, task, format example
     return out
 
 
@@ -150,6 +150,9 @@ def main(argv=None):
                                                                     "eval_max_new_tokens, else TrainConfig's")
     ap.add_argument("--system_prompt", default=None, help="default: the --checkpoint run's (what it trained with), "
                                                           "else the TrainConfig default")
+    ap.add_argument("--format_example", default=None, choices=["true", "false"],
+                    help="show task.FORMAT_EXAMPLE before each question (default: as the --checkpoint run did, "
+                         "else TrainConfig's)")
     ap.add_argument("--paraphrase", action="store_true", help="evaluate the held-out questions reworded by the "
                                                               "task's paraphrase templates (never seen in training)")
     ap.add_argument("--dtype", default="auto", help="auto | fp32 | bf16")
@@ -177,7 +180,9 @@ def main(argv=None):
               f"on {device}{' (auto: the first of cuda, mps, cpu)' if args.device == 'auto' else ''}")
         model, tok = load_policy(args.model, args.checkpoint, device)
         model = model.to_compute_dtype(dtype)
-        _, eval_set = make_dataset(task, n_eval=args.n_eval, seed=args.seed)
+        shown = (args.format_example == "true" if args.format_example else   # runs before it had none
+                 run.get("format_example", False) if run else TrainConfig().format_example)
+        _, eval_set = make_dataset(task, n_eval=args.n_eval, seed=args.seed, format_example=shown)
         if args.paraphrase:
             eval_set = paraphrased(eval_set)
             if not eval_set:

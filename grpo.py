@@ -169,7 +169,8 @@ def sample_groups(policy, tok, prompts, reward_fn, cfg, seeds=None):
     if len(prompts) == 0:
         raise ValueError("empty prompt list: a GRPO step needs at least one prompt")
     G, device = cfg.group_size, policy.embed.weight.device
-    prompt_tokens = [tok.chat_prompt(p.question, system=cfg.system_prompt) for p in prompts]
+    prompt_tokens = [tok.chat_prompt(p.question, system=cfg.system_prompt, example=p.format_example)
+                     for p in prompts]
     t0 = time.perf_counter()
     completion_ids, completion_mask = generate(
         policy, prompt_tokens, num_samples=G, max_new_tokens=cfg.max_new_tokens,

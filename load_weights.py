@@ -70,18 +70,24 @@ class Tokenizer:
         end = next((k for k, i in enumerate(ids) if i in self.stop_ids), len(ids))
         return self.decode(ids[:end])
 
-    def chat_prompt(self, user, system=DEFAULT_SYSTEM):
-        """Token ids of a one-turn conversation ready for the assistant's reply.
+    def chat_prompt(self, user, system=DEFAULT_SYSTEM, example=None):
+        """Token ids of a conversation ready for the assistant's reply.
 
         Chat models: <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n
         <|im_start|>assistant\\n ; system=None leaves the system turn out (about 20 tokens shorter).
         Plain models (GPT-2): "{system}\\n\\nQ: {user}\\nA:"; the answer ends at the next newline (stop_ids).
+        example=(question, reply): that exchange first, as an earlier user and assistant turn (Q:, A: lines).
         """
         if self.chat:
             text = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+            if example is not None:
+                text += (f"<|im_start|>user\n{example[0]}<|im_end|>\n"
+                         f"<|im_start|>assistant\n{example[1]}<|im_end|>\n")
             text += f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
             return self.encode(text, allow_special=True)
         text = f"{system}\n\n" if system else ""
+        if example is not None:
+            text += f"Q: {example[0]}\nA: {example[1]}\n"
         return self.encode(f"{text}Q: {user}\nA:")
 
 

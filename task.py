@@ -17,7 +17,7 @@ wrong, false or hedged. Format is gated on correctness: a well-formatted wrong a
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from task_data import ITEM_WORDS, LETTER_WORDS, PARAPHRASES, REVERSE_WORDS
@@ -32,6 +32,8 @@ class Prompt:
     # a task file's verifier, carried by its prompts (custom_task.py); None: the built-in task's
     # (TASKS[task].verify), else the one for the answer's type (verify.verifier_for_answer)
     verify: Callable[["Prompt", str], bool] | None = field(default=None, compare=False, repr=False)
+    # (question, reply) shown as the chat turn before this one (make_dataset's format_example)
+    format_example: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class Task:
 
 
 SUFFIX = " Answer with just the number."
+# A solved question of none of the tasks, shown before each question as an earlier chat turn (a run's
+# --format_example, at train and at eval alike): it shows the bare reply the suffix asks for and says nothing
+# about the question that follows (README: why the recipe has it)
+FORMAT_EXAMPLE = ("How many letters are in the word 'cat'? Answer with just the number.", "3")
 
 
 # ----------------------------------------------------------------------------- prompt generators
@@ -126,8 +132,8 @@ def get_task(name: str) -> Task:
                      "or a path to a .py or .jsonl file")
 
 
-def make_dataset(task_name: str | Task, n_train: int = 1000, n_eval: int = 200,
-                 seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
+def make_dataset(task_name: str | Task, n_train: int = 1000, n_eval: int = 200, seed: int = 0,
+                 format_example: bool = False) -> tuple[list[Prompt], list[Prompt]]:
     """Deterministic (train, eval) prompt lists, disjoint by question text: an eval question seen in
     training would measure memorisation, not skill. task_name: a name for get_task, or a Task.
 
@@ -135,6 +141,7 @@ def make_dataset(task_name: str | Task, n_train: int = 1000, n_eval: int = 200,
     n_eval + n_train distinct ones: eval takes the first n_eval, train the next n_train. Small tasks
     run out (add1 has 10 * 10 questions): after 1000 draws in a row bring nothing new, eval gets
     min(n_eval, 20% of the distinct questions) and train samples the rest WITH repetition.
+    format_example=True: every prompt of both lists carries FORMAT_EXAMPLE (Prompt.format_example).
     """
     if n_train < 1 or n_eval < 1:
         raise ValueError(f"need n_train >= 1 and n_eval >= 1, "
@@ -149,12 +156,17 @@ def make_dataset(task_name: str | Task, n_train: int = 1000, n_eval: int = 200,
         seen.setdefault(p.question, p)
     distinct = list(seen.values())
     if len(distinct) >= n_train + n_eval:
-        return distinct[n_eval:n_eval + n_train], distinct[:n_eval]
-    if len(distinct) < 2:
+        train_set, eval_set = distinct[n_eval:n_eval + n_train], distinct[:n_eval]
+    elif len(distinct) < 2:
         raise ValueError(f"task {task.name!r} has too few distinct questions to split")
-    k = min(n_eval, max(1, len(distinct) // 5))
-    eval_set, pool = distinct[:k], distinct[k:]
-    return [rng.choice(pool) for _ in range(n_train)], eval_set
+    else:
+        k = min(n_eval, max(1, len(distinct) // 5))
+        eval_set, pool = distinct[:k], distinct[k:]
+        train_set = [rng.choice(pool) for _ in range(n_train)]
+    if format_example:
+        shown = lambda ps: [replace(p, format_example=FORMAT_EXAMPLE) for p in ps]
+        train_set, eval_set = shown(train_set), shown(eval_set)
+    return train_set, eval_set
 
 
 # ----------------------------------------------------------------------------- reward components

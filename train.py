@@ -73,7 +73,7 @@ class TrainConfig:
     # optimisation
     steps: int = 40                # GRPO steps: a rollout of B*G completions, mu AdamW steps
     batch_prompts: int = 8         # B prompts per step (all ranks), G = group_size samples each
-    lr: float = 5e-5               # AdamW learning rate (optim.py)
+    lr: float = 1e-5               # AdamW learning rate (optim.py)
     weight_decay: float = 0.0      # AdamW's decoupled weight decay: w -= lr * wd * w each step
     grad_clip: float = 1.0         # clip the total gradient norm to this (0 or none: no clipping)
     mu: int = 1                    # optimisation passes over each batch of rollouts
@@ -81,6 +81,7 @@ class TrainConfig:
     n_train: int = 1000            # training prompts, none of them held out (task.make_dataset)
     n_eval: int = 200              # held-out prompts for the evaluations before and after
     seed: int = 0                  # seeds the split, each step's prompts and every sample
+    format_example: bool = True    # a solved question of no task before each question (task.FORMAT_EXAMPLE)
     # where and in what precision
     dtype: str = "auto"            # compute dtype: auto | fp32 | bf16 (AdamW keeps fp32 weights)
     device: str = "auto"           # auto (first of cuda, mps, cpu) | cuda | cuda:N | mps | cpu
@@ -185,7 +186,9 @@ def run_training(cfg, device):
     if cfg.grpo.beta > 0:
         ref_model = copy.deepcopy(policy).to_compute_dtype(dtype).requires_grad_(False)
         ref_model = keep_in_file(ref_model)
-    train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed)
+    train_set, eval_set = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed, cfg.format_example)
+    if cfg.format_example:
+        log(f"before each question, at train and at eval, the turn {train_set[0].format_example}")
     reward_fn = make_reward(cfg, reward_weights, ref_model, policy, tok, device)
 
     start, history, state = 0, [], None

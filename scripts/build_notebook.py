@@ -383,7 +383,7 @@ def import_lines(names, modules, extra=()):
 
 SWEEP = ROOT / "results" / "group_size_sweep.json"
 NOTEBOOK_RUN = ROOT / "results" / "notebook_run.json"      # written by cell 7 of a full run
-SEEDS = ROOT / "results" / "seeds-amd-epyc-family25.json"   # python scripts/seeds.py: train.py's recipe
+SEEDS = ROOT / "results" / "seeds-amd-epyc-family26.json"   # python scripts/seeds.py: train.py's recipe
 
 
 def pct(x, d=1):
@@ -472,6 +472,11 @@ def sweep_sentences(summary):
     return noisy, few
 
 
+def notebook_lr():
+    """The learning rate cell 2 sets (its TASK, SEED, LR line)."""
+    return float(re.search(r"^TASK, SEED, LR = .*, (\S+)$", SETUP, re.M).group(1))
+
+
 def seeds_sentence(seeds, sweep_format, notebook_steps):
     """Cell 8's last paragraph: how train.py's recipe did over seeds and dtypes (results/seeds-<machine>.json),
     beside the exact-format range (sweep_format: min, max) of this notebook's settings in the G sweep."""
@@ -490,6 +495,10 @@ def seeds_sentence(seeds, sweep_format, notebook_steps):
                if v != getattr(paper, k)]
     if "short" in recipe.reward_weights:
         changes.insert(0, "a `short` reward component (a right reply's 1 - extra characters / 40, 0 for a wrong one)")
+    if recipe.format_example:
+        changes.insert(0, "a solved question of no task shown before each one (`task.FORMAT_EXAMPLE`)")
+    if recipe.lr != notebook_lr():
+        changes.append(f"lr {recipe.lr:g} (here {notebook_lr():g})")
     if recipe.steps != notebook_steps:
         changes.append(f"{recipe.steps} steps (here {notebook_steps})")
     return (f"**Exact format on every seed?** At G = 8 above, exactly the answer ranged from "

@@ -180,6 +180,8 @@ def test_plain_model_answer_ends_at_the_newline(gpt2_folder):
     assert mask[0].tolist() == [1, 1] + [0] * (row.size(1) - 2)          # " 63" and the newline
     assert tok.decode_completion(row[0].tolist(), mask[0].tolist()) == " 63"
     assert tok.chat_prompt("What is 1 + 1?", system=None) == tok.encode("Q: What is 1 + 1?\nA:")
+    assert (tok.chat_prompt("What is 1 + 1?", system=None, example=("What is 2 + 2?", "4"))
+            == tok.encode("Q: What is 2 + 2?\nA: 4\nQ: What is 1 + 1?\nA:"))
 
 
 def test_generate_stops_at_any_of_several_stop_ids(gpt2_folder):

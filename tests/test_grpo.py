@@ -58,8 +58,8 @@ class FakeTok:
     def __init__(self, vocab=16):
         self.vocab = vocab
 
-    def chat_prompt(self, user, system=None):
-        return [2 + ord(c) % (self.vocab - 2) for c in (system or "") + user][:8]
+    def chat_prompt(self, user, system=None, example=None):
+        return [2 + ord(c) % (self.vocab - 2) for c in (system or "") + "".join(example or ()) + user][:8]
 
     def decode_completion(self, ids, mask):
         return " ".join(str(i) for i, m in zip(ids, mask) if m)

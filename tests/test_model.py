@@ -6,6 +6,7 @@ from conftest import write_random_gpt2
 from load_weights import load_model
 from engine import generate, left_pad, new_cache
 from model import GPT, GPTConfig
+from task import FORMAT_EXAMPLE
 
 PROMPTS = ["What is 3 + 5? Answer with just the number.",
            "Write a haiku about the sea.",
@@ -42,6 +43,12 @@ def test_chat_prompt_matches_chat_template(smollm2, hf_smollm2):
     assert tok.decode(tok.chat_prompt(PROMPTS[0])) == ref
     short = tok.decode(tok.chat_prompt(PROMPTS[0], system=None))
     assert short == ref[ref.index("<|im_start|>user"):]
+    # a format example is an earlier user and assistant turn, as the template writes a two-turn conversation
+    shown = [{"role": "user", "content": FORMAT_EXAMPLE[0]}, {"role": "assistant", "content": FORMAT_EXAMPLE[1]}]
+    ref = ref_tok.apply_chat_template(shown + msgs, add_generation_prompt=True, tokenize=False)
+    assert tok.decode(tok.chat_prompt(PROMPTS[0], example=FORMAT_EXAMPLE)) == ref
+    with_example = tok.decode(tok.chat_prompt(PROMPTS[0], system=None, example=FORMAT_EXAMPLE))
+    assert with_example == ref[ref.index("<|im_start|>user"):]
 
 
 def test_kv_cache_logits_equal_full_forward(smollm2):

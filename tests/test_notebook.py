@@ -261,6 +261,9 @@ def test_the_seeds_claim_counts_the_table_and_names_the_recipe():
     recipe, paper = TrainConfig(), GRPOConfig()
     assert (f"temperature {recipe.grpo.temperature}" in text) == (recipe.grpo.temperature != paper.temperature)
     assert f"{recipe.steps} steps (here 24)" in text and "0.0% to 98.0% by seed" in text
+    assert ("FORMAT_EXAMPLE" in text) == recipe.format_example
+    assert build.notebook_lr() == 5e-5
+    assert (f"lr {recipe.lr:g} (here 5e-05)" in text) == (recipe.lr != 5e-5)
 
 
 def analysis_inputs():

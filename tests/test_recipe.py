@@ -1,6 +1,6 @@
 """The default recipe's parts: the `short` reward component (partial format credit, never for a wrong reply),
 the paraphrase templates (held-out questions reworded, never seen in training), the periodic held-out check,
-and the same system prompt at train and at eval."""
+and the same system prompt and format example at train and at eval."""
 import json
 import re
 
@@ -10,7 +10,7 @@ import eval as eval_script
 import train
 from conftest import tiny_config
 from eval import paraphrased
-from task import TASKS, Prompt, WeightedReward, is_correct, is_exact, make_dataset, short_reward
+from task import FORMAT_EXAMPLE, TASKS, Prompt, WeightedReward, is_correct, is_exact, make_dataset, short_reward
 from verify import audit_cases
 
 AUDIT_CASES = audit_cases()
@@ -73,9 +73,37 @@ def test_eval_uses_the_system_prompt_the_run_trained_with(tiny_checkpoint, tmp_p
     seen = {}
 
     def fake_evaluate(model, tok, prompts, samples, temperature, max_new_tokens, system_prompt, **kw):
-        seen["system"], seen["questions"] = system_prompt, [p.question for p in prompts]
+        seen["system"], seen["questions"], seen["prompts"] = system_prompt, [p.question for p in prompts], prompts
         return {"accuracy": 0, "format": 0, "reward": 0, "completion_chars": 0, "examples": []}
     monkeypatch.setattr(eval_script, "evaluate", fake_evaluate)
     eval_script.main([f"--checkpoint={tmp_path}", "--paraphrase", "--n_eval=4", "--dtype=fp32", "--device=cpu"])
     assert seen["system"] == "Reply with the answer only."
     assert seen["questions"][0].startswith("Add ")          # add1's first paraphrase template
+    assert train.TrainConfig().format_example and all(p.format_example == FORMAT_EXAMPLE for p in seen["prompts"])
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_the_format_example_is_on_every_prompt_and_is_no_task_question(task):
+    train_set, eval_set = make_dataset(task, 1000, 200, seed=0, format_example=True)
+    plain_train, plain_eval = make_dataset(task, 1000, 200, seed=0)
+    assert train_set == plain_train and eval_set == plain_eval    # the same questions; only what is shown before
+    for p in train_set + eval_set + paraphrased(eval_set):
+        assert p.format_example == FORMAT_EXAMPLE
+    assert all(p.format_example is None for p in plain_train + plain_eval)
+    # it tells no answer of the task: its question is none of them, and it is graded by no task's verifier
+    questions = {p.question for p in train_set + eval_set}
+    assert FORMAT_EXAMPLE[0] not in questions and all(FORMAT_EXAMPLE[0] not in q for q in questions)
+    assert FORMAT_EXAMPLE[1] == "3" and FORMAT_EXAMPLE[0].endswith("Answer with just the number.")
+
+
+def test_eval_follows_the_run_on_the_format_example(tiny_checkpoint, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_checkpoint, tmp_path, steps=1, eval_before=False, eval_paraphrase=False)
+    cfg.format_example = False
+    train.train(cfg)
+    seen = []
+    monkeypatch.setattr(eval_script, "evaluate", lambda model, tok, prompts, *a, **kw: seen.append(prompts) or {
+        "accuracy": 0, "format": 0, "reward": 0, "completion_chars": 0, "examples": []})
+    for flag in [], ["--format_example=true"]:
+        eval_script.main([f"--checkpoint={tmp_path}", "--n_eval=4", "--dtype=fp32", "--device=cpu"] + flag)
+    assert [p.format_example for p in seen[0]] == [None] * 4            # the run had none: neither has its eval
+    assert [p.format_example for p in seen[1]] == [FORMAT_EXAMPLE] * 4  # unless asked
