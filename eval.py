@@ -22,7 +22,7 @@ from device import pick_device, pick_dtype
 from load_weights import check_fits, load_model, read_safetensors
 from engine import generate
 from show import clip
-from task import (TASKS, Prompt, WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset,
+from task import (TASKS, WeightedReward, get_reward, get_task, is_correct, is_exact, make_dataset,
                   parse_weights)
 
 GRADER = "the task's verifier"     # what every accuracy below counts (task.py)
