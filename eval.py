@@ -171,6 +171,10 @@ def main(argv=None):
         if args.max_new_tokens is None:     # the run's evaluation budget (older runs: their training one)
             args.max_new_tokens = run.get("eval_max_new_tokens") or (
                 recipe["max_new_tokens"] if run else TrainConfig().eval_max_new_tokens)
+        if args.format_example is None:     # the same format example as in training (older runs: none)
+            args.format_example = run.get("format_example", False) if run else TrainConfig().format_example
+        else:
+            args.format_example = args.format_example == "true"
         weights = args.reward_weights or run.get("reward_weights") or TrainConfig().reward_weights
         reward_fn = WeightedReward(parse_weights(weights))
         device = pick_device(args.device)
@@ -180,9 +184,7 @@ def main(argv=None):
               f"on {device}{' (auto: the first of cuda, mps, cpu)' if args.device == 'auto' else ''}")
         model, tok = load_policy(args.model, args.checkpoint, device)
         model = model.to_compute_dtype(dtype)
-        shown = (args.format_example == "true" if args.format_example else   # runs before it had none
-                 run.get("format_example", False) if run else TrainConfig().format_example)
-        _, eval_set = make_dataset(task, n_eval=args.n_eval, seed=args.seed, format_example=shown)
+        _, eval_set = make_dataset(task, n_eval=args.n_eval, seed=args.seed, format_example=args.format_example)
         if args.paraphrase:
             eval_set = paraphrased(eval_set)
             if not eval_set:

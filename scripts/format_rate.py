@@ -46,7 +46,8 @@ def main(argv=None):
     if args.dtype == "bf16":
         model = model.to_compute_dtype(torch.bfloat16)
     k = args.samples
-    for system, shown in [(s, False) for s in args.system or []] or CANDIDATES:
+    candidates = [(system, False) for system in args.system] if args.system else CANDIDATES
+    for system, shown in candidates:
         prompts = make_dataset(args.task, 1000, 200, seed=args.seed, format_example=shown)[0][:args.prompts]
         t = time.perf_counter()
         texts = complete(model, tok, prompts, k, args.temperature, args.max_new_tokens, system, seed=1)
