@@ -77,6 +77,7 @@ class TrainConfig:
     weight_decay: float = 0.0      # AdamW's decoupled weight decay: w -= lr * wd * w each step
     grad_clip: float = 1.0         # clip the total gradient norm to this (0 or none: no clipping)
     mu: int = 1                    # optimisation passes over each batch of rollouts
+    adam_moments: str = "bf16"     # AdamW's m and v kept in bf16 (0.5 GiB less; optim.py) or fp32
     # data
     n_train: int = 1000            # training prompts, none of them held out (task.make_dataset)
     n_eval: int = 200              # held-out prompts for the evaluations before and after
@@ -203,7 +204,7 @@ def run_training(cfg, device):
     elif cfg.resume:
         log(f"no checkpoint in {out_dir}: starting from scratch")
     # the policy samples and trains in the compute dtype; the optimizer keeps the fp32 weights
-    optimizer = cast_for_training(policy, dtype, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = cast_for_training(policy, dtype, lr=cfg.lr, weight_decay=cfg.weight_decay, moments=cfg.adam_moments)
     fused.apply(policy)   # its training pass keeps less memory: fused.py's written-out backwards
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])

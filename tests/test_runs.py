@@ -220,10 +220,11 @@ def test_a_fresh_run_moves_the_earlier_one_aside(tiny_checkpoint, tmp_path, caps
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 30 MB tmpfs: room for one checkpoint of the tiny model (~20 MB), not for the next beside it."""
+    """A 20 MB tmpfs: room for one checkpoint of the tiny model (~13 MB: fp32 weights, bf16 moments), not for
+    the next beside it."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(mount)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (not root?); test_failed_save_simulated covers the logic")
     yield mount

@@ -16,7 +16,7 @@ import train as train_module
 from conftest import ROOT, tiny_config, toy_reward
 from load_weights import load_model
 from model import GPT, GPTConfig
-from optim import MasterAdamW, cast_for_training
+from optim import MasterAdamW, cast_for_training, stochastic_round
 from train import TrainConfig, main, optimize, parse_args, train
 
 
@@ -107,6 +107,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     (["--task=sudoku"], ["sudoku", "add1"]),
     (["--kl_estimator=k2"], ["kl_estimator", "k2"]),
     (["--loss_agg=median"], ["loss_agg", "median"]),
+    (["--adam_moments=fp16"], ["adam_moments", "fp16", "bf16, fp32"]),
     (["--bogus=1"], ["--bogus"]),
     (["--steps=many"], ["many", "--steps"]),
     (["--model=gpt5"], ["gpt5"]),
@@ -204,6 +205,66 @@ def test_master_adamw_keeps_fp32_masters_of_a_bf16_model():
             assert torch.equal(p, masters[n])
         else:
             assert torch.equal(p, masters[n].to(torch.bfloat16))
+
+
+def test_stochastic_rounding_is_exact_on_average():
+    """Hand oracle: over all 2^16 dithers, x rounds to the bf16 just below |x| or the one just above, and the
+    mean of the results (float64) is x itself; round-to-nearest's mean is not."""
+    x = torch.tensor([1.0 + 2 ** -9 + 2 ** -20, -3.14159, 7e-6, 0.3, 2.0, 0.0])
+    dither = torch.arange(1 << 16, dtype=torch.int32)
+    results = torch.stack([stochastic_round(torch.full((1 << 16,), v.item()), dither) for v in x])
+    for v, r in zip(x.double(), results.double()):
+        assert set(r.unique().tolist()) <= {v.item()} | set(bf16_neighbours(v.item()))
+        assert r.mean().item() == pytest.approx(v.item(), rel=1e-12, abs=0)
+    assert (x[:1].bfloat16().double() != x[:1].double()).all()      # round-to-nearest misses it
+
+
+def bf16_neighbours(v):
+    """The two bf16 numbers around v, by nextafter from v's round-to-nearest (toward zero and away)."""
+    r = torch.tensor(v).bfloat16()
+    return [torch.nextafter(r, torch.tensor(-math.inf, dtype=torch.bfloat16)).item(), r.item(),
+            torch.nextafter(r, torch.tensor(math.inf, dtype=torch.bfloat16)).item()]
+
+
+def test_master_adamw_with_bf16_moments_is_torch_adamw_to_bf16_precision():
+    """Oracle: torch.optim.AdamW (fp32 moments) on the same gradients, 3 steps: the weights agree to a few
+    bf16 roundings of the update (lr 2^-8 a step), and the moments are kept in bf16."""
+    ours, theirs = random_model(), random_model()
+    opt = MasterAdamW(ours.parameters(), lr=1e-2, weight_decay=0.1, moments="bf16")
+    ref = torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        opt.step(1.0)
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        ref.step()
+    assert all(m.dtype == torch.bfloat16 for m in opt.exp_avg + opt.exp_avg_sq)
+    diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters()))
+    assert 0 < diff <= 3 * 1e-2 * 2 ** -7
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_bf16_second_moment_follows_the_gradients_over_thousands_of_steps(rounding, monkeypatch):
+    """Oracle: torch.optim.AdamW's fp32 exp_avg_sq. g = 1 for 1,000 steps, then 0.1 for 2,000: v must decay
+    from 0.63 to 0.094. Each step adds 0.001 of (g^2 - v), under bf16's half-step, so rounded to the nearest
+    v stays where it was (the case the test shows failing); rounded stochastically its mean follows."""
+    import optim
+    if rounding == "nearest":
+        monkeypatch.setattr(optim, "stochastic_round", lambda x, dither: x.to(torch.bfloat16))
+    ours, theirs = torch.nn.Parameter(torch.zeros(4096)), torch.nn.Parameter(torch.zeros(4096))
+    opt = MasterAdamW([ours], lr=1e-6, weight_decay=0.0, moments="bf16")
+    ref = torch.optim.AdamW([theirs], lr=1e-6, weight_decay=0.0)
+    for step in range(3000):
+        for p in (ours, theirs):
+            p.grad = torch.full_like(p, 1.0 if step < 1000 else 0.1)
+        opt.step()
+        ref.step()
+    exact = ref.state[theirs]["exp_avg_sq"].mean().item()
+    assert exact == pytest.approx(0.632 * 0.999 ** 2000 + 0.01 * (1 - 0.999 ** 2000), rel=1e-3)
+    error = abs(opt.exp_avg_sq[0].float().mean().item() / exact - 1)
+    assert (error < 0.01) if rounding == "stochastic" else (error > 1)
 
 
 def toy_rollout(loss_agg, drop):
