@@ -107,3 +107,17 @@ def test_eval_follows_the_run_on_the_format_example(tiny_checkpoint, tmp_path, m
         eval_script.main([f"--checkpoint={tmp_path}", "--n_eval=4", "--dtype=fp32", "--device=cpu"] + flag)
     assert [p.format_example for p in seen[0]] == [None] * 4            # the run had none: neither has its eval
     assert [p.format_example for p in seen[1]] == [FORMAT_EXAMPLE] * 4  # unless asked
+
+
+def test_pass_at_k_is_the_share_of_k_subsets_holding_a_right_sample():
+    """Oracle: every k-subset of n samples enumerated (scripts/pass_at_k.py's unbiased estimate)."""
+    import itertools
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from pass_at_k import pass_at_k
+    for n, c, k in [(4, 1, 2), (6, 2, 3), (6, 0, 4), (6, 6, 1), (8, 3, 1), (8, 5, 4), (5, 1, 5)]:
+        samples = [1] * c + [0] * (n - c)
+        subsets = list(itertools.combinations(samples, k))
+        assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets), abs=1e-12)
+    assert pass_at_k(4, 1, 2) == 0.5
