@@ -94,7 +94,7 @@ class TrainConfig:
     eval_subset: int = 50          # eval_subset held-out prompts, logged as eval_accuracy
     eval_max_new_tokens: int = 32  # the evaluations' reply budget (training's is max_new_tokens)
     eval_paraphrase: bool = True   # held-out questions reworded, at the end (eval.paraphrased)
-    save_every: int = 20           # write a checkpoint every this many steps, and after the last (each ~5 s)
+    save_every: int = 20           # write a checkpoint every this many steps, and after the last (each ~2 s)
     out_dir: str = "runs/default"  # the run folder: log.jsonl, figure, checkpoints (checkpoint.py)
     resume: bool = False           # continue out_dir from its last checkpoint
     # the algorithm: group_size, max_new_tokens, beta, clip_eps, loss_agg, ... (grpo.GRPOConfig, the

@@ -486,6 +486,7 @@ def seeds_sentence(seeds, sweep_format, notebook_steps):
     dtypes = " and ".join(sorted({r["dtype"] for r in runs}))
     from dataclasses import asdict
     from grpo import GRPOConfig
+    from optim import MasterAdamW
     from train import TrainConfig
     recipe, paper = TrainConfig(), GRPOConfig()
     said = {"max_new_tokens": lambda v: f"{v} new tokens",
@@ -497,6 +498,9 @@ def seeds_sentence(seeds, sweep_format, notebook_steps):
         changes.insert(0, "a `short` reward component (a right reply's 1 - extra characters / 40, 0 for a wrong one)")
     if recipe.format_example:
         changes.insert(0, "a solved question of no task shown before each one (`task.FORMAT_EXAMPLE`)")
+    notebook_moments = inspect.signature(MasterAdamW).parameters["moments"].default   # cell 6 leaves it
+    if recipe.adam_moments != notebook_moments:
+        changes.append(f"AdamW's moments in {recipe.adam_moments} (here {notebook_moments})")
     if recipe.lr != notebook_lr():
         changes.append(f"lr {recipe.lr:g} (here {notebook_lr():g})")
     if recipe.steps != notebook_steps:

@@ -264,6 +264,9 @@ def test_the_seeds_claim_counts_the_table_and_names_the_recipe():
     assert ("FORMAT_EXAMPLE" in text) == recipe.format_example
     assert build.notebook_lr() == 5e-5
     assert (f"lr {recipe.lr:g} (here 5e-05)" in text) == (recipe.lr != 5e-5)
+    code = "".join("".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"])
+    assert "cast_for_training(" in code and "moments=" not in code       # the notebook's AdamW: fp32 moments
+    assert (f"AdamW's moments in {recipe.adam_moments} (here fp32)" in text) == (recipe.adam_moments != "fp32")
 
 
 def analysis_inputs():
