@@ -120,6 +120,18 @@ def task_of_run(run, checkpoint):
     return task
 
 
+def prompting_of_run(run):
+    """How a run (its config.json; {} for none) asked its questions, so that an evaluation asks them the same way:
+    {'system_prompt', 'max_new_tokens' (its evaluations' budget; older runs: their training one), 'format_example'
+    (older runs: none)}; without a run, TrainConfig's defaults."""
+    from train import TrainConfig           # here: train.py imports this module
+    recipe = run.get("grpo") or asdict(TrainConfig().grpo)
+    return {"system_prompt": recipe["system_prompt"],
+            "max_new_tokens": run.get("eval_max_new_tokens") or (
+                recipe["max_new_tokens"] if run else TrainConfig().eval_max_new_tokens),
+            "format_example": run.get("format_example", False) if run else TrainConfig().format_example}
+
+
 def check_args(args):
     """Every flag checked before any model is loaded, by the rules train.py applies to the same options."""
     for name, value, like in [("n_eval", args.n_eval, None), ("seed", args.seed, None),
@@ -165,16 +177,11 @@ def main(argv=None):
         args.task = args.task or task_of_run(run, args.checkpoint)
         task = get_task(args.task)
         from train import TrainConfig       # here: train.py imports this module
-        recipe = run.get("grpo") or asdict(TrainConfig().grpo)      # the run's settings, else the defaults
-        if args.system_prompt is None:      # the same system prompt at eval as in training
-            args.system_prompt = recipe["system_prompt"]
-        if args.max_new_tokens is None:     # the run's evaluation budget (older runs: their training one)
-            args.max_new_tokens = run.get("eval_max_new_tokens") or (
-                recipe["max_new_tokens"] if run else TrainConfig().eval_max_new_tokens)
-        if args.format_example is None:     # the same format example as in training (older runs: none)
-            args.format_example = run.get("format_example", False) if run else TrainConfig().format_example
-        else:
-            args.format_example = args.format_example == "true"
+        asked = prompting_of_run(run)       # what a flag leaves unset: as the run prompted, else the defaults
+        args.system_prompt = asked["system_prompt"] if args.system_prompt is None else args.system_prompt
+        args.max_new_tokens = asked["max_new_tokens"] if args.max_new_tokens is None else args.max_new_tokens
+        args.format_example = (asked["format_example"] if args.format_example is None
+                               else args.format_example == "true")
         weights = args.reward_weights or run.get("reward_weights") or TrainConfig().reward_weights
         reward_fn = WeightedReward(parse_weights(weights))
         device = pick_device(args.device)

@@ -3,12 +3,12 @@
     OMP_NUM_THREADS=2 python scripts/pass_at_k.py --task=add2                                   # the base model
     OMP_NUM_THREADS=2 python scripts/pass_at_k.py --task=add2 --checkpoint=runs/tasks/add2      # a trained run
 
-n samples per held-out prompt at the training temperature (with the run's format example, as train.py and
-eval.py prompt), each graded by the task's verifier; pass@k is the unbiased estimate of Chen et al. (2021),
-1 - C(n - c, k) / C(n, k) for c right of n, averaged over the prompts. GRPO learns from a group only when some
-of its G samples are right: a prompt whose pass@G is near 0 gives no signal, so greedy accuracy after GRPO
-sharpens what pass@k shows rather than passing it. Writes results/pass_at_k-<task>-<machine>.json (one entry
-per model and settings) and prints the table.
+n samples per held-out prompt at the training temperature (asked as the run asked them: its system prompt, its
+evaluations' reply budget and its format example, as eval.py does), each graded by the task's verifier; pass@k is
+the unbiased estimate of Chen et al. (2021), 1 - C(n - c, k) / C(n, k) for c right of n, averaged over the
+prompts. GRPO learns from a group only when some of its G samples are right: a prompt whose pass@G is near 0 gives
+no signal, so greedy accuracy after GRPO sharpens what pass@k shows rather than passing it. Writes
+results/pass_at_k-<task>-<machine>.json (one entry per model and settings) and prints the table.
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from checkpoint import run_config                                   # noqa: E402
 from device import machine_name, pick_device, pick_dtype            # noqa: E402
-from eval import complete, load_policy                              # noqa: E402
+from eval import complete, load_policy, prompting_of_run            # noqa: E402
 from task import is_correct, make_dataset                           # noqa: E402
 from train import TrainConfig                                       # noqa: E402
 
@@ -37,12 +37,14 @@ def main(argv=None):
     ap.add_argument("--n_eval", type=int, default=200)
     ap.add_argument("--samples", type=int, default=16, help="n samples per prompt")
     ap.add_argument("--temperature", type=float, default=TrainConfig().grpo.temperature)
-    ap.add_argument("--max_new_tokens", type=int, default=TrainConfig().eval_max_new_tokens)
+    ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the run's evaluations' budget, "
+                                                                    "else TrainConfig's eval_max_new_tokens")
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args(argv)
     cfg = TrainConfig()
-    run = run_config(args.checkpoint) if args.checkpoint else None
-    format_example = (run or {}).get("format_example", cfg.format_example)
+    # the run's system prompt, reply budget and format example (eval.py's), else TrainConfig's
+    asked = prompting_of_run((run_config(args.checkpoint) or {}) if args.checkpoint else {})
+    format_example, max_new_tokens = asked["format_example"], args.max_new_tokens or asked["max_new_tokens"]
     device = pick_device("auto")
     dtype = pick_dtype(args.dtype, device)
     model, tok = load_policy(None, args.checkpoint, device)
@@ -50,8 +52,8 @@ def main(argv=None):
     _, prompts = make_dataset(args.task, cfg.n_train, args.n_eval, cfg.seed, format_example)
     print(f"{args.checkpoint or 'base model'}: {len(prompts)} held-out {args.task} prompts x {args.samples} "
           f"samples at T={args.temperature}, {str(dtype).removeprefix('torch.')}", flush=True)
-    greedy = complete(model, tok, prompts, 1, 0.0, args.max_new_tokens)
-    sampled = complete(model, tok, prompts, args.samples, args.temperature, args.max_new_tokens)
+    greedy = complete(model, tok, prompts, 1, 0.0, max_new_tokens, asked["system_prompt"])
+    sampled = complete(model, tok, prompts, args.samples, args.temperature, max_new_tokens, asked["system_prompt"])
     right = [sum(is_correct(p, t) for t in sampled[i * args.samples:(i + 1) * args.samples])
              for i, p in enumerate(prompts)]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.samples]
