@@ -140,10 +140,10 @@ DITHER_OFFSETS = 1 << 16      # distinct offsets into the dither: each number me
 def stochastic_round(x, dither):
     """x (fp32) rounded to bf16 up or down at random, E[result] = x: bf16 is fp32's upper 16 bits, so adding
     a uniform integer in [0, 2^16) (dither, int32, x's shape) to the bits and dropping the lower 16 rounds the
-    magnitude up with probability (its remainder) / (the step). Overwrites x; returns its bf16 value."""
-    bits = x.view(torch.int32)
-    bits.add_(dither).bitwise_and_(-65536)        # -65536 = 0xFFFF0000: the sign, exponent and 7 mantissa bits
-    return x.to(torch.bfloat16)                   # exact: the lower 16 bits are now zero
+    magnitude up with probability (its remainder) / (the step). In place: returns x, now a bf16 number (its
+    lower 16 bits zero), which a copy into a bf16 tensor keeps exactly."""
+    x.view(torch.int32).add_(dither).bitwise_and_(-65536)    # -65536 = 0xFFFF0000: sign, exponent, 7 mantissa bits
+    return x
 
 
 def fused_adamw(device):

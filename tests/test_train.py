@@ -220,6 +220,7 @@ def test_stochastic_rounding_is_exact_on_average():
     x = torch.tensor([1.0 + 2 ** -9 + 2 ** -20, -3.14159, 7e-6, 0.3, 2.0, 0.0])
     dither = torch.arange(1 << 16, dtype=torch.int32)
     results = torch.stack([stochastic_round(torch.full((1 << 16,), v.item()), dither) for v in x])
+    assert torch.equal(results, results.bfloat16().float())          # every result is a bf16 number
     for v, r in zip(x.double(), results.double()):
         assert set(r.unique().tolist()) <= {v.item()} | set(bf16_neighbours(v.item()))
         assert r.mean().item() == pytest.approx(v.item(), rel=1e-12, abs=0)
