@@ -187,3 +187,18 @@ def give_back_free_heap():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def map_large_blocks(threshold=1 << 20):
+    """glibc's mallopt(M_MMAP_THRESHOLD, threshold): every block of `threshold` bytes or more gets pages of its own
+    (mmap), handed back to the OS the moment it is freed. By default glibc raises this threshold to the largest block
+    freed so far (up to 32 MB), so after the first step the training pass's activations come from the heap, and the
+    free gaps between the blocks still in use stay resident until the step ends (give_back_free_heap): an fp32
+    training pass holds ~1 GiB more than its tensors at its peak. The price: each such block's pages are faulted in
+    afresh, a few times more page faults a step. train.py asks for it in fp32 on a CPU (--map_large_blocks), where it
+    keeps the default run under 3 GiB. A no-op where the C library is not glibc."""
+    M_MMAP_THRESHOLD = -3                       # glibc's malloc.h
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
+    except (OSError, AttributeError):
+        pass

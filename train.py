@@ -53,7 +53,7 @@ import checkpoint
 import fused
 from configurator import apply_args, recorded_config, usage, validate
 from ddp import DDPPolicy, broadcast_dtype, init_distributed, local_device, mean_across_ranks
-from device import auto_dtype, pick_dtype
+from device import auto_dtype, pick_dtype, repeatable_kernels
 from eval import GRADER, evaluate, paraphrased, report_run
 from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
 from judge import run_judge
@@ -78,6 +78,8 @@ class TrainConfig:
     grad_clip: float = 1.0         # clip the total gradient norm to this (0 or none: no clipping)
     mu: int = 1                    # optimisation passes over each batch of rollouts
     adam_moments: str = "bf16"     # AdamW's m and v kept in bf16 (0.5 GiB less; optim.py) or fp32
+    map_large_blocks: str = "auto" # blocks >= 1 MB get their own pages (fused.map_large_blocks): ~1 GiB less
+                                   # at fp32's peak, a little slower; auto: on for fp32 on a CPU, on | off
     # data
     n_train: int = 1000            # training prompts, none of them held out (task.make_dataset)
     n_eval: int = 200              # held-out prompts for the evaluations before and after
@@ -167,6 +169,7 @@ def run_training(cfg, device):
         device = local_device(device)             # one GPU per process
     log = print if rank == 0 else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
+    repeatable_kernels(device)        # the same command, the same bits (device.py)
     out_dir = Path(cfg.out_dir)
     resume_from = checkpoint.current(out_dir) if cfg.resume else None
     config = recorded_config(cfg)         # what the checkpoints record (with a task file's sha256)
@@ -178,6 +181,9 @@ def run_training(cfg, device):
     log(f"compute dtype {str(dtype).removeprefix('torch.')}{rule} on {device}"
         + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
         + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
+    if cfg.map_large_blocks == "on" or (cfg.map_large_blocks == "auto" and dtype == torch.float32
+                                        and torch.device(device).type == "cpu"):
+        fused.map_large_blocks()
     policy, tok = load_model(cfg.model, device)
     log(f"model {cfg.model}: {policy.num_params() / 1e6:.1f}M parameters | task {cfg.task}: "
         f"{get_task(cfg.task).description}" + (f" | {world} processes" if world > 1 else ""))

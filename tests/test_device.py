@@ -218,3 +218,32 @@ def test_a_run_repeats_bit_for_bit(tiny_checkpoint, tmp_path, capsys, monkeypatc
     assert runs[2][0] != runs[0][0] and runs[2][1] != runs[0][1]
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("compute dtype") and (("(auto: " in first) == (dtype == "auto")), first
+
+
+@pytest.mark.parametrize("repeatable", [True, False])
+def test_a_shared_prefix_gradient_is_summed_in_order(repeatable):
+    """device.repeatable_kernels, which train.py calls on a CPU: the backward of indexing that sums a shared prompt
+    prefix's gradient over the rows that read it (engine.KVCache.rows, every index 0) equals the sum in index
+    order, g0 + g1 + ... + g7 (the oracle), 20 times over, in fp32 at 2 threads. Without it PyTorch sums with
+    atomic adds from both threads, in an order that changes from call to call, and from run to run."""
+    state = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory, torch.get_num_threads())
+    try:
+        torch.use_deterministic_algorithms(False)
+        if repeatable:
+            device_module.repeatable_kernels("cpu")
+        torch.set_num_threads(2)
+        g = torch.randn(8, 3, 36, 64, generator=torch.Generator().manual_seed(0))     # 55,296 numbers: threaded
+        in_order = torch.zeros(1, 3, 36, 64)
+        for i in range(8):
+            in_order += g[i:i + 1]
+        equal = []
+        for _ in range(20):
+            prefix = torch.zeros(1, 3, 36, 64, requires_grad=True)
+            prefix[torch.zeros(8, dtype=torch.long)].backward(g)
+            equal.append(torch.equal(prefix.grad, in_order))
+    finally:
+        torch.use_deterministic_algorithms(state[0], warn_only=state[1])
+        torch.utils.deterministic.fill_uninitialized_memory = state[2]
+        torch.set_num_threads(state[3])
+    assert all(equal) if repeatable else not all(equal)

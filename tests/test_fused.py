@@ -2,6 +2,9 @@
 them into a model, against the plain model: the same outputs, the same gradients, the plain path without
 gradients."""
 import copy
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -178,8 +181,6 @@ def test_glibcs_mmap_threshold_returns_freed_blocks_to_the_os():
     it), where glibc's default serves it from its heap after the first free (no new faults, the memory kept).
     Counted by the kernel (ru_minflt)."""
     import os
-    import subprocess
-    import sys
     code = """if True:
         import resource, torch
         def faults(k=50):
@@ -198,3 +199,23 @@ def test_glibcs_mmap_threshold_returns_freed_blocks_to_the_os():
         env=env | ({"MALLOC_MMAP_THRESHOLD_": "262144"} if mode == "on" else {})).stdout.split()[-1])
         for mode in ("on", "off")}
     assert per_block["on"] >= 400 and per_block["off"] <= 50, per_block
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("mapped", [False, True])
+def test_map_large_blocks_gives_a_freed_block_back_at_once(mapped):
+    """fused.map_large_blocks: glibc's own count of mmapped blocks (mallinfo2().hblks) is the oracle. By default a
+    freed 16 MB block raises glibc's threshold to 16 MB, so a 2 MB block comes from the heap afterwards (whose free
+    gaps stay resident); with the threshold then set to 1 MB it gets pages of its own, and a 512 KB block (over
+    glibc's first threshold, 128 KB) still comes from the heap."""
+    code = ("import ctypes, fused\n"
+            "class Info(ctypes.Structure): _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks "
+            "hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]\n"
+            "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info; libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.free(ctypes.c_void_p(libc.malloc(16 << 20)))\n"
+            f"{'fused.map_large_blocks()' if mapped else 'pass'}\n"
+            "def mapped(size):\n"
+            "    before = libc.mallinfo2().hblks; libc.malloc(size); return libc.mallinfo2().hblks - before\n"
+            "print('MAPPED', mapped(2 << 20), mapped(512 << 10))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split("MAPPED")[1].split() == (["1", "0"] if mapped else ["0", "0"])
