@@ -135,16 +135,16 @@ def pick_dtype(setting, device):
     return names[setting]
 
 
-def repeatable_kernels(device):
-    """On a CPU, PyTorch's deterministic kernels wherever it has a choice, so that a command repeats bit for bit at
-    the same thread count (another count splits the matmuls otherwise: other bits). The one our training pass
-    meets: the backward of indexing (index_put_ with accumulate), which sums the shared prompt prefix's gradient
-    over the prompts that read it (engine.KVCache.rows). With more than one thread and fp32, PyTorch does that sum
+def repeatable_kernels(device, dtype):
+    """PyTorch's deterministic kernels for an fp32 run on a CPU, so that a command repeats bit for bit at the same
+    thread count (another count splits the matmuls otherwise: other bits). The kernel it changes for our training
+    pass: the backward of indexing (index_put_ with accumulate), which sums the shared prompt prefix's gradient
+    over the prompts that read it (engine.KVCache.rows). With more than one thread, PyTorch does that sum in fp32
     by atomic adds from every thread, in an order that changes from run to run: two runs of one fp32 command at 2
-    threads held different weights after their first step (211 of 272 tensors). Its deterministic kernel is the
-    serial one that a single thread (or bf16) runs anyway. torch.empty stays unfilled (the same switch would fill
-    it with NaN, work for nothing here). Left as it is on a GPU, where deterministic kernels need settings of
-    their own and cost time."""
-    if torch.device(device).type == "cpu":
+    threads held different weights after their first step (211 of 272 tensors). The deterministic kernel is the
+    serial one that a single thread, and bf16 at any count, runs anyway; so bf16 runs keep every kernel they had.
+    torch.empty stays unfilled (the same switch would fill it with NaN, work for nothing here). Left as it is on
+    a GPU, where deterministic kernels need settings of their own and cost time."""
+    if torch.device(device).type == "cpu" and dtype == torch.float32:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = False

@@ -169,7 +169,6 @@ def run_training(cfg, device):
         device = local_device(device)             # one GPU per process
     log = print if rank == 0 else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
-    repeatable_kernels(device)        # the same command, the same bits (device.py)
     out_dir = Path(cfg.out_dir)
     resume_from = checkpoint.current(out_dir) if cfg.resume else None
     config = recorded_config(cfg)         # what the checkpoints record (with a task file's sha256)
@@ -178,6 +177,7 @@ def run_training(cfg, device):
     rule = f" (auto: {auto_dtype(device)[1]})" if cfg.dtype == "auto" else ""
     if world > 1:                 # rank 0 decides, so that 'auto' cannot differ between ranks
         dtype = broadcast_dtype(dtype)
+    repeatable_kernels(device, dtype)     # fp32 on a CPU: the same command, the same bits (device.py)
     log(f"compute dtype {str(dtype).removeprefix('torch.')}{rule} on {device}"
         + (" (auto: the first of cuda, mps, cpu)" if cfg.device == "auto" else "")
         + (f"; system prompt {cfg.grpo.system_prompt!r}" if cfg.grpo.system_prompt else ""))
