@@ -204,16 +204,16 @@ def test_glibcs_mmap_threshold_returns_freed_blocks_to_the_os():
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 @pytest.mark.parametrize("mapped", [False, True])
 def test_map_large_blocks_gives_a_freed_block_back_at_once(mapped):
-    """fused.map_large_blocks: glibc's own count of mmapped blocks (mallinfo2().hblks) is the oracle. By default a
-    freed 16 MB block raises glibc's threshold to 16 MB, so a 2 MB block comes from the heap afterwards (whose free
-    gaps stay resident); with the threshold then set to 1 MB it gets pages of its own, and a 512 KB block (over
-    glibc's first threshold, 128 KB) still comes from the heap."""
+    """fused.set_mmap_threshold (--map_large_blocks), with glibc's own count of mmapped blocks (mallinfo2().hblks)
+    as the oracle. By default a freed 16 MB block raises glibc's threshold to 16 MB, so a 2 MB block comes from the
+    heap afterwards (whose free gaps stay resident); with the threshold then set to 1 MB it gets pages of its own,
+    and a 512 KB block (over glibc's first threshold, 128 KB) still comes from the heap."""
     code = ("import ctypes, fused\n"
             "class Info(ctypes.Structure): _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks "
             "hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]\n"
             "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info; libc.malloc.restype = ctypes.c_void_p\n"
             "libc.free(ctypes.c_void_p(libc.malloc(16 << 20)))\n"
-            f"{'fused.map_large_blocks()' if mapped else 'pass'}\n"
+            f"{'fused.set_mmap_threshold(1 << 20)' if mapped else 'pass'}\n"
             "def mapped(size):\n"
             "    before = libc.mallinfo2().hblks; libc.malloc(size); return libc.mallinfo2().hblks - before\n"
             "print('MAPPED', mapped(2 << 20), mapped(512 << 10))\n")
