@@ -340,8 +340,7 @@ def test_a_run_maps_large_blocks_in_fp32_on_a_cpu(tiny_checkpoint, tmp_path, mon
     only; on and off force it."""
     calls = []
     monkeypatch.setattr(train_module.fused, "set_mmap_threshold", calls.append)
-    monkeypatch.setattr(train_module, "auto_dtype", lambda device: (torch.bfloat16, "a test"))
-    monkeypatch.setattr("device.check_bf16", lambda device: None)
+    monkeypatch.setattr("device.check_bf16", lambda device: None)      # --dtype=bf16 on any CPU
     train(tiny_config(tiny_checkpoint, tmp_path, steps=1, map_large_blocks=setting, dtype=dtype, eval_before=False,
                       eval_paraphrase=False))
     assert calls == ([1 << 20] if wanted else [])
