@@ -130,4 +130,4 @@ class DDPPolicy:
         sync = lambda last: contextlib.nullcontext() if last else self.module.no_sync()
         return backward_by_chunk(partial(self.module, temperature=cfg.temperature), batch, cfg,
                                  sum_across_ranks(normaliser),
-                                 weight=self.world, skip_empty=False, sync=sync)
+                                 weight=self.world, only_in_loss=False, sync=sync)

@@ -241,20 +241,21 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None,
     G, T = cfg.group_size, cfg.temperature      # log-probs of softmax(logits / T): the sampler's
     batch = sample_groups(policy, tok, prompts, reward_fn, cfg, seeds)
     t0 = time.perf_counter()
+    batch.loss_mask = batch.completion_mask.clone()
+    if cfg.drop_zero_std_groups:      # by the task rewards: a KL penalty is no reason to learn
+        batch.loss_mask[zero_std_groups(batch.rewards, G)] = 0
+    # the log-probs of the rows in the loss only: a dropped group's stay 0, its prompt is not even run
     if cfg.beta > 0:
-        batch.ref_logprobs = logprobs_by_chunk(ref_model, batch, G, cfg.prompts_per_pass, T)
+        batch.ref_logprobs = logprobs_by_chunk(ref_model, batch, G, cfg.prompts_per_pass, T, only_in_loss=True)
     kl_in_reward = cfg.beta > 0 and cfg.kl_mode == "reward"
     if need_old_logprobs or kl_in_reward:
-        batch.old_logprobs = logprobs_by_chunk(policy, batch, G, cfg.prompts_per_pass, T)
+        batch.old_logprobs = logprobs_by_chunk(policy, batch, G, cfg.prompts_per_pass, T, only_in_loss=True)
     shaped = batch.rewards
     if kl_in_reward:
         # r_i - beta * sum_t KL_it: the penalty is part of the reward that the advantages normalise
         kl = kl_per_token(batch.old_logprobs, batch.ref_logprobs, cfg.kl_estimator)
         shaped = batch.rewards - cfg.beta * (kl * batch.completion_mask).sum(1)
     batch.advantages = group_advantages(shaped, G, cfg.scale_rewards, cfg.adv_eps)
-    batch.loss_mask = batch.completion_mask.clone()
-    if cfg.drop_zero_std_groups:      # by the task rewards: a KL penalty is no reason to learn
-        batch.loss_mask[zero_std_groups(batch.rewards, G)] = 0
     if not need_old_logprobs:
         batch.old_logprobs = None     # pi_old = pi: the ratio is 1 in value
     batch.seconds["logprobs"] = time.perf_counter() - t0
@@ -276,19 +277,17 @@ def grpo_loss(logprobs, batch, cfg, normaliser=None):
     return loss, kl, clipped
 
 
-def backward_by_chunk(logprobs_of, batch, cfg, normaliser, weight=1, skip_empty=True, sync=None):
+def backward_by_chunk(logprobs_of, batch, cfg, normaliser, weight=1, only_in_loss=True, sync=None):
     """Backpropagate the batch's GRPO loss chunk by chunk (batching.chunks), each chunk's divided by
     the whole step's normaliser: their gradients add up to the whole batch's. logprobs_of:
     completion_logprobs with the policy bound. Returns (loss, kl (N, T) or None, clipped (N, T)).
     Under torchrun (ddp.DDPPolicy): weight = world, as DDP averages the ranks' gradients; every rank
-    runs every chunk (skip_empty=False); sync(last) is DDP's no_sync but for the last chunk."""
+    runs every chunk, dropped groups too (only_in_loss=False); sync(last) is DDP's no_sync but for the last chunk."""
     N, T = batch.completion_ids.shape
     loss, kl = 0.0, torch.zeros(N, T, device=batch.completion_ids.device)
     clipped = torch.zeros(N, T, dtype=torch.bool, device=batch.completion_ids.device)
-    pieces = list(chunks(batch, cfg.prompts_per_pass))
+    pieces = list(chunks(batch, cfg.prompts_per_pass, only_in_loss))    # dropped groups: no work
     for k, (rows, chunk) in enumerate(pieces):
-        if skip_empty and not chunk.loss_mask.any():
-            continue                  # every group of the chunk dropped: nothing in the loss
         with sync(k == len(pieces) - 1) if sync else contextlib.nullcontext():
             logprobs = logprobs_of(chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids,
                                    cfg.group_size, chunk.loss_mask)

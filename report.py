@@ -181,7 +181,7 @@ def group_block(record):
     by_token = bool(comps) and all("tokens" in c for c in comps)      # an older completions.jsonl has no tokens
     big = max((abs(c["advantage"]) for c in comps), default=0.0) or 1.0
     big_share = max((abs(x) for c in comps for x in c.get("share", ())), default=0.0)
-    big_kl = max((abs(x) for c in comps for x in c.get("kl", ())), default=0.0)
+    big_kl = max((abs(x) for c in comps for x in c.get("kl") or ()), default=0.0)
     why = "the one whose rewards differ most" if len({c["reward"] for c in comps}) > 1 else \
         "every group's rewards are equal: A = 0, nothing to learn"
     rows = []
@@ -197,6 +197,7 @@ def group_block(record):
                     + f"<td>{a:+.2f}</td><td>{c['length']}{' (cut)' if c.get('truncated') else ''}</td>{text}</tr>")
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
     kl_note = ("" if not by_token else "; no KL (beta = 0)" if "kl" not in comps[0] else
+               "; out of the loss (drop_zero_std_groups): no KL" if comps[0]["kl"] is None else
                "; KL 0: the policy is still the reference" if big_kl == 0 else f"; largest KL {big_kl:.3g}")
     return (f"<h3>step {record['step']}: group {b + 1} of {len(groups)} ({why}{kl_note})</h3><p><b>"
             f"{esc(group['question'])}</b> answer <code>{esc(str(group['answer']))}</code></p><table><tr><th>#</th>"

@@ -37,7 +37,7 @@ def step_record(step, prompts, batch, group_size, stop_ids, tok=None, cfg=None, 
     With tok and cfg (the run's GRPOConfig), each completion also gets one entry per token, each number to 3
     significant digits (report.html shades the tokens by them): "tokens" their texts (token_texts), "share" each
     one's share of the loss via the advantage (token_contributions; negative: GRPO pushes the token up) and, when
-    kl (N, T) is given (optimize's: beta > 0), "kl" each one's KL to the reference."""
+    kl (N, T) is given (optimize's: beta > 0), "kl" each one's KL to the reference (None out of the loss)."""
     rewards, advantages = batch.rewards.tolist(), batch.advantages.tolist()
     lengths = batch.completion_mask.sum(1).tolist()
     truncated = truncated_rows(batch.completion_ids, batch.completion_mask, stop_ids).tolist()
@@ -51,12 +51,13 @@ def step_record(step, prompts, batch, group_size, stop_ids, tok=None, cfg=None, 
         stand_in = batch.old_logprobs if batch.old_logprobs is not None else \
             torch.zeros(batch.completion_mask.shape, device=batch.completion_mask.device)
         by_advantage, _ = token_contributions(stand_in, batch, cfg)
+        in_loss = batch.loss_mask.any(1).tolist()
         for i, row in enumerate(rows):
             n = lengths[i]
             row["tokens"] = token_texts(tok, batch.completion_ids[i, :n].tolist())
             row["share"] = rounded(by_advantage[i, :n])
-            if kl is not None:
-                row["kl"] = rounded(kl[i, :n])
+            if kl is not None:      # None for a group out of the loss (dropped): its KL is not computed
+                row["kl"] = rounded(kl[i, :n]) if in_loss[i] else None
     return {"step": step, "prompts": [{"question": p.question, "answer": p.answer,
                                        "completions": rows[b * group_size:(b + 1) * group_size]}
                                       for b, p in enumerate(prompts)]}

@@ -141,7 +141,7 @@ class PerRankNormaliser(ddp.DDPPolicy):
 
     def backward(self, batch, cfg, normaliser):
         sync = lambda last: contextlib.nullcontext() if last else self.module.no_sync()
-        return grpo.backward_by_chunk(self.module, batch, cfg, normaliser, skip_empty=False, sync=sync)
+        return grpo.backward_by_chunk(self.module, batch, cfg, normaliser, only_in_loss=False, sync=sync)
 
 
 class RecordingAdamW(optim.MasterAdamW):

@@ -468,11 +468,31 @@ def test_chunks_are_cut_to_their_own_lengths_and_give_the_same_logprobs():
     # prompt lengths 3, 5, 2 and longest completions (EOS at 1/-, 0/3, -/2 of T = 5) -> 5, 4, 5 columns
     assert [tuple(c.prompt_ids.shape) for c in pieces] == [(1, 3), (1, 5), (1, 2)]
     assert [tuple(c.completion_ids.shape) for c in pieces] == [(2, 5), (2, 4), (2, 5)]
-    assert rows == (slice(0, 2), slice(2, 4), slice(4, 6))
+    assert [r.tolist() for r in rows] == [[0, 1], [2, 3], [4, 5]]
     assert pieces[1].texts == ["c", "d"] and torch.equal(pieces[1].completion_mask, cmask[2:4, :4])
     whole = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)
     for k in (1, 2, 3):
         assert (logprobs_by_chunk(model, batch, 2, k) - whole).abs().max() <= 1e-5
+
+
+def test_groups_out_of_the_loss_are_not_run():
+    """only_in_loss: the middle group has no token in the loss mask, so no chunk holds its prompt or rows;
+    the others' log-probs are the whole batch's (oracle: completion_logprobs of all three), its rows 0."""
+    model = tiny()
+    prompt_ids, prompt_mask, comp, cmask = toy_batch()
+    z = torch.zeros(6)
+    loss_mask = cmask.clone()
+    loss_mask[2:4] = 0
+    batch = Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp, completion_mask=cmask,
+                    rewards=z, texts=list("abcdef"), advantages=z, loss_mask=loss_mask)
+    for k in (1, 2, 3):
+        rows, pieces = zip(*chunks(batch, k, only_in_loss=True))
+        assert sorted(sum((r.tolist() for r in rows), [])) == [0, 1, 4, 5]
+        assert sum(c.prompt_ids.size(0) for c in pieces) == 2 and all("c" not in c.texts for c in pieces)
+        whole = completion_logprobs(model, prompt_ids, prompt_mask, comp, 2, cmask)
+        got = logprobs_by_chunk(model, batch, 2, k, only_in_loss=True)
+        assert (got[[0, 1, 4, 5]] - whole[[0, 1, 4, 5]]).abs().max() <= 1e-5
+        assert not got[2:4].any() and whole[2:4].any()
 
 
 @pytest.mark.parametrize("agg", ["seq_mean", "token_mean", "seq_sum", "constant"])

@@ -185,6 +185,11 @@ def test_step_record_keeps_each_tokens_share_and_kl(tiny_checkpoint):
     bare = show.step_record(1, prompts, batch, 4, tok.stop_ids)
     assert all(set(c) == {"text", "reward", "parts", "advantage", "length", "truncated"}
                for p in bare["prompts"] for c in p["completions"])
+    # a group out of the loss (drop_zero_std_groups): its KL was never computed, so none is recorded
+    batch.loss_mask[:4] = 0
+    dropped = show.step_record(1, prompts, batch, 4, tok.stop_ids, tok, cfg, kl)["prompts"]
+    assert all(c["kl"] is None for c in dropped[0]["completions"])
+    assert [c["kl"] for c in dropped[1]["completions"]] == [c["kl"] for c in record["prompts"][1]["completions"]]
 
 
 def test_a_run_records_the_kl_it_logs(tiny_run):
@@ -216,18 +221,32 @@ def test_report_shades_each_token_by_its_recorded_share_and_kl(tiny_run):
     assert "share of the update" in text and "KL to the reference" in text
 
 
+def copy_with_completions(out, to, rewrite):
+    """A copy of the run folder out at to, each completion of completions.jsonl replaced by rewrite(completion)."""
+    shutil.copytree(out, to)
+    records = show.read_records(to / "completions.jsonl")
+    for record in records:
+        for p in record["prompts"]:
+            p["completions"] = [rewrite(c) for c in p["completions"]]
+    (to / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return to
+
+
+def test_a_group_out_of_the_loss_renders_without_kl(tiny_run, tmp_path):
+    """completions.jsonl of a run with drop_zero_std_groups where every group of a step was left out: "kl" is None
+    on each completion; the page shades the shares, underlines nothing and says why."""
+    dropped = copy_with_completions(tiny_run[0], tmp_path / "dropped", lambda c: c | {"kl": None})
+    page = parse(report.write_report(dropped))
+    spans = token_spans(page)
+    assert spans and all(k is None for _, k, _ in spans)
+    assert not any(c[0] == "k" and c[1:].isdigit() for _, _, classes in spans for c in classes.split())
+    assert "out of the loss (drop_zero_std_groups): no KL" in "".join(page.text)
+
+
 def test_an_older_run_without_token_records_still_renders(tiny_run, tmp_path):
     """A completions.jsonl written before the per-token records: whole completions, coloured by advantage."""
-    out, _ = tiny_run
-    old = tmp_path / "old"
-    shutil.copytree(out, old)
-    lines = []
-    for record in show.read_records(old / "completions.jsonl"):
-        for p in record["prompts"]:
-            p["completions"] = [{k: v for k, v in c.items() if k not in ("tokens", "share", "kl")}
-                                for c in p["completions"]]
-        lines.append(json.dumps(record))
-    (old / "completions.jsonl").write_text("\n".join(lines) + "\n")
+    old = copy_with_completions(tiny_run[0], tmp_path / "old",
+                                lambda c: {k: v for k, v in c.items() if k not in ("tokens", "share", "kl")})
     page = parse(report.write_report(old))
     assert set(SECTIONS) <= {a.get("id") for _, a in page.tags} and not token_spans(page)
     text = "".join(page.text)
