@@ -38,32 +38,36 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_si
     return logprobs_from_hidden(hidden, model.embed.weight, completion_ids, completion_mask)
 
 
+def select_groups(batch, groups):
+    """(rows, the grpo.Rollout of those groups): groups, a (K,) index tensor into the B prompts, each with its G
+    completions (rows, the (K * G,) row indices of the N rows, G by G), cut to their own longest prompt and
+    completion: a chunk of short answers makes a short forward pass."""
+    G = batch.completion_ids.size(0) // batch.prompt_ids.size(0)
+    rows = (groups[:, None] * G + torch.arange(G, device=groups.device)).view(-1)
+    first = int(batch.prompt_mask[groups].any(0).nonzero()[0])            # leading padding columns
+    last = int(batch.completion_mask[rows].any(0).nonzero()[-1]) + 1      # post-EOS columns
+    cut = lambda x: None if x is None else x[rows, :last]
+    return rows, replace(
+        batch,
+        prompt_ids=batch.prompt_ids[groups, first:], prompt_mask=batch.prompt_mask[groups, first:],
+        completion_ids=cut(batch.completion_ids), completion_mask=cut(batch.completion_mask),
+        rewards=batch.rewards[rows], texts=[batch.texts[r] for r in rows.tolist()],
+        advantages=None if batch.advantages is None else batch.advantages[rows],
+        loss_mask=cut(batch.loss_mask), ref_logprobs=cut(batch.ref_logprobs),
+        old_logprobs=cut(batch.old_logprobs), seconds={},
+        reward_components={k: v[rows] for k, v in batch.reward_components.items()})
+
+
 def chunks(batch, prompts_per_chunk, only_in_loss=False):
-    """(rows, chunk) for consecutive chunks of a grpo.Rollout: prompts_per_chunk prompts and their G
-    completions each; rows is the chunk's (G * prompts,) row indices of the N rows. Each chunk is cut
-    to its own longest prompt and completion: a chunk of short answers makes a short forward pass.
-    only_in_loss: leave out the groups with no token in batch.loss_mask (drop_zero_std_groups' flat
-    groups), prompt and all: what is not in the loss costs nothing."""
-    B, N = batch.prompt_ids.size(0), batch.completion_ids.size(0)
-    G = N // B
+    """select_groups of consecutive chunks of a grpo.Rollout, prompts_per_chunk prompts each. only_in_loss:
+    leave out the groups with no token in batch.loss_mask (drop_zero_std_groups' flat groups), prompt and all:
+    what is not in the loss costs nothing."""
+    B = batch.prompt_ids.size(0)
     groups = torch.arange(B, device=batch.completion_ids.device)
     if only_in_loss:
         groups = groups[batch.loss_mask.view(B, -1).any(1)]
     for i in range(0, len(groups), prompts_per_chunk):
-        p = groups[i:i + prompts_per_chunk]
-        rows = (p[:, None] * G + torch.arange(G, device=p.device)).view(-1)
-        first = int(batch.prompt_mask[p].any(0).nonzero()[0])            # leading padding columns
-        last = int(batch.completion_mask[rows].any(0).nonzero()[-1]) + 1  # post-EOS columns
-        cut = lambda x: None if x is None else x[rows, :last]
-        yield rows, replace(
-            batch,
-            prompt_ids=batch.prompt_ids[p, first:], prompt_mask=batch.prompt_mask[p, first:],
-            completion_ids=cut(batch.completion_ids), completion_mask=cut(batch.completion_mask),
-            rewards=batch.rewards[rows], texts=[batch.texts[r] for r in rows.tolist()],
-            advantages=None if batch.advantages is None else batch.advantages[rows],
-            loss_mask=cut(batch.loss_mask), ref_logprobs=cut(batch.ref_logprobs),
-            old_logprobs=cut(batch.old_logprobs), seconds={},
-            reward_components={k: v[rows] for k, v in batch.reward_components.items()})
+        yield select_groups(batch, groups[i:i + prompts_per_chunk])
 
 
 def logprobs_by_chunk(model, batch, group_size, prompts_per_chunk, temperature=1.0, only_in_loss=False):

@@ -77,7 +77,7 @@ ALLOWED = {
     "eval_samples": (">= 0", lambda v: v >= 0), "save_every": (">= 1", lambda v: v >= 1),
     "group_size": (">= 2 (GRPO compares the samples of a group)", lambda v: v >= 2),
     "max_new_tokens": (">= 1", lambda v: v >= 1), "eval_max_new_tokens": (">= 1", lambda v: v >= 1),
-    "prompts_per_pass": (">= 1", lambda v: v >= 1),
+    "prompts_per_pass": (">= 1", lambda v: v >= 1), "oversample": (">= 1", lambda v: v >= 1),
     "temperature": (">= 0 (0 = greedy)", lambda v: v >= 0),
     "top_k": (">= 1, or none (no top-k filter)", lambda v: v is None or v >= 1),
     "top_p": ("in (0, 1], or none (no nucleus filter)", lambda v: v is None or 0 < v <= 1),
@@ -114,8 +114,9 @@ def validate(cfg):
                              f"which must hold the prompt and the completion; use fewer")
     if weights.get("judge", 0) > 0 and cfg.judge != "ref" and not Path(cfg.judge).exists():
         raise FileNotFoundError(f"--judge={cfg.judge}: no such checkpoint (use ref, the frozen starting model, or a run folder)")
-    if cfg.batch_prompts > cfg.n_train:
-        raise ValueError(f"--batch_prompts={cfg.batch_prompts}: more prompts per step than --n_train={cfg.n_train}")
+    if cfg.batch_prompts * cfg.grpo.oversample > cfg.n_train:
+        times = f" x --oversample={cfg.grpo.oversample}" if cfg.grpo.oversample > 1 else ""
+        raise ValueError(f"--batch_prompts={cfg.batch_prompts}{times}: more prompts per step than --n_train={cfg.n_train}")
     check_world(cfg.batch_prompts, int(os.environ.get("WORLD_SIZE", 1)))
     device = pick_device(cfg.device)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:

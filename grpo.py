@@ -17,11 +17,11 @@ Shapes: B prompts, G samples each, N = B*G rows (row i*G + j: sample j of prompt
 """
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from batching import chunks, completion_logprobs, logprobs_by_chunk
+from batching import chunks, completion_logprobs, logprobs_by_chunk, select_groups
 from engine import generate, left_pad
 
 
@@ -39,6 +39,8 @@ class GRPOConfig:
     loss_agg: str = "seq_mean"     # see aggregate_loss
     scale_rewards: bool = True     # divide advantages by the group std (False: Dr. GRPO)
     drop_zero_std_groups: bool = False   # equal-reward groups out of the loss and its normaliser
+    oversample: int = 1            # sample oversample * B prompts' groups, keep B: those whose rewards differ
+                                   # first (DAPO's dynamic sampling, in one draw; pick_groups)
     adv_eps: float = 1e-4
     system_prompt: str | None = None     # None: no system turn (a default one costs ~20 tokens)
     prompts_per_pass: int = 8      # prompts (groups of G) per training forward pass: fewer take
@@ -61,6 +63,14 @@ def zero_std_groups(rewards, group_size):
     """(N,) bool: True on every row of a group whose G rewards are all equal (nothing to learn)."""
     r = rewards.view(-1, group_size)
     return (r.max(dim=1).values == r.min(dim=1).values).repeat_interleave(group_size)
+
+
+def pick_groups(rewards, group_size, keep):
+    """DAPO's dynamic sampling: of the drawn groups (rewards (N,), N = drawn prompts * G), the indices of keep
+    of them, in the order drawn: first those whose rewards differ, then, if too few differ, flat ones."""
+    flat = zero_std_groups(rewards, group_size)[::group_size]
+    order = sorted(range(len(flat)), key=lambda g: (bool(flat[g]), g))     # differing first, each in draw order
+    return sorted(order[:keep])
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -158,7 +168,10 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None     # (N, T) under pi_ref; None when beta = 0
     old_logprobs: torch.Tensor | None = None     # (N, T) under pi_old; None when mu = 1 (= pi)
     reward_components: dict = field(default_factory=dict)   # {name: (N,)}: the reward's components
+    kept: list | None = None        # with oversample: which of the drawn prompts the B groups are (pick_groups)
+    drawn_rewards: torch.Tensor | None = None    # with oversample: the rewards of every drawn sample
     seconds: dict = field(default_factory=dict)  # wall time of each phase: sample, reward, logprobs
+    sampled_tokens: int = 0         # completion tokens sampled (with oversample, of every drawn group)
 
 
 @torch.no_grad()
@@ -188,7 +201,8 @@ def sample_groups(policy, tok, prompts, reward_fn, cfg, seeds=None):
         completion_mask=completion_mask, texts=texts,
         rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
         reward_components={k: torch.tensor(v, device=device) for k, v in components.items()},
-        seconds={"sample": t1 - t0, "reward": time.perf_counter() - t1})
+        seconds={"sample": t1 - t0, "reward": time.perf_counter() - t1},
+        sampled_tokens=int(completion_mask.sum()))
 
 
 # ----------------------------------------------------------------------------- a step, written out
@@ -225,7 +239,7 @@ def grpo_step(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None):
 def check_written_out(cfg):
     """One line when cfg asks grpo_step for an option that only rollout + grpo_loss run."""
     kept = dict(kl_estimator="k3", kl_mode="loss", loss_agg="seq_mean", drop_zero_std_groups=False,
-                temperature=1.0)
+                oversample=1, temperature=1.0)
     other = [f"{k}={getattr(cfg, k)}" for k, v in kept.items() if getattr(cfg, k) != v]
     if other:
         raise ValueError(f"grpo_step writes out {kept}; {', '.join(other)}: rollout + grpo_loss")
@@ -237,10 +251,15 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None,
             need_old_logprobs=False):
     """sample_groups, then what every optimisation pass of the batch needs: the frozen log-probs
     (pi_ref; pi_old when mu > 1), the advantages (of r_i - beta sum_t KL_it with kl_mode=reward) and
-    the loss mask (less the flat groups with drop_zero_std_groups)."""
+    the loss mask (less the flat groups with drop_zero_std_groups). With cfg.oversample = k, prompts
+    are k * B and the batch is the B groups pick_groups keeps."""
     G, T = cfg.group_size, cfg.temperature      # log-probs of softmax(logits / T): the sampler's
     batch = sample_groups(policy, tok, prompts, reward_fn, cfg, seeds)
     t0 = time.perf_counter()
+    if cfg.oversample > 1:            # oversample * B prompts drawn: keep B groups, each with its G samples
+        kept = pick_groups(batch.rewards, G, len(prompts) // cfg.oversample)
+        _, picked = select_groups(batch, torch.tensor(kept, device=batch.rewards.device))
+        batch = replace(picked, kept=kept, drawn_rewards=batch.rewards, seconds=batch.seconds)
     batch.loss_mask = batch.completion_mask.clone()
     if cfg.drop_zero_std_groups:      # by the task rewards: a KL penalty is no reason to learn
         batch.loss_mask[zero_std_groups(batch.rewards, G)] = 0

@@ -409,7 +409,8 @@ def format_log(step, steps, m):
     components = "".join(f" {k} {v:.2f}" for k, v in m.items() if k.startswith("reward/"))
     return (f"step {step:4d}/{steps} | reward {m['reward']:.3f}{components} reward_std "
             f"{m['reward_std']:.2f} frac_reward_zero_std {m['frac_reward_zero_std']:.2f}"
-            f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip_ratio {m['clip_ratio']:.2f}"
+            + (f" reward_drawn {m['reward_drawn']:.3f}" if "reward_drawn" in m else "")
+            + f" | loss {m['loss']:+.4f} kl {m['kl']:.4f} clip_ratio {m['clip_ratio']:.2f}"
             f" grad_norm {m['grad_norm']:.2f}"
             f" | completion_length {m['completion_length']:.1f} truncated {m['truncated']:.2f}"
             f" | tok_per_s {m['tok_per_s']:.0f} s_per_step {m['s_per_step']:.1f}"

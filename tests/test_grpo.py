@@ -11,6 +11,7 @@ from grpo import (GRPOConfig, Rollout, aggregate_loss, backward_by_chunk, comple
                   grpo_step, kl_per_token, logprobs_by_chunk, loss_normaliser,
                   plain_completion_logprobs, ppo_clip_loss, rollout, token_logprobs, zero_std_groups)
 from batching import chunks
+from grpo import pick_groups, sample_groups, zero_std_groups
 from configurator import validate
 from fused import logprobs_from_hidden
 from engine import generate, left_pad, shared_prefix_len
@@ -636,3 +637,37 @@ def test_end_to_end_reward_rises():
         history.append(batch.rewards.mean().item())
     first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert last > first + 0.5, history
+
+
+def test_pick_groups_keeps_the_groups_that_differ_first_in_draw_order():
+    r = torch.tensor([1., 1, 0, 1, 0, 0, 1, 0, 2, 2])      # G = 2: flat, differ, flat, differ, flat
+    assert pick_groups(r, 2, 2) == [1, 3]
+    assert pick_groups(r, 2, 3) == [0, 1, 3]                # too few differ: the first flat one fills up
+    assert pick_groups(r, 2, 5) == [0, 1, 2, 3, 4]
+    assert pick_groups(torch.ones(6), 3, 1) == [0]          # nothing differs: the first drawn
+
+
+def test_oversample_keeps_b_groups_each_with_its_g_samples():
+    """DAPO's dynamic sampling, oversample = 2: 4 prompts drawn, B = 2 groups kept. Oracle: sample_groups of all
+    4 with the same seeds; the prompts whose answer is -1 (drawn first and third) score 1 whatever is sampled, so
+    the kept groups are drawn groups 1 and 3, each row for row (its G samples together, in their order)."""
+    torch.manual_seed(0)
+    policy = tiny()
+    cfg = GRPOConfig(group_size=4, max_new_tokens=4, beta=0.1, oversample=2, drop_zero_std_groups=True)
+    prompts, seeds = [PROMPTS[1], PROMPTS[0], PROMPTS[3], PROMPTS[2]], [3, 4, 5, 6]
+    drawn = sample_groups(policy, FakeTok(), prompts, frac_target, cfg, seeds)
+    assert zero_std_groups(drawn.rewards, 4)[::4].tolist() == [True, False, True, False]
+    batch = rollout(policy, FakeTok(), prompts, frac_target, cfg, ref_model=perturbed(policy), seeds=seeds)
+    assert batch.kept == [1, 3] and batch.prompt_ids.size(0) == 2 and batch.completion_ids.size(0) == 8
+    assert torch.equal(batch.drawn_rewards, drawn.rewards)
+    T = batch.completion_ids.size(1)
+    for k, g in enumerate(batch.kept):
+        mine, theirs = slice(4 * k, 4 * k + 4), slice(4 * g, 4 * g + 4)
+        assert batch.texts[mine] == drawn.texts[theirs]
+        assert torch.equal(batch.rewards[mine], drawn.rewards[theirs])
+        assert torch.equal(batch.completion_ids[mine], drawn.completion_ids[theirs, :T])
+        assert not drawn.completion_mask[theirs, T:].any()
+        P = batch.prompt_ids.size(1)
+        assert torch.equal(batch.prompt_ids[k], drawn.prompt_ids[g, -P:]) and not drawn.prompt_mask[g, :-P].any()
+    assert torch.equal(batch.loss_mask, batch.completion_mask)        # both kept groups differ: nothing dropped
+    assert torch.equal(batch.advantages, group_advantages(batch.rewards, 4))

@@ -58,6 +58,7 @@ def exit_line(argv):
     ("--lr=0", "> 0"), ("--lr=nan", "finite"), ("--beta=inf", "finite"), ("--grad_clip=-1", ">= 0"),
     ("--weight_decay=-0.1", ">= 0"), ("--eval_samples=-1", ">= 0"), ("--seed=-3", ">= 0"), ("--steps=none", "value"),
     ("--group_size=1", ">= 2"), ("--max_new_tokens=0", ">= 1"), ("--prompts_per_pass=0", ">= 1"),
+    ("--oversample=0", ">= 1"),
     ("--adv_eps=0", "> 0"), ("--device=foo", "cuda, cuda:N"), ("--device=mps", "MPS"), ("--dtype=fp16", "bf16"),
 ])
 def test_bad_setting_is_one_line_before_any_loading(arg, allowed, no_model_load, tmp_path):
@@ -65,6 +66,12 @@ def test_bad_setting_is_one_line_before_any_loading(arg, allowed, no_model_load,
     msg = exit_line([arg, f"--out_dir={tmp_path / 'run'}"])
     assert name in msg and value.lower() in msg.lower() and allowed in msg
     assert not (tmp_path / "run").exists()        # nothing written either
+
+
+def test_more_prompts_drawn_than_there_are_is_one_line(no_model_load, tmp_path):
+    msg = exit_line(["--batch_prompts=8", "--oversample=4", "--n_train=30", f"--out_dir={tmp_path / 'run'}"])
+    assert "--batch_prompts=8 x --oversample=4" in msg and "--n_train=30" in msg
+    assert not (tmp_path / "run").exists()
 
 
 def test_cuda_without_a_gpu_is_one_line(no_model_load, monkeypatch, tmp_path):

@@ -344,3 +344,25 @@ def test_a_run_maps_large_blocks_in_fp32_on_a_cpu(tiny_checkpoint, tmp_path, mon
     train(tiny_config(tiny_checkpoint, tmp_path, steps=1, map_large_blocks=setting, dtype=dtype, eval_before=False,
                       eval_paraphrase=False))
     assert calls == ([1 << 20] if wanted else [])
+
+
+def test_a_run_with_oversample_trains_on_b_of_the_groups_it_draws(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """--oversample=2: each step draws 2 B prompts (train.step_prompts), samples them all, and trains on B groups of
+    them, in the order drawn; log.jsonl's reward is the kept groups' (their records), reward_drawn every sample's."""
+    from task import make_dataset
+    monkeypatch.setattr(train_module, "make_reward", lambda *a: toy_reward)
+    cfg = tiny_config(tiny_checkpoint, tmp_path, eval_paraphrase=False, eval_before=False)
+    cfg.grpo.oversample, cfg.grpo.drop_zero_std_groups = 2, True
+    train(cfg)
+    printed = capsys.readouterr().out
+    train_set, _ = make_dataset(cfg.task, cfg.n_train, cfg.n_eval, cfg.seed, cfg.format_example)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    for step, (record, logged) in enumerate(zip(records, log), start=1):
+        drawn = [p.question for p in train_module.step_prompts(train_set, cfg, step, 0, 1)[0]]
+        kept = [p["question"] for p in record["prompts"]]
+        assert len(drawn) == 4 and len(kept) == 2 and all(len(p["completions"]) == 2 for p in record["prompts"])
+        assert [q for q in drawn if q in kept] == kept                  # B of the drawn prompts, in draw order
+        rewards = [c["reward"] for p in record["prompts"] for c in p["completions"]]
+        assert sum(rewards) / 4 == pytest.approx(logged["reward"]) and 0 <= logged["reward_drawn"] <= 1
+    assert len(log) == 3 and printed.count("reward_drawn ") == 3
