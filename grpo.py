@@ -39,8 +39,7 @@ class GRPOConfig:
     loss_agg: str = "seq_mean"     # see aggregate_loss
     scale_rewards: bool = True     # divide advantages by the group std (False: Dr. GRPO)
     drop_zero_std_groups: bool = False   # equal-reward groups out of the loss and its normaliser
-    oversample: int = 1            # sample oversample * B prompts' groups, keep B: those whose rewards differ
-                                   # first (DAPO's dynamic sampling, in one draw; pick_groups)
+    oversample: int = 1            # k: sample k*B prompts, train on B groups (DAPO: pick_groups)
     adv_eps: float = 1e-4
     system_prompt: str | None = None     # None: no system turn (a default one costs ~20 tokens)
     prompts_per_pass: int = 8      # prompts (groups of G) per training forward pass: fewer take
@@ -68,9 +67,8 @@ def zero_std_groups(rewards, group_size):
 def pick_groups(rewards, group_size, keep):
     """DAPO's dynamic sampling: of the drawn groups (rewards (N,), N = drawn prompts * G), the indices of keep
     of them, in the order drawn: first those whose rewards differ, then, if too few differ, flat ones."""
-    flat = zero_std_groups(rewards, group_size)[::group_size]
-    order = sorted(range(len(flat)), key=lambda g: (bool(flat[g]), g))     # differing first, each in draw order
-    return sorted(order[:keep])
+    flat = zero_std_groups(rewards, group_size)[::group_size].tolist()
+    return sorted(sorted(range(len(flat)), key=lambda g: (flat[g], g))[:keep])   # differing first, in draw order
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -168,10 +166,9 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None     # (N, T) under pi_ref; None when beta = 0
     old_logprobs: torch.Tensor | None = None     # (N, T) under pi_old; None when mu = 1 (= pi)
     reward_components: dict = field(default_factory=dict)   # {name: (N,)}: the reward's components
-    kept: list | None = None        # with oversample: which of the drawn prompts the B groups are (pick_groups)
-    drawn_rewards: torch.Tensor | None = None    # with oversample: the rewards of every drawn sample
     seconds: dict = field(default_factory=dict)  # wall time of each phase: sample, reward, logprobs
-    sampled_tokens: int = 0         # completion tokens sampled (with oversample, of every drawn group)
+    kept: list | None = None        # with oversample: which of the drawn prompts the B groups are (pick_groups),
+    drawn: "Rollout | None" = None  # and every group drawn
 
 
 @torch.no_grad()
@@ -201,8 +198,7 @@ def sample_groups(policy, tok, prompts, reward_fn, cfg, seeds=None):
         completion_mask=completion_mask, texts=texts,
         rewards=torch.tensor(rewards, dtype=torch.float32, device=device),
         reward_components={k: torch.tensor(v, device=device) for k, v in components.items()},
-        seconds={"sample": t1 - t0, "reward": time.perf_counter() - t1},
-        sampled_tokens=int(completion_mask.sum()))
+        seconds={"sample": t1 - t0, "reward": time.perf_counter() - t1})
 
 
 # ----------------------------------------------------------------------------- a step, written out
@@ -259,7 +255,7 @@ def rollout(policy, tok, prompts, reward_fn, cfg, ref_model=None, seeds=None,
     if cfg.oversample > 1:            # oversample * B prompts drawn: keep B groups, each with its G samples
         kept = pick_groups(batch.rewards, G, len(prompts) // cfg.oversample)
         _, picked = select_groups(batch, torch.tensor(kept, device=batch.rewards.device))
-        batch = replace(picked, kept=kept, drawn_rewards=batch.rewards, seconds=batch.seconds)
+        batch = replace(picked, kept=kept, drawn=batch, seconds=batch.seconds)
     batch.loss_mask = batch.completion_mask.clone()
     if cfg.drop_zero_std_groups:      # by the task rewards: a KL penalty is no reason to learn
         batch.loss_mask[zero_std_groups(batch.rewards, G)] = 0

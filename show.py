@@ -391,7 +391,8 @@ def step_metrics(batch, kl, clipped, group_size, stop_ids):
         "clip_ratio": ((clipped & mask).sum() / mask.sum().clamp(min=1)).item() if clipped is not None else 0.0,
         "completion_length": cm.sum(1).mean().item(),
     } | {f"reward/{name}": values.float().mean().item() for name, values in batch.reward_components.items()} | {
-        "truncated": truncated_rows(batch.completion_ids, batch.completion_mask, stop_ids).float().mean().item()}
+        "truncated": truncated_rows(batch.completion_ids, batch.completion_mask, stop_ids).float().mean().item()} | (
+        {"reward_drawn": batch.drawn.rewards.mean().item()} if batch.drawn is not None else {})   # --oversample
 
 
 # log.jsonl keys of older versions, and today's: a run resumed from an older checkpoint logs today's

@@ -20,8 +20,7 @@ Each step's line prints every number of log.jsonl under its key (show.step_metri
                         format = the share answering with exactly the answer ("57")
   reward_std            mean over groups of the reward std within a group: what GRPO learns from
   frac_reward_zero_std  share of groups whose G rewards are all equal: A = 0, they teach nothing
-  reward_drawn          with --oversample: the mean reward of every sample drawn, the groups left out too
-                        (reward and the rest are of the B groups kept)
+  reward_drawn          with --oversample: mean reward of all k*B groups drawn (the rest: of the B kept)
   loss                  the GRPO loss (with mu = 1 it is ~ beta*KL: a group's advantages sum to 0)
   kl                    mean per-token KL(pi || pi_ref) over the generated tokens in the loss: k3 =
                         r - 1 - log r with r = pi_ref / pi (or k1 = log pi - log pi_ref)
@@ -114,13 +113,11 @@ def parse_args(argv):
 
 # ----------------------------------------------------------------------------- prompts and reward
 def step_prompts(train_set, cfg, step, rank, world):
-    """This rank's prompts for a step: the same global draw on every rank (seeded by step), then a
-    slice. Sampling seeds follow the global prompt index: N ranks sample as 1 process does. With
-    --oversample=k, k times B prompts, of which rollout keeps B groups (grpo.pick_groups)."""
-    drawn = cfg.batch_prompts * cfg.grpo.oversample
+    """This rank's prompts for a step (k*B with --oversample=k): the same global draw on every rank
+    (seeded by step), then a slice. Sampling seeds follow the global prompt index: N ranks sample as 1 does."""
     rng = random.Random(cfg.seed * 1_000_003 + step)
-    idx = rng.sample(range(len(train_set)), drawn)
-    per_rank = drawn // world
+    idx = rng.sample(range(len(train_set)), cfg.batch_prompts * cfg.grpo.oversample)
+    per_rank = len(idx) // world
     mine = range(rank * per_rank, (rank + 1) * per_rank)
     seeds = [cfg.seed * 7_919 + step * 100_003 + i for i in mine]
     return [train_set[idx[i]] for i in mine], seeds
@@ -245,10 +242,8 @@ def run_training(cfg, device):
         loss, kl, clipped, grad_norm = optimize(policy, optimizer, batch, cfg, ddp_policy)
         metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size, tok.stop_ids)
         metrics["loss"], metrics["grad_norm"] = loss, grad_norm
-        if batch.drawn_rewards is not None:           # every drawn sample, the groups left out too
-            metrics["reward_drawn"] = batch.drawn_rewards.mean().item()
         metrics["s_per_step"] = time.perf_counter() - t0
-        metrics["tok_per_s"] = batch.sampled_tokens / batch.seconds["sample"]
+        metrics["tok_per_s"] = (batch.drawn or batch).completion_mask.sum().item() / batch.seconds["sample"]
         metrics = mean_across_ranks(metrics, world) | {"step": step}
         if rank == 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0:
             # a small, greedy check on the way, after the ranks' mean: only rank 0 evaluates

@@ -659,7 +659,7 @@ def test_oversample_keeps_b_groups_each_with_its_g_samples():
     assert zero_std_groups(drawn.rewards, 4)[::4].tolist() == [True, False, True, False]
     batch = rollout(policy, FakeTok(), prompts, frac_target, cfg, ref_model=perturbed(policy), seeds=seeds)
     assert batch.kept == [1, 3] and batch.prompt_ids.size(0) == 2 and batch.completion_ids.size(0) == 8
-    assert torch.equal(batch.drawn_rewards, drawn.rewards)
+    assert torch.equal(batch.drawn.rewards, drawn.rewards)
     T = batch.completion_ids.size(1)
     for k, g in enumerate(batch.kept):
         mine, theirs = slice(4 * k, 4 * k + 4), slice(4 * g, 4 * g + 4)
