@@ -1,8 +1,9 @@
-"""How the batched path of train.py (grpo.rollout, grpo.backward_by_chunk) computes the policy's
-log-probs fast and in bounded memory: each prompt runs once for its G completions, nothing after EOS
+"""How the batched path of train.py (grpo.rollout, backward_by_chunk) computes the policy's
+log-probs and backpropagates its loss fast and in bounded memory: each prompt runs once for its G completions, nothing after EOS
 is computed, and a batch runs in chunks of prompts. grpo.plain_completion_logprobs is the plain
 reference: tests/test_grpo.py checks that the two agree, values and gradients.
 """
+import contextlib
 from dataclasses import replace
 
 import torch
@@ -80,3 +81,28 @@ def logprobs_by_chunk(model, batch, group_size, prompts_per_chunk, temperature=1
             temperature)
     drop_from_memory(model)     # a reference kept in a file (load_weights.keep_in_file) leaves memory till next time
     return out
+
+
+def backward_by_chunk(logprobs_of, loss_of, batch, cfg, weight=1, only_in_loss=True, sync=None):
+    """Backpropagate a grpo.Rollout's loss chunk by chunk (chunks, cfg.prompts_per_pass prompts each), in
+    bounded memory. logprobs_of: completion_logprobs with the policy bound; loss_of(logprobs, chunk):
+    grpo.grpo_loss with the whole step's normaliser bound, so the chunks' gradients add up to the whole
+    batch's. Returns (loss, kl (N, T) or None, clipped (N, T)).
+    Under torchrun (ddp.DDPPolicy): weight = world, as DDP averages the ranks' gradients; every rank
+    runs every chunk, dropped groups too (only_in_loss=False); sync(last) is DDP's no_sync but for the last chunk."""
+    N, T = batch.completion_ids.shape
+    loss, kl = 0.0, torch.zeros(N, T, device=batch.completion_ids.device)
+    clipped = torch.zeros(N, T, dtype=torch.bool, device=batch.completion_ids.device)
+    pieces = list(chunks(batch, cfg.prompts_per_pass, only_in_loss))    # dropped groups: no work
+    for k, (rows, chunk) in enumerate(pieces):
+        with sync(k == len(pieces) - 1) if sync else contextlib.nullcontext():
+            logprobs = logprobs_of(chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids,
+                                   cfg.group_size, chunk.loss_mask)
+            chunk_loss, chunk_kl, chunk_clipped = loss_of(logprobs, chunk)
+            (chunk_loss * weight).backward()
+        loss += chunk_loss.item() * weight
+        cut = chunk_clipped.size(1)
+        clipped[rows, :cut] = chunk_clipped
+        if chunk_kl is not None:
+            kl[rows, :cut] = chunk_kl.detach()
+    return loss, kl if cfg.beta > 0 else None, clipped

@@ -86,6 +86,7 @@ ALLOWED = {
 }
 MAY_BE_NONE = ("grad_clip",)       # options whose none means "off" although their default is a number
 CHOICES = {"adam_moments": ("bf16", "fp32"), "map_large_blocks": ("auto", "on", "off"),
+           "lr_schedule": ("constant", "linear"),
            "kl_estimator": ("k1", "k3"), "kl_mode": ("loss", "reward"),
            "loss_agg": ("seq_mean", "token_mean", "seq_sum", "constant")}
 

@@ -14,8 +14,8 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from batching import completion_logprobs
-from grpo import backward_by_chunk
+from batching import backward_by_chunk, completion_logprobs
+from grpo import grpo_loss
 
 
 def check_world(batch_prompts, world):
@@ -122,12 +122,12 @@ class DDPPolicy:
         self.world = world
 
     def backward(self, batch, cfg, normaliser):
-        """grpo.backward_by_chunk of this rank's batch. Each chunk's loss is divided by the
+        """batching.backward_by_chunk of this rank's batch. Each chunk's loss is divided by the
         normaliser of the whole step (all ranks) and scaled by world, as DDP averages the ranks'
         gradients: they add up to the whole batch's. Every rank runs every chunk (an empty one at
         zero: DDP needs each rank in each all-reduce), and the gradients are all-reduced once, after
         the last chunk."""
         sync = lambda last: contextlib.nullcontext() if last else self.module.no_sync()
-        return backward_by_chunk(partial(self.module, temperature=cfg.temperature), batch, cfg,
-                                 sum_across_ranks(normaliser),
+        loss_of = partial(grpo_loss, cfg=cfg, normaliser=sum_across_ranks(normaliser))
+        return backward_by_chunk(partial(self.module, temperature=cfg.temperature), loss_of, batch, cfg,
                                  weight=self.world, only_in_loss=False, sync=sync)

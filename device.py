@@ -121,7 +121,7 @@ def check_bf16(device):
 def pick_dtype(setting, device):
     """'auto' | 'bf16' | 'fp32' -> the compute dtype (see GPT.to_compute_dtype; log-probs and losses stay fp32).
 
-    'auto' is bf16 where bf16_is_fast says so (CUDA GPUs with bf16 units, AMX CPUs, CPUs where bf16 times faster),
+    'auto' is bf16 where auto_dtype's rule says so (CUDA GPUs with bf16 units, AMX CPUs, AMD CPUs with avx512_bf16),
     else fp32 (MasterAdamW trains fp32 or bf16, not fp16). On MPS it is fp32: PyTorch supports bf16 there only
     from macOS 14 on (pytorch/pytorch#119641) and documents no speed gain from it, and we have not measured one
     on a Mac; --dtype=bf16 still asks for it there."""

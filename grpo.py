@@ -15,13 +15,12 @@ normalising. After the math: grpo_step, one step written out (the notebook runs 
 batched path that train.py runs, tested equal to it.
 Shapes: B prompts, G samples each, N = B*G rows (row i*G + j: sample j of prompt i), T new tokens.
 """
-import contextlib
 import time
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from batching import chunks, completion_logprobs, logprobs_by_chunk, select_groups
+from batching import completion_logprobs, logprobs_by_chunk, select_groups
 from engine import generate, left_pad
 
 
@@ -290,27 +289,3 @@ def grpo_loss(logprobs, batch, cfg, normaliser=None):
             per_token = per_token + cfg.beta * kl
     loss = aggregate_loss(per_token, batch.loss_mask, cfg.loss_agg, cfg.max_new_tokens, normaliser)
     return loss, kl, clipped
-
-
-def backward_by_chunk(logprobs_of, batch, cfg, normaliser, weight=1, only_in_loss=True, sync=None):
-    """Backpropagate the batch's GRPO loss chunk by chunk (batching.chunks), each chunk's divided by
-    the whole step's normaliser: their gradients add up to the whole batch's. logprobs_of:
-    completion_logprobs with the policy bound. Returns (loss, kl (N, T) or None, clipped (N, T)).
-    Under torchrun (ddp.DDPPolicy): weight = world, as DDP averages the ranks' gradients; every rank
-    runs every chunk, dropped groups too (only_in_loss=False); sync(last) is DDP's no_sync but for the last chunk."""
-    N, T = batch.completion_ids.shape
-    loss, kl = 0.0, torch.zeros(N, T, device=batch.completion_ids.device)
-    clipped = torch.zeros(N, T, dtype=torch.bool, device=batch.completion_ids.device)
-    pieces = list(chunks(batch, cfg.prompts_per_pass, only_in_loss))    # dropped groups: no work
-    for k, (rows, chunk) in enumerate(pieces):
-        with sync(k == len(pieces) - 1) if sync else contextlib.nullcontext():
-            logprobs = logprobs_of(chunk.prompt_ids, chunk.prompt_mask, chunk.completion_ids,
-                                   cfg.group_size, chunk.loss_mask)
-            chunk_loss, chunk_kl, chunk_clipped = grpo_loss(logprobs, chunk, cfg, normaliser)
-            (chunk_loss * weight).backward()
-        loss += chunk_loss.item() * weight
-        cut = chunk_clipped.size(1)
-        clipped[rows, :cut] = chunk_clipped
-        if chunk_kl is not None:
-            kl[rows, :cut] = chunk_kl.detach()
-    return loss, kl if cfg.beta > 0 else None, clipped

@@ -56,7 +56,8 @@ from configurator import apply_args, recorded_config, usage, validate
 from ddp import DDPPolicy, broadcast_dtype, init_distributed, local_device, mean_across_ranks
 from device import auto_dtype, pick_dtype, repeatable_kernels
 from eval import GRADER, evaluate, paraphrased, report_run
-from grpo import GRPOConfig, backward_by_chunk, completion_logprobs, loss_normaliser, rollout
+from batching import backward_by_chunk
+from grpo import GRPOConfig, completion_logprobs, grpo_loss, loss_normaliser, rollout
 from judge import run_judge
 from load_weights import check_fits, keep_in_file, load_model
 from optim import cast_for_training
@@ -75,6 +76,7 @@ class TrainConfig:
     steps: int = 40                # GRPO steps: a rollout of B*G completions, mu AdamW steps
     batch_prompts: int = 8         # B prompts per step (all ranks), G = group_size samples each
     lr: float = 1e-5               # AdamW learning rate (optim.py)
+    lr_schedule: str = "constant"  # constant | linear: lr * (steps - step + 1) / steps, down to lr/steps at the end
     weight_decay: float = 0.0      # AdamW's decoupled weight decay: w -= lr * wd * w each step
     grad_clip: float = 1.0         # clip the total gradient norm to this (0 or none: no clipping)
     mu: int = 1                    # optimisation passes over each batch of rollouts
@@ -132,14 +134,15 @@ def make_reward(cfg, weights, ref_model, policy, tok, device):
 # ----------------------------------------------------------------------------- loss, backward, step
 def optimize(policy, optimizer, batch, cfg, ddp_policy=None):
     """cfg.mu passes over a batch of rollouts, each a backward chunk by chunk
-    (grpo.backward_by_chunk) and a clipped AdamW step (optim.py). Returns (loss, kl (N, T) or None,
+    (batching.backward_by_chunk) and a clipped AdamW step (optim.py). Returns (loss, kl (N, T) or None,
     clipped (N, T), grad_norm) of the last pass. ddp_policy: under torchrun, ddp.DDPPolicy."""
     grpo_cfg = cfg.grpo
     normaliser = loss_normaliser(batch.loss_mask, grpo_cfg.loss_agg, grpo_cfg.max_new_tokens)
     policy_logprobs = partial(completion_logprobs, policy, temperature=grpo_cfg.temperature)
+    loss_of = partial(grpo_loss, cfg=grpo_cfg, normaliser=normaliser)    # each chunk's share of the step's loss
     for _ in range(cfg.mu):
         if ddp_policy is None:                       # one process
-            loss, kl, clipped = backward_by_chunk(policy_logprobs, batch, grpo_cfg, normaliser)
+            loss, kl, clipped = backward_by_chunk(policy_logprobs, loss_of, batch, grpo_cfg)
         else:                                        # torchrun
             loss, kl, clipped = ddp_policy.backward(batch, grpo_cfg, normaliser)
         grad_norm = optimizer.step(cfg.grad_clip)
@@ -239,6 +242,7 @@ def run_training(cfg, device):
                         need_old_logprobs=cfg.mu > 1)
         if batch.kept is not None:                    # --oversample: the B groups kept of those drawn
             prompts = [prompts[i] for i in batch.kept]
+        optimizer.lr = cfg.lr * ((cfg.steps - step + 1) / cfg.steps if cfg.lr_schedule == "linear" else 1)
         loss, kl, clipped, grad_norm = optimize(policy, optimizer, batch, cfg, ddp_policy)
         metrics = step_metrics(batch, kl, clipped, cfg.grpo.group_size, tok.stop_ids)
         metrics["loss"], metrics["grad_norm"] = loss, grad_norm

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:            # run as a worker script, without conftest.py
     sys.path.insert(0, str(ROOT))
 
+import batching  # noqa: E402
 import ddp  # noqa: E402
 import grpo  # noqa: E402
 import optim  # noqa: E402
@@ -141,7 +143,8 @@ class PerRankNormaliser(ddp.DDPPolicy):
 
     def backward(self, batch, cfg, normaliser):
         sync = lambda last: contextlib.nullcontext() if last else self.module.no_sync()
-        return grpo.backward_by_chunk(self.module, batch, cfg, normaliser, only_in_loss=False, sync=sync)
+        loss_of = partial(grpo.grpo_loss, cfg=cfg, normaliser=normaliser)
+        return batching.backward_by_chunk(self.module, loss_of, batch, cfg, only_in_loss=False, sync=sync)
 
 
 class RecordingAdamW(optim.MasterAdamW):

@@ -7,10 +7,10 @@ from functools import partial
 import pytest
 import torch
 
-from grpo import (GRPOConfig, Rollout, aggregate_loss, backward_by_chunk, completion_logprobs, group_advantages, grpo_loss,
+from grpo import (GRPOConfig, Rollout, aggregate_loss, completion_logprobs, group_advantages, grpo_loss,
                   grpo_step, kl_per_token, logprobs_by_chunk, loss_normaliser,
                   plain_completion_logprobs, ppo_clip_loss, rollout, token_logprobs, zero_std_groups)
-from batching import chunks
+from batching import backward_by_chunk, chunks
 from grpo import pick_groups, sample_groups, zero_std_groups
 from configurator import validate
 from fused import logprobs_from_hidden
@@ -577,7 +577,8 @@ def test_written_out_step_equals_the_batched_path(settings):
     policy.zero_grad()
     fast = rollout(policy, FakeTok(), prompts, frac_target, cfg, ref_model=ref, seeds=seeds)
     normaliser = loss_normaliser(fast.loss_mask, cfg.loss_agg, cfg.max_new_tokens)
-    fast_loss, fast_kl, clipped = backward_by_chunk(partial(completion_logprobs, policy), fast, cfg, normaliser)
+    fast_loss, fast_kl, clipped = backward_by_chunk(partial(completion_logprobs, policy),
+                                                    partial(grpo_loss, cfg=cfg, normaliser=normaliser), fast, cfg)
     assert batch.texts == fast.texts and torch.equal(batch.rewards, fast.rewards)
     assert torch.equal(batch.loss_mask, fast.loss_mask) and not clipped.any()
     assert (batch.advantages - fast.advantages).abs().max() <= 1e-5

@@ -88,6 +88,23 @@ def test_resume_continues_exactly(tiny_checkpoint, tmp_path, dtype, monkeypatch)
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4
 
 
+def test_a_linear_schedule_lowers_lr_step_by_step_and_resumes_at_its_step(tiny_checkpoint, tmp_path, monkeypatch):
+    """--lr_schedule=linear: step s of S steps updates with lr (S - s + 1) / S (hand values for lr 3e-4, S 3),
+    a resumed run at the lr of its own step; constant: lr at every step."""
+    seen = []
+    real_step = MasterAdamW.step
+    monkeypatch.setattr(MasterAdamW, "step", lambda self, clip=None: seen.append(self.lr) or real_step(self, clip))
+    train(tiny_config(tiny_checkpoint, tmp_path / "whole", lr=3e-4, lr_schedule="linear"))
+    assert seen == pytest.approx([3e-4, 2e-4, 1e-4], rel=1e-12)
+    seen.clear()
+    train(tiny_config(tiny_checkpoint, tmp_path / "split", lr=3e-4, lr_schedule="linear", steps=2, save_every=2))
+    train(tiny_config(tiny_checkpoint, tmp_path / "split", lr=3e-4, lr_schedule="linear", resume=True))
+    assert seen == pytest.approx([3e-4, 1.5e-4, 1e-4], rel=1e-12)
+    seen.clear()
+    train(tiny_config(tiny_checkpoint, tmp_path / "constant", lr=3e-4))
+    assert seen == [3e-4] * 3
+
+
 def test_parse_args_sets_both_configs():
     cfg = parse_args(["--task=add2", "--group_size=4", "--beta=0", "--resume", "--top_p=0.9", "--top_k=none"])
     assert (cfg.task, cfg.grpo.group_size, cfg.grpo.beta, cfg.resume, cfg.grpo.top_p, cfg.grpo.top_k) == \
