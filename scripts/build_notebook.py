@@ -95,7 +95,7 @@ import torch
 import fused
 from grpo import GRPOConfig
 from load_weights import load_model
-from device import pick_device, pick_dtype
+from device import pick_device, pick_dtype, repeatable_kernels
 
 # Settings. TINYGRPO_NB_SMOKE=1 shrinks everything for a quick validation run; TINYGRPO_NB_MODEL runs the cells on
 # another model (the tests use a tiny random one).
@@ -108,7 +108,8 @@ cfg = GRPOConfig(group_size=2 if SMOKE else 8, max_new_tokens=8 if SMOKE else 32
 
 torch.manual_seed(SEED)
 device = pick_device("auto")                    # the first of cuda, mps, cpu that is there
-dtype = pick_dtype("auto", device)              # bf16 where it is fast (CUDA GPU, AMX CPU), else fp32: cell 6
+dtype = pick_dtype("auto", device)              # bf16 by what the device has (device.auto_dtype), else fp32
+repeatable_kernels(device, dtype)               # fp32 on a CPU: the same bits on every run
 policy, tok = load_model(MODEL, device)         # fp32 weights, as loaded
 ref_model = copy.deepcopy(policy).requires_grad_(False)   # frozen pi_ref: the KL term, and cell 7's baseline
 fused.apply(policy)                             # the training pass keeps less memory (fused.py), same numbers
