@@ -115,7 +115,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     assert main(["--help"]) is None
     out = capsys.readouterr().out
     assert out.startswith("Train a small pretrained model with GRPO")
-    for option in ("--steps=40", "--temperature=1.2", "--group_size=8", "--beta=0.04", "--prompts_per_pass=8", "--resume=False"):
+    for option in ("--steps=40", "--lr_schedule=constant", "--temperature=1.2", "--group_size=8", "--beta=0.04", "--prompts_per_pass=8", "--resume=False"):
         assert f"  {option}" in out.splitlines(), option
 
 
