@@ -1,6 +1,6 @@
-"""How the batched path of train.py (grpo.rollout, backward_by_chunk) computes the policy's
-log-probs and backpropagates its loss fast and in bounded memory: each prompt runs once for its G completions, nothing after EOS
-is computed, and a batch runs in chunks of prompts. grpo.plain_completion_logprobs is the plain
+"""How the batched path of train.py (grpo.rollout, backward_by_chunk) computes the policy's log-probs
+and backpropagates its loss fast and in bounded memory: each prompt runs once for its G completions, nothing
+after EOS is computed, and a batch runs in chunks of prompts. grpo.plain_completion_logprobs is the plain
 reference: tests/test_grpo.py checks that the two agree, values and gradients.
 """
 import contextlib

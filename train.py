@@ -52,11 +52,11 @@ import torch.distributed as dist
 
 import checkpoint
 import fused
+from batching import backward_by_chunk
 from configurator import apply_args, recorded_config, usage, validate
 from ddp import DDPPolicy, broadcast_dtype, init_distributed, local_device, mean_across_ranks
 from device import auto_dtype, pick_dtype, repeatable_kernels
 from eval import GRADER, evaluate, paraphrased, report_run
-from batching import backward_by_chunk
 from grpo import GRPOConfig, completion_logprobs, grpo_loss, loss_normaliser, rollout
 from judge import run_judge
 from load_weights import check_fits, keep_in_file, load_model
