@@ -10,7 +10,7 @@ import torch
 
 from fused import logprobs_from_hidden
 from engine import prefill
-from load_weights import drop_from_memory
+from load_weights import drop_from_memory, load_into_memory
 
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, group_size,
@@ -75,11 +75,12 @@ def logprobs_by_chunk(model, batch, group_size, prompts_per_chunk, temperature=1
     """completion_logprobs of a grpo.Rollout, chunk by chunk (chunks): (N, T), 0 after EOS, and on the
     rows of groups out of the loss with only_in_loss."""
     out = torch.zeros(batch.completion_ids.shape, device=batch.completion_ids.device)
+    load_into_memory(model)     # a reference kept in a file (load_weights.keep_in_file) comes in for its pass
     for rows, c in chunks(batch, prompts_per_chunk, only_in_loss):
         out[rows, :c.completion_ids.size(1)] = completion_logprobs(
             model, c.prompt_ids, c.prompt_mask, c.completion_ids, group_size, c.completion_mask,
             temperature)
-    drop_from_memory(model)     # a reference kept in a file (load_weights.keep_in_file) leaves memory till next time
+    drop_from_memory(model)     # and leaves memory till next time
     return out
 
 

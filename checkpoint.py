@@ -52,7 +52,7 @@ LEFTOVER = re.compile(r"\.tinygrpo-tmp-.+|(checkpoint-\d{6}|latest|log\.jsonl|co
 PROJECT_ROOT = Path(__file__).resolve().parent
 # settings that cannot change what a resumed run computes; every other one must equal the checkpoint's
 MAY_CHANGE_ON_RESUME = ("steps", "log_every", "save_every", "resume", "eval_before", "eval_samples", "out_dir",
-                        "device", "map_large_blocks")
+                        "device", "heap", "map_large_blocks")    # map_large_blocks: heap's name before 2026-12-04
 
 
 def folder_name(step):

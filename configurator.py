@@ -85,7 +85,7 @@ ALLOWED = {
     "adv_eps": ("> 0 (it keeps A finite in a flat group)", lambda v: v > 0),
 }
 MAY_BE_NONE = ("grad_clip",)       # options whose none means "off" although their default is a number
-CHOICES = {"adam_moments": ("bf16", "fp32"), "map_large_blocks": ("auto", "on", "off"),
+CHOICES = {"adam_moments": ("bf16", "fp32"), "heap": ("auto", "keep", "map", "glibc"),
            "lr_schedule": ("constant", "linear"),
            "kl_estimator": ("k1", "k3"), "kl_mode": ("loss", "reward"),
            "loss_agg": ("seq_mean", "token_mean", "seq_sum", "constant")}

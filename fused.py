@@ -178,33 +178,61 @@ def use_huge_pages():
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+TRIM_EACH_STEP = True      # give_back_free_heap acts; use_heap turns it off for --heap=keep
+
+
 def give_back_free_heap():
-    """glibc's malloc_trim(0): hand the C heap's free pages back to the OS. Blocks under the mmap threshold stay
-    in the heap, and over many steps their free gaps add up (~0.2 GiB by step 14 of the default run); called
-    once a step (optim.MasterAdamW.step, load_weights.drop_from_memory), it costs a few milliseconds.
+    """glibc's malloc_trim(0): hand the C heap's free pages back to the OS, once a step
+    (optim.MasterAdamW.step, load_weights.drop_from_memory), unless --heap=keep (use_heap). Blocks under the mmap
+    threshold stay in the heap, and over many steps their free gaps add up (~0.2 GiB by step 14 of the default
+    run); it costs a few milliseconds, and the next step's page faults. A no-op where the C library is not glibc."""
+    if TRIM_EACH_STEP:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def use_heap(setting, dtype, device):
+    """--heap: how glibc's malloc serves the CPU tensors that a step allocates and frees (a gigabyte or so).
+      keep   (auto's choice but for fp32 on a CPU) every block under 64 MB (the largest a step makes, the
+             vocabulary's 57 MB, included) comes from the heap, and its free pages stay for the next step: no page
+             faults to get them again. The peak stays that of the step itself, as the reference's pass reuses the
+             training pass's pages (load_weights.load_into_memory). The default bf16 run: 1.2x faster, the same
+             2.8 GiB (README, "Memory").
+      map    (auto's choice for fp32 on a CPU) every block of 1 MB or more gets pages of its own, and the heap's
+             free pages go back once a step (give_back_free_heap): an fp32 run's free gaps would put it over
+             3 GiB, and the time it costs (page faults) is fp32's, not the 2 minutes' target.
+      glibc  glibc's own thresholds (it raises the mmap threshold to the largest block freed, up to 32 MB), and
+             the free heap pages back once a step.
     A no-op where the C library is not glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def map_large_blocks(setting, dtype, device):
-    """--map_large_blocks: 'auto' (on for an fp32 run on a CPU, the default), 'on' or 'off'. On, every block of
-    1 MB or more gets pages of its own (set_mmap_threshold). By default glibc raises its mmap threshold to the
-    largest block freed so far (up to 32 MB), so after the first step the training pass's activations come from the
-    heap, and the free gaps between the blocks still in use stay resident until the step ends (give_back_free_heap):
-    the fp32 default run peaked at 3.5 GiB, 2.9 GiB with it. The price: those blocks' pages are faulted in afresh
-    each time (4-5x the page faults, 1.13x the time); bf16 is under 3 GiB without it."""
-    if setting == "on" or (setting == "auto" and dtype == torch.float32 and torch.device(device).type == "cpu"):
+    global TRIM_EACH_STEP
+    if setting == "auto":
+        setting = "map" if dtype == torch.float32 and torch.device(device).type == "cpu" else "keep"
+    TRIM_EACH_STEP = setting != "keep"
+    if setting == "keep":
+        # oneDNN keeps a compiled bf16 matmul for each shape it meets, up to 1,024 of them: with the heap kept that
+        # creep (~8 MB a step) is the run's; 64 of them keep it within the heap's free pages. oneDNN reads this
+        # at its first matmul, after this call in train.py.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+        set_mmap_threshold(64 << 20)
+        mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)     # else free() gives the heap's top back past 128 KB
+    elif setting == "map":
         set_mmap_threshold(1 << 20)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3       # glibc's malloc.h
+
+
 def set_mmap_threshold(nbytes):
-    """glibc's mallopt(M_MMAP_THRESHOLD, nbytes): blocks of nbytes or more are mapped (mmap) and handed back to the OS
-    the moment they are freed; glibc no longer moves the threshold. A no-op where the C library is not glibc."""
-    M_MMAP_THRESHOLD = -3                       # glibc's malloc.h
+    """Blocks of nbytes or more are mapped (mmap) and handed back to the OS the moment they are freed; glibc no
+    longer moves the threshold."""
+    mallopt(M_MMAP_THRESHOLD, nbytes)
+
+
+def mallopt(option, value):
+    """glibc's mallopt(option, value); a no-op where the C library is not glibc."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, nbytes)
+        ctypes.CDLL("libc.so.6").mallopt(option, value)
     except (OSError, AttributeError):
         pass

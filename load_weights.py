@@ -421,12 +421,13 @@ def _build(cfg, state, source="checkpoint"):
 
 def keep_in_file(model, folder=None):
     """Move a frozen model's parameters (train.py's reference model) into a file on disk that this process maps
-    into memory, and return the model. It computes as before, from the same bits; but after each use
-    drop_from_memory lets the kernel take its pages back (clean pages of a file: nothing is written), so the
+    into memory, and return the model. It computes as before, from the same bits; between its passes its weights
+    are the file's pages, which the kernel may take back (clean pages of a file: nothing is written), so the
     reference's 0.25 GiB (bf16) or 0.5 GiB (fp32) do not sit in memory during the training pass, where the run's
-    memory peaks. Its next pass reads them again, from the page cache while memory is free. The file has no name
-    (removed when the process ends), in `folder` (default the weight cache: on disk, where /tmp may be in memory).
-    Only on the CPU, and only where the file can be written; else the model stays as it is."""
+    memory peaks. For a pass, load_into_memory reads them into ordinary tensors (with --heap=keep, into the heap's
+    pages that the last training pass freed: no new memory), and drop_from_memory gives those back.
+    The file has no name (removed when the process ends), in `folder` (default the weight cache: on disk, where
+    /tmp may be in memory). Only on the CPU, and only where the file can be written; else the model stays as it is."""
     params = list(model.parameters()) if model is not None else []
     if not params or params[0].device.type != "cpu" or any(p.requires_grad for p in params):
         return model
@@ -448,15 +449,29 @@ def keep_in_file(model, folder=None):
         return model
     for p, offset in zip(params, offsets):
         p.data = torch.frombuffer(mapped, dtype=p.dtype, count=p.numel(), offset=offset).view(p.shape)
-    model.weights_file = (file, mapped)
+    model.weights_file = (file, mapped, offsets)
     return model
 
 
-def drop_from_memory(model):
-    """Let the kernel take a keep_in_file model's weights out of this process's memory until their next use
-    (no-op for any other model)."""
+def load_into_memory(model):
+    """A keep_in_file model's weights read from its file into fresh tensors, for a pass (no-op for any other
+    model). Read, not mapped: the file's pages would count in this process's memory beside the copy."""
     if getattr(model, "weights_file", None):
-        model.weights_file[1].madvise(mmap.MADV_DONTNEED)
+        file, _, offsets = model.weights_file
+        for p, offset in zip(model.parameters(), offsets):
+            p.data = torch.empty_like(p)
+            file.seek(offset)
+            file.readinto(p.data.view(-1).view(torch.uint8).numpy())
+
+
+def drop_from_memory(model):
+    """Back to the file's pages for a keep_in_file model's weights, and out of this process's memory until their
+    next use (no-op for any other model)."""
+    if getattr(model, "weights_file", None):
+        _, mapped, offsets = model.weights_file
+        for p, offset in zip(model.parameters(), offsets):
+            p.data = torch.frombuffer(mapped, dtype=p.dtype, count=p.numel(), offset=offset).view(p.shape)
+        mapped.madvise(mmap.MADV_DONTNEED)
         give_back_free_heap()          # and what the pass freed, before the training pass (fused.py)
 
 

@@ -77,12 +77,12 @@ def tiny_checkpoint(tmp_path_factory, gpt2_tokenizer_files):
 
 
 def tiny_config(model, out_dir, **kw):
-    """train.TrainConfig of a 3-step run of the tiny model, a checkpoint every step. Its glibc keeps its own mmap
-    threshold (map_large_blocks off), as the test process's other tests expect."""
+    """train.TrainConfig of a 3-step run of the tiny model, a checkpoint every step. Its glibc keeps its own
+    thresholds (--heap=glibc), as the test process's other tests expect."""
     from train import TrainConfig
     cfg = TrainConfig(**dict(model=str(model), task="add1", steps=3, batch_prompts=2, n_train=50, n_eval=4,
                              device="cpu", out_dir=str(out_dir), save_every=1, lr=1e-3, dtype="fp32",
-                             eval_max_new_tokens=4, map_large_blocks="off") | kw)
+                             eval_max_new_tokens=4, heap="glibc") | kw)
     cfg.grpo.group_size, cfg.grpo.max_new_tokens = 2, 4
     return cfg
 

@@ -1,6 +1,7 @@
 """The SmolLM2 weight cache heals: a cached file that fails to load or fails its checksum is rebuilt from the
 GGUF with one line saying so, and the next load's logits equal the clean ones. Every cache here lives in a
 temporary folder (never the shared ~/.cache/tinygrpo)."""
+import ctypes
 import json
 import os
 
@@ -100,7 +101,8 @@ def test_cache_that_cannot_be_rebuilt_names_the_folder(gguf_parts, rebuilt_from_
 def test_keep_in_file_computes_the_same_bits_and_leaves_memory_when_dropped(tmp_path):
     """A frozen model moved into a file (train.py's reference): the same logits to the bit, and after
     drop_from_memory its weights are no longer resident in this process (the kernel's RssFile falls by their
-    size), until the next forward reads them back; a model that trains (requires_grad) or None is left as is."""
+    size), until the next forward reads them back; load_into_memory reads them into tensors of the process's own
+    for a pass, and drop_from_memory maps them again; a model that trains (requires_grad) or None is left as is."""
     from load_weights import drop_from_memory, keep_in_file
     from model import GPT, GPTConfig
     torch.manual_seed(0)
@@ -116,7 +118,21 @@ def test_keep_in_file_computes_the_same_bits_and_leaves_memory_when_dropped(tmp_
     assert resident - rss_file() >= 6_000                                 # KiB: the embedding's pages left
     assert torch.equal(model(ids), want)
     assert rss_file() >= resident - 2_000                                 # read back by the forward
+    # for a pass: read into tensors of its own, not the file's pages (RssFile does not grow), the same bits
+    from load_weights import load_into_memory
+    drop_from_memory(model)
+    mapped = model.weights_file[1]
+    start = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+    in_file = lambda p: start <= p.data_ptr() < start + len(mapped)
+    resident = rss_file()
+    load_into_memory(model)
+    assert not any(in_file(p) for p in model.parameters())
+    assert torch.equal(model(ids), want) and rss_file() < resident + 2_000
+    drop_from_memory(model)                                               # back to the file's pages
+    assert all(in_file(p) for p in model.parameters()) and torch.equal(model(ids), want)
     trained = GPT(GPTConfig(arch="llama", vocab_size=97, n_layer=1, n_head=4, n_kv_head=2, n_embd=32, n_inner=48,
                             block_size=64))
     assert keep_in_file(trained) is trained and not hasattr(trained, "weights_file")
+    load_into_memory(trained)                                             # any other model: nothing happens
+    assert all(p.requires_grad for p in trained.parameters())
     assert keep_in_file(None) is None

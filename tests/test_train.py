@@ -350,17 +350,22 @@ def test_a_run_asks_for_huge_pages_before_its_first_large_tensor(tiny_checkpoint
     assert faults < four_kb_pages / 20 if env == "unset" else faults > four_kb_pages / 2
 
 
-@pytest.mark.parametrize("setting, dtype, wanted", [("auto", "fp32", True), ("auto", "bf16", False),
-                                                     ("off", "fp32", False), ("on", "bf16", True)])
-def test_a_run_maps_large_blocks_in_fp32_on_a_cpu(tiny_checkpoint, tmp_path, monkeypatch, setting, dtype, wanted):
-    """--map_large_blocks=auto fixes glibc's mmap threshold (fused.set_mmap_threshold) for an fp32 run on a CPU
-    only; on and off force it."""
+@pytest.mark.parametrize("setting, dtype, threshold, trims", [
+    ("auto", "fp32", 1 << 20, True), ("auto", "bf16", 64 << 20, False), ("glibc", "fp32", None, True),
+    ("map", "bf16", 1 << 20, True), ("keep", "fp32", 64 << 20, False)])
+def test_a_run_keeps_the_heap_in_bf16_and_maps_large_blocks_in_fp32(tiny_checkpoint, tmp_path, monkeypatch, setting,
+                                                                     dtype, threshold, trims):
+    """--heap=auto: keep the heap's free pages (no trim a step, a fixed 64 MB mmap threshold) but for an fp32 run on
+    a CPU, which maps blocks of 1 MB or more and trims once a step (fused.use_heap); keep, map and glibc force one."""
     calls = []
     monkeypatch.setattr(train_module.fused, "set_mmap_threshold", calls.append)
+    monkeypatch.setattr(train_module.fused, "mallopt", lambda *a: None)
+    monkeypatch.setattr(train_module.fused, "TRIM_EACH_STEP", True)      # restored after the test
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")         # (oneDNN has read it long before)
     monkeypatch.setattr("device.check_bf16", lambda device: None)      # --dtype=bf16 on any CPU
-    train(tiny_config(tiny_checkpoint, tmp_path, steps=1, map_large_blocks=setting, dtype=dtype, eval_before=False,
+    train(tiny_config(tiny_checkpoint, tmp_path, steps=1, heap=setting, dtype=dtype, eval_before=False,
                       eval_paraphrase=False))
-    assert calls == ([1 << 20] if wanted else [])
+    assert calls == ([threshold] if threshold else []) and train_module.fused.TRIM_EACH_STEP == trims
 
 
 def test_a_run_with_oversample_trains_on_b_of_the_groups_it_draws(tiny_checkpoint, tmp_path, monkeypatch, capsys):
