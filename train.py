@@ -268,7 +268,7 @@ def run_training(cfg, device):
             log(format_log(step, cfg.steps, metrics))
             log(group_table(record))
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
-            checkpoint.save_step(out_dir, policy, optimizer, step, history, config)
+            checkpoint.save_step(out_dir, policy, optimizer, step, history, config, last=step == cfg.steps)
 
     if rank != 0:
         dist.destroy_process_group()
