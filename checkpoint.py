@@ -31,8 +31,6 @@ import re
 import shutil
 import signal
 import sys
-import threading
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -90,47 +88,22 @@ def write_state(state, path):
             raise
 
 
-def save(out_dir, weights, state, config, background=None):
+def save(out_dir, weights, state, config):
     """Write a checkpoint of state["step"] and make it current; raises OSError (disk full, read-only) with the
-    previous checkpoint still current and nothing of the new one left behind. background="disk": return once
-    the files are written (into the kernel's page cache); a thread then pushes them to the disk and makes the
-    checkpoint current (make_current). background="all": the writing too, for a save that nothing changes after
-    (the run's last). wait_for_save joins the thread; until then the previous checkpoint is the current one."""
+    previous checkpoint still current and nothing of the new one left behind."""
     out_dir, step = Path(out_dir), state["step"]
     tmp = out_dir / f"{TMP}{folder_name(step)}-{os.getpid()}"
+    pointer = out_dir / f"{TMP}{LATEST}-{os.getpid()}"
     bad = non_finite(weights) + non_finite(state, "train state ")
     if bad:                                              # never a checkpoint that cannot be trained on
         raise ValueError(f"the checkpoint of step {step} was not saved: {len(bad)} tensors are not finite "
                          f"({', '.join(bad[:2])}{', ...' if len(bad) > 2 else ''})")
-    write = partial(write_files, tmp, weights, state, config)
-    if background != "all":
-        write()
-    if not background:
-        return make_current(out_dir, tmp, step)
-    global _pending
-    _pending = BackgroundSave(out_dir, tmp, step, write if background == "all" else None)
-    _pending.start()
-    return out_dir / folder_name(step)
-
-
-def write_files(tmp, weights, state, config):
-    """A checkpoint's three files into the folder tmp; on an error (disk full, Ctrl-C) nothing of it is left."""
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        write_weights(weights, tmp / "model.safetensors", state["step"])
+        write_weights(weights, tmp / "model.safetensors", step)
         write_state(state, tmp / "train_state.pt")
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    except BaseException:                               # OSError, KeyboardInterrupt: leave the last good one
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def make_current(out_dir, tmp, step):
-    """The written folder tmp to the disk (fsync), renamed to its step's name, then made current by one atomic
-    rename of the `latest` pointer. On an error nothing of it is left and the previous checkpoint stays current."""
-    pointer = out_dir / f"{TMP}{LATEST}-{os.getpid()}"
-    try:
         for f in tmp.iterdir():
             fsync(f)
         fsync(tmp)
@@ -141,7 +114,7 @@ def make_current(out_dir, tmp, step):
         fsync(pointer)
         os.replace(pointer, out_dir / LATEST)           # the one atomic step: now this checkpoint is current
         fsync(out_dir)
-    except BaseException:
+    except BaseException:                               # OSError, KeyboardInterrupt: leave the last good one
         shutil.rmtree(tmp, ignore_errors=True)
         pointer.unlink(missing_ok=True)
         raise
@@ -149,58 +122,19 @@ def make_current(out_dir, tmp, step):
     return final
 
 
-class BackgroundSave(threading.Thread):
-    """make_current in a thread (save's background), write first when given; its error is kept for
-    wait_for_save to raise."""
-
-    def __init__(self, out_dir, tmp, step, write=None):
-        super().__init__(daemon=True)
-        self.out_dir, self.tmp, self.step, self.write, self.error = out_dir, tmp, step, write, None
-
-    def run(self):
-        try:
-            if self.write:
-                self.write()
-            make_current(self.out_dir, self.tmp, self.step)
-        except BaseException as e:
-            self.error = e
-
-
-_pending = None         # the BackgroundSave of the last save_step, until wait_for_save joins it
-
-
-def wait_for_save(raise_error=True):
-    """Wait until the last save_step's checkpoint is current (on the disk); its failure as save_step's one line."""
-    global _pending
-    pending, _pending = _pending, None
-    if pending is None:
-        return
-    pending.join()
-    if pending.error is not None and raise_error:
-        raise save_failed(pending.out_dir, pending.step, pending.error)
-
-
-def save_failed(out_dir, step, error):
-    """The one line of a failed save (disk full, read-only), naming the last good checkpoint."""
-    last = last_good(out_dir)
-    reason = getattr(error, "strerror", None) or error
-    return ValueError(f"could not save the checkpoint of step {step} in {out_dir} ({reason}); "
-                      + (f"the last good one, {last}, is intact: free space and continue with --resume"
-                         if last else "there is no earlier checkpoint"))
-
-
-def save_step(out_dir, policy, optimizer, step, history, config, last=False):
+def save_step(out_dir, policy, optimizer, step, history, config):
     """train.py's save of a step: the fp32 master weights, the optimizer, the log so far and the config
-    (configurator.recorded_config), made current in the background (save), and written there too for the last
-    step's (nothing trains after it: the disk's seconds run beside the evaluations); the one before it first.
-    A failed save (disk full, read-only) stops the run in one line, with the last good checkpoint still current."""
-    wait_for_save()
+    (configurator.recorded_config). A failed save (disk full, read-only) stops the run in one line, with the
+    last good checkpoint still current."""
     weights = {k: v.contiguous() for k, v in optimizer.master_state_dict(policy).items()}
     state = {"optimizer": optimizer.state_dict(), "step": step, "history": history, "config": config}
     try:
-        save(out_dir, weights, state, config, background="all" if last else "disk")
+        save(out_dir, weights, state, config)
     except OSError as e:
-        raise save_failed(out_dir, step, e) from None
+        last = last_good(out_dir)
+        raise ValueError(f"could not save the checkpoint of step {step} in {out_dir} ({e.strerror or e}); "
+                         + (f"the last good one, {last}, is intact: free space and continue with --resume"
+                            if last else "there is no earlier checkpoint")) from None
 
 
 def non_finite(tensors, prefix=""):
@@ -440,12 +374,7 @@ def open_run(out_dir, resume):
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir):
         clean_leftovers(out_dir)
-        try:
-            yield moved
-        except BaseException:
-            wait_for_save(raise_error=False)     # the run's own error is the one to report
-            raise
-        wait_for_save()
+        yield moved
 
 
 def set_aside(out_dir):

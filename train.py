@@ -268,7 +268,7 @@ def run_training(cfg, device):
             log(format_log(step, cfg.steps, metrics))
             log(group_table(record))
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
-            checkpoint.save_step(out_dir, policy, optimizer, step, history, config, last=step == cfg.steps)
+            checkpoint.save_step(out_dir, policy, optimizer, step, history, config)
 
     if rank != 0:
         dist.destroy_process_group()
@@ -276,7 +276,6 @@ def run_training(cfg, device):
     after = held_out("after")
     reworded = paraphrased(eval_set) if cfg.eval_paraphrase else []
     paraphrase = held_out("after, paraphrased", reworded, "reworded held-out") if reworded else None
-    checkpoint.wait_for_save()      # the last checkpoint on the disk (its fsync ran beside the evaluations)
     report_run(before, after, paraphrase, history, cfg.steps, len(eval_set), out_dir, log)
     if world > 1:
         dist.destroy_process_group()

@@ -266,43 +266,6 @@ def test_failed_save_simulated(err, tiny_checkpoint, tmp_path, monkeypatch):
     assert_failed_save_kept_step_1(msg, tmp_path, os.strerror(err))
 
 
-def test_a_failed_fsync_in_the_background_stops_the_run_in_one_line(tiny_checkpoint, tmp_path, monkeypatch):
-    """save_step returns once its files are written; the fsync and the renames run in a thread (checkpoint.
-    BackgroundSave). When they fail (here: EIO from the second save's fsync), the run stops at the next
-    wait_for_save with the same one line, naming that save's step, and the step before stays current."""
-    real_fsync, saves = checkpoint.fsync, []
-
-    def failing_fsync(path):
-        if Path(path).name.startswith(".tinygrpo-tmp-checkpoint-000002") and Path(path).is_dir():
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(path)
-    monkeypatch.setattr(checkpoint, "fsync", failing_fsync)
-    msg = exit_line(tiny_argv(tiny_checkpoint, tmp_path))
-    assert_failed_save_kept_step_1(msg, tmp_path, os.strerror(errno.EIO))
-
-
-def test_save_step_overlaps_the_disk_and_wait_for_save_makes_it_current(tmp_path, monkeypatch):
-    """The background part of a save (fsync, rename, the `latest` pointer) runs while the caller goes on: with
-    fsync held back, save_step has returned and the previous checkpoint is still current; wait_for_save
-    returns once the new one is."""
-    import threading
-    from optim import MasterAdamW
-    release = threading.Event()
-    real_fsync = checkpoint.fsync
-    monkeypatch.setattr(checkpoint, "fsync", lambda p: release.wait(30) and real_fsync(p))
-    model = torch.nn.Linear(3, 2)
-    optimizer = MasterAdamW(model.parameters(), lr=1e-3)
-    release.set()
-    checkpoint.save_step(tmp_path, model, optimizer, 1, [], {"steps": 2})
-    checkpoint.wait_for_save()
-    release.clear()
-    checkpoint.save_step(tmp_path, model, optimizer, 2, [], {"steps": 2})
-    assert checkpoint.current(tmp_path).name == "checkpoint-000001"            # step 2 is still on its way
-    release.set()
-    checkpoint.wait_for_save()
-    assert checkpoint.current(tmp_path).name == "checkpoint-000002"
-
-
 @pytest.mark.parametrize("when", ["step", "save"])
 def test_ctrl_c_exits_130_with_the_last_checkpoint_intact(when, tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """Ctrl-C (KeyboardInterrupt) in the second step, or inside its save."""
@@ -366,7 +329,7 @@ def kill_during_a_step(proc, rng):
     """SIGKILL at a random moment after the first step of this process has been logged."""
     for line in proc.stdout:
         if line.startswith("step "):
-            time.sleep(rng.uniform(0.0, 0.25))     # within the next steps: the run has steps left
+            time.sleep(rng.uniform(0.0, 1.0))
             proc.kill()
             return proc.wait()
     pytest.fail("the run ended without logging a step")
