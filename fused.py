@@ -199,7 +199,7 @@ def use_heap(setting, dtype, device):
              vocabulary's 57 MB, included) comes from the heap, and its free pages stay for the next step: no page
              faults to get them again. The peak stays that of the step itself, as the reference's pass reuses the
              training pass's pages (load_weights.load_into_memory). The default bf16 run: 1.2x faster, the same
-             2.8 GiB (README, "Memory").
+             2.8 GiB (README, "the heap kept").
       map    (auto's choice for fp32 on a CPU) every block of 1 MB or more gets pages of its own, and the heap's
              free pages go back once a step (give_back_free_heap): an fp32 run's free gaps would put it over
              3 GiB, and the time it costs (page faults) is fp32's, not the 2 minutes' target.
