@@ -238,6 +238,7 @@ class ComparisonRun:
 def bench_step(model, tok, steps=3, dtype_name="auto", prompts_per_pass=8):
     """Seconds per GRPO step of the comparison config, split into phases (median of `steps` steps)."""
     run = ComparisonRun(copy.deepcopy(model), tok, dtype_name, prompts_per_pass)
+    fused.use_heap("auto", run.dtype, "cpu")      # glibc's heap as train.py sets it (TRL runs in its own process)
     rows = [run.step(i) for i in range(steps)]
     median = lambda k: round(sorted(r[k] for r in rows)[len(rows) // 2], 2)
     return {"dtype": str(run.dtype).removeprefix("torch."), "prompts_per_pass": prompts_per_pass,
