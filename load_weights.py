@@ -447,10 +447,15 @@ def keep_in_file(model, folder=None):
         mapped = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)     # private: never written back
     except OSError:                                    # no space, read-only: the weights stay in memory
         return model
-    for p, offset in zip(params, offsets):
-        p.data = torch.frombuffer(mapped, dtype=p.dtype, count=p.numel(), offset=offset).view(p.shape)
+    point_at_file(params, mapped, offsets)
     model.weights_file = (file, mapped, offsets)
     return model
+
+
+def point_at_file(params, mapped, offsets):
+    """Each parameter's data = its bytes in the mapped file, at its offset (no copy)."""
+    for p, offset in zip(params, offsets):
+        p.data = torch.frombuffer(mapped, dtype=p.dtype, count=p.numel(), offset=offset).view(p.shape)
 
 
 def load_into_memory(model):
@@ -469,8 +474,7 @@ def drop_from_memory(model):
     next use (no-op for any other model)."""
     if getattr(model, "weights_file", None):
         _, mapped, offsets = model.weights_file
-        for p, offset in zip(model.parameters(), offsets):
-            p.data = torch.frombuffer(mapped, dtype=p.dtype, count=p.numel(), offset=offset).view(p.shape)
+        point_at_file(model.parameters(), mapped, offsets)
         mapped.madvise(mmap.MADV_DONTNEED)
         give_back_free_heap()          # and what the pass freed, before the training pass (fused.py)
 
