@@ -1,6 +1,6 @@
 """Speed figures as JSON (not a test). Each figure names the machine; compare only within one run.
 
-    python bench.py                       # everything below except tta_seeds, trl, ratio, default and floor
+    python bench.py                       # everything below except tta_seeds, trl, ratio, default, floor, default_floor
     python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio
     python bench.py --out_dir=/tmp/bench  # write the results elsewhere
 
@@ -23,6 +23,8 @@ default  the default `python train.py` (train.py's own defaults, in a fresh proc
          checkpoints, other), the whole run's peak RSS, and before/after accuracy
 floor    this machine's fp32 and bf16 matmul rate on the model's shapes, and from it the least time the
          matmuls of the sampler's work (batch 64 x 32 tokens) and of the comparison config's step can take
+default_floor  the default run's matmul FLOPs, counted by torch's FLOP counter over a whole run (as slow as the
+         run), over floor's best rate here for the run's dtype: the least time the default run can take here
 ratio    TRL's time per step over ours, both in the auto dtype, measured alternately (ours, TRL, ours, ... 3 TRL
          runs, ~15 min): a VM whose speed drifts by 20-30% within an hour moves both sides of each ratio alike
 """
@@ -52,7 +54,7 @@ from optim import MasterAdamW, cast_for_training
 from train import TrainConfig, optimize
 from task import get_reward, make_dataset
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}     # those of sample, fwdbwd, step, trl, floor (--dtypes)
 QUESTION = "What is 3 + 5? Answer with just the number."
 
 
@@ -346,12 +348,12 @@ PHASES = ("load", "eval_before", "sampling", "reference", "forward_backward", "o
           "checkpoints", "eval_after", "other")
 
 
-def bench_default(args=""):
-    """The default `python train.py` (plus args, e.g. '--dtype=fp32') in a fresh process, its run folder a temporary
-    one: wall seconds by phase (the process's start and imports are 'other'), peak RSS by phase and of the run."""
+def fresh_train_run(worker, args=""):
+    """`python train.py` plus args in a fresh process, its run folder a temporary one, through bench.<worker>(argv);
+    returns the worker's result, the process's stdout and its wall seconds."""
     with tempfile.TemporaryDirectory() as out:
         argv = shlex.split(args) + [f"--out_dir={out}/run"]
-        code = f"import json, bench; print('RESULT ' + json.dumps(bench.default_worker({argv!r})))"
+        code = f"import json, bench; print('RESULT ' + json.dumps(bench.{worker}({argv!r})))"
         t = time.perf_counter()
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -359,20 +361,64 @@ def bench_default(args=""):
     if res.returncode:
         sys.exit(f"error: the default run failed:\n{res.stderr[-3000:]}")
     run = json.loads(next(l for l in res.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    dtype = next((l.split()[2] for l in res.stdout.splitlines() if l.startswith("compute dtype")), None)
+    return run, dtype, wall
+
+
+def bench_default(args=""):
+    """The default `python train.py` (plus args, e.g. '--dtype=fp32') in a fresh process: wall seconds by phase (the
+    process's start and imports are 'other'), peak RSS by phase and of the run."""
+    run, dtype, wall = fresh_train_run("default_worker", args)
     seconds = run.pop("seconds")
     seconds["other"] = wall - sum(seconds.values())
-    dtype = next((l.split()[2] for l in res.stdout.splitlines() if l.startswith("compute dtype")), None)
     return {"command": shlex.join(["python", "train.py", *shlex.split(args)]), "dtype": dtype,
             "wall_s": round(wall, 1), "seconds": {k: round(seconds[k], 1) for k in PHASES if k in seconds}, **run}
+
+
+def default_flops_worker(argv):
+    """Run `python train.py *argv` in this process under torch's FLOP counter (torch.utils.flop_counter: mm, addmm,
+    bmm, ... of every forward and backward, the evaluations' included); returns the matmul FLOPs by op."""
+    import train
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        out = train.main(argv)
+    return {"flops_by_op": {str(op): n for op, n in counter.get_flop_counts()["Global"].items()},
+            "accuracy": {k: out[k]["accuracy"] for k in ("before", "after") if out.get(k)}}
+
+
+def bench_default_floor(args="", results_dir="results/bench"):
+    """The least time the default run's matmuls can take here: their FLOPs, counted over a whole default run
+    (default_flops_worker, a fresh process as slow as the run), over the best rate `floor` measured on this machine
+    for the run's dtype on any of the model's shapes. That rate is optimistic for most of them, and everything but
+    the matmuls is left out, so no run can be faster than this."""
+    floor_file = Path(results_dir) / f"floor-{machine_slug(machine())}.json"
+    if not floor_file.exists():
+        sys.exit(f"error: no {floor_file}: run `python bench.py --only=floor` on this machine first")
+    run, dtype, wall = fresh_train_run("default_flops_worker", args)
+    name = {"float32": "fp32", "bfloat16": "bf16"}[dtype]
+    best = max(r for by_shape in json.loads(floor_file.read_text())["result"]["rates_tflops"][name].values()
+               for r in by_shape.values())
+    flops = sum(run["flops_by_op"].values())
+    return {"command": shlex.join(["python", "train.py", *shlex.split(args)]), "dtype": dtype,
+            "matmul_tflop": round(flops / 1e12, 2),
+            "by_op_tflop": {op: round(n / 1e12, 3) for op, n in run["flops_by_op"].items()},
+            "best_rate_tflops": best, "rate_from": str(floor_file), "floor_s": round(flops / (best * 1e12), 1),
+            "counted_run_wall_s": round(wall, 1), "accuracy": run["accuracy"]}
 
 
 # ----------------------------------------------------------------------------- the physical floor
 
 def matmul_tflops(n, k, m, dtype, repeat=7, min_s=0.2):
     """This machine's best rate (TFLOP/s) for (n, k) @ (k, m) in dtype: the best of `repeat` timings, each of
-    enough calls to last min_s (the best, since a busy machine only ever slows a run down)."""
+    enough calls to last min_s (the best, since a busy machine only ever slows a run down). Where the first call
+    takes a second or more, its time alone (bf16 without bf16 units: 1.2 GFLOP/s, one thread, on an AVX2 AMD
+    EPYC Zen 3, where the head's (1024, 576) @ (576, 49,152) takes 48 s; its set-up is a small part of that)."""
     a, b = torch.randn(n, k).to(dtype), torch.randn(k, m).to(dtype)
+    t = time.perf_counter()
     a @ b
+    first = time.perf_counter() - t
+    if first >= 1:
+        return 2 * n * k * m / first / 1e12
     calls = max(1, int(min_s / max(timed(lambda: a @ b), 1e-6)))
     best = min(timed(lambda: [a @ b for _ in range(calls)]) for _ in range(repeat)) / calls
     return 2 * n * k * m / best / 1e12
@@ -420,7 +466,7 @@ def bench_floor(tok, results_dir="results/bench"):
     from model import GPTConfig
     cfg = GPTConfig()                               # SmolLM2-135M's shapes
     shapes = [(k, m) for k, m, _ in linear_shapes(cfg)]
-    rates = {name: {rows: {s: round(matmul_tflops(rows, *s, dtype), 3) for s in shapes} for rows in (64, 1024)}
+    rates = {name: {rows: {s: round(matmul_tflops(rows, *s, dtype), 5) for s in shapes} for rows in (64, 1024)}
              for name, dtype in DTYPES.items()}
     out = {"rates_tflops": {d: {str(rows): {f"{k}x{m}": r for (k, m), r in by_rows.items()}
                                 for rows, by_rows in v.items()} for d, v in rates.items()}}
@@ -559,12 +605,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="load,sample,fwdbwd,step,memory,tta",
                     help="comma-separated: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio, default, "
-                                                      "floor")
+                         "floor, default_floor")
     ap.add_argument("--out_dir", default="results/bench", help="where each benchmark's JSON file goes")
     ap.add_argument("--default_args", default="", help="options added to default's `python train.py`, e.g. "
                                                        "'--dtype=fp32' or '--steps=2'")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="the dtypes that sample, fwdbwd, step, trl and floor "
+                    "measure: leave bf16 out where the CPU has no bf16 units (50-300x slower than fp32 there)")
     args = ap.parse_args()
     parts = args.only.split(",")
+    if not args.dtypes or set(args.dtypes.split(",")) - set(DTYPES):
+        sys.exit(f"error: --dtypes={args.dtypes}: choose from fp32, bf16")
+    for name in set(DTYPES) - set(args.dtypes.split(",")):
+        del DTYPES[name]
     try:
         import transformers  # noqa: F401
         hf = hf_model
@@ -583,9 +635,9 @@ def main():
         elif name == "fwdbwd":
             result[name] = bench_fwdbwd(model, hf)
         elif name == "step":
-            result[name] = {"fp32": bench_step(model, tok, dtype_name="fp32"),
-                            "bf16": bench_step(model, tok, dtype_name="bf16"),
-                            "bf16_one_prompt_per_pass": bench_step(model, tok, dtype_name="bf16", prompts_per_pass=1)}
+            result[name] = {d: bench_step(model, tok, dtype_name=d) for d in DTYPES}
+            if "bf16" in DTYPES:
+                result[name]["bf16_one_prompt_per_pass"] = bench_step(model, tok, dtype_name="bf16", prompts_per_pass=1)
         elif name == "tta":
             result[name] = bench_tta(model, tok)
         elif name == "tta_seeds":
@@ -593,11 +645,13 @@ def main():
         elif name == "memory":
             result[name] = bench_memory()
         elif name == "trl":
-            result[name] = {d: bench_trl(dtype_name=d) for d in ("fp32", "bf16")}
+            result[name] = {d: bench_trl(dtype_name=d) for d in DTYPES}
         elif name == "floor":
             result[name] = bench_floor(tok)
         elif name == "default":
             result[name] = bench_default(args.default_args)
+        elif name == "default_floor":
+            result[name] = bench_default_floor(args.default_args, args.out_dir)
         elif name == "ratio":
             result[name] = bench_ratio(model, tok)
         else:

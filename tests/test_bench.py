@@ -3,6 +3,8 @@ import json
 import re
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 import bench
@@ -125,3 +127,29 @@ def test_default_worker_times_every_phase_of_a_tiny_run(tiny_checkpoint, tmp_pat
     assert run["calls"]["checkpoints"] == 2 and run["calls"]["optimizer"] == 2 and run["calls"]["sampling"] == 2
     assert run["calls"]["eval_periodic"] == 2 and run["calls"]["eval_before"] == 1
     assert set(run["accuracy"]) == {"before", "after", "paraphrase"}
+
+
+def test_default_flops_worker_counts_the_training_steps_matmuls(tiny_checkpoint, tmp_path):
+    """bench.py --only=default_floor's counter sees the whole run: the projections (mm) and attention (matmuls of
+    4-d tensors: bmm) of the evaluations, and each training step's sampling, reference pass, forward and backward,
+    so a 2-step run counts more than a 1-step run of the same settings by at least the tied head's FLOPs (2 x 32
+    x 50,257 a token, the tiny model's largest matmul) for its 4 or more sampled tokens (2 prompts x G = 2, each
+    reply a token or more) in each of 5 passes' worth: sampling, the reference, the forward, its backward (2)."""
+    args = ["--heap=glibc", f"--model={tiny_checkpoint}", "--task=add1", "--batch_prompts=2", "--n_train=50", "--n_eval=4",
+            "--device=cpu", "--dtype=fp32", "--eval_max_new_tokens=4", "--group_size=2", "--max_new_tokens=4",
+            "--eval_every=0", "--eval_paraphrase=false"]
+    one = bench.default_flops_worker(args + ["--steps=1", f"--out_dir={tmp_path / 'one'}"])
+    two = bench.default_flops_worker(args + ["--steps=2", f"--out_dir={tmp_path / 'two'}"])
+    assert {"aten.mm", "aten.bmm"} <= set(one["flops_by_op"])
+    assert set(one["accuracy"]) == {"before", "after"}
+    step = sum(two["flops_by_op"].values()) - sum(one["flops_by_op"].values())
+    assert step >= 5 * 4 * 2 * 32 * 50257
+
+
+def test_an_unknown_dtype_is_one_line_before_any_work(monkeypatch, capsys):
+    """--dtypes names the dtypes to measure; another name stops bench.py with one line, before the model loads."""
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--only=sample", "--dtypes=fp32,fp16"])
+    monkeypatch.setattr(bench, "load_model", lambda: pytest.fail("loaded the model before checking --dtypes"))
+    with pytest.raises(SystemExit) as stop:
+        bench.main()
+    assert str(stop.value) == "error: --dtypes=fp32,fp16: choose from fp32, bf16"
