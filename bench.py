@@ -1,6 +1,6 @@
 """Speed figures as JSON (not a test). Each figure names the machine; compare only within one run.
 
-    python bench.py                       # everything below except tta_seeds, trl, ratio, default, floor, default_floor
+    python bench.py                       # all below but tta_seeds, trl, ratio, default, floor, default_floor
     python bench.py --only=sample,step    # a subset: load, sample, fwdbwd, step, memory, tta, tta_seeds, trl, ratio
     python bench.py --out_dir=/tmp/bench  # write the results elsewhere
 
@@ -350,7 +350,7 @@ PHASES = ("load", "eval_before", "sampling", "reference", "forward_backward", "o
 
 def fresh_train_run(worker, args=""):
     """`python train.py` plus args in a fresh process, its run folder a temporary one, through bench.<worker>(argv);
-    returns the worker's result, the process's stdout and its wall seconds."""
+    returns the worker's result, the run's compute dtype (from the line train.py prints) and the wall seconds."""
     with tempfile.TemporaryDirectory() as out:
         argv = shlex.split(args) + [f"--out_dir={out}/run"]
         code = f"import json, bench; print('RESULT ' + json.dumps(bench.{worker}({argv!r})))"
@@ -637,7 +637,8 @@ def main():
         elif name == "step":
             result[name] = {d: bench_step(model, tok, dtype_name=d) for d in DTYPES}
             if "bf16" in DTYPES:
-                result[name]["bf16_one_prompt_per_pass"] = bench_step(model, tok, dtype_name="bf16", prompts_per_pass=1)
+                result[name]["bf16_one_prompt_per_pass"] = bench_step(model, tok, dtype_name="bf16",
+                                                                      prompts_per_pass=1)
         elif name == "tta":
             result[name] = bench_tta(model, tok)
         elif name == "tta_seeds":

@@ -135,9 +135,9 @@ def test_default_flops_worker_counts_the_training_steps_matmuls(tiny_checkpoint,
     so a 2-step run counts more than a 1-step run of the same settings by at least the tied head's FLOPs (2 x 32
     x 50,257 a token, the tiny model's largest matmul) for its 4 or more sampled tokens (2 prompts x G = 2, each
     reply a token or more) in each of 5 passes' worth: sampling, the reference, the forward, its backward (2)."""
-    args = ["--heap=glibc", f"--model={tiny_checkpoint}", "--task=add1", "--batch_prompts=2", "--n_train=50", "--n_eval=4",
-            "--device=cpu", "--dtype=fp32", "--eval_max_new_tokens=4", "--group_size=2", "--max_new_tokens=4",
-            "--eval_every=0", "--eval_paraphrase=false"]
+    args = ["--heap=glibc", f"--model={tiny_checkpoint}", "--task=add1", "--batch_prompts=2", "--n_train=50",
+            "--n_eval=4", "--device=cpu", "--dtype=fp32", "--eval_max_new_tokens=4", "--group_size=2",
+            "--max_new_tokens=4", "--eval_every=0", "--eval_paraphrase=false"]
     one = bench.default_flops_worker(args + ["--steps=1", f"--out_dir={tmp_path / 'one'}"])
     two = bench.default_flops_worker(args + ["--steps=2", f"--out_dir={tmp_path / 'two'}"])
     assert {"aten.mm", "aten.bmm"} <= set(one["flops_by_op"])
