@@ -391,13 +391,16 @@ def bench_default_floor(args="", results_dir="results/bench"):
     (default_flops_worker, a fresh process as slow as the run), over the best rate `floor` measured on this machine
     for the run's dtype on any of the model's shapes. That rate is optimistic for most of them, and everything but
     the matmuls is left out, so no run can be faster than this."""
+    from device import pick_device
+    from train import parse_args
+    cfg = parse_args(shlex.split(args))
+    name = "bf16" if pick_dtype(cfg.dtype, pick_device(cfg.device)) == torch.bfloat16 else "fp32"
     floor_file = Path(results_dir) / f"floor-{machine_slug(machine())}.json"
-    if not floor_file.exists():
-        sys.exit(f"error: no {floor_file}: run `python bench.py --only=floor` on this machine first")
+    rates = json.loads(floor_file.read_text())["result"]["rates_tflops"] if floor_file.exists() else {}
+    if name not in rates:        # checked before the run, which takes as long as the default run
+        sys.exit(f"error: no {name} rates in {floor_file}: run `python bench.py --only=floor` on this machine first")
+    best = max(r for by_shape in rates[name].values() for r in by_shape.values())
     run, dtype, wall = fresh_train_run("default_flops_worker", args)
-    name = {"float32": "fp32", "bfloat16": "bf16"}[dtype]
-    best = max(r for by_shape in json.loads(floor_file.read_text())["result"]["rates_tflops"][name].values()
-               for r in by_shape.values())
     flops = sum(run["flops_by_op"].values())
     return {"command": shlex.join(["python", "train.py", *shlex.split(args)]), "dtype": dtype,
             "matmul_tflop": round(flops / 1e12, 2),

@@ -153,3 +153,17 @@ def test_an_unknown_dtype_is_one_line_before_any_work(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         bench.main()
     assert str(stop.value) == "error: --dtypes=fp32,fp16: choose from fp32, bf16"
+
+
+def test_default_floor_needs_the_runs_dtype_in_the_floor_file_before_it_runs(tmp_path, monkeypatch):
+    """The counted run takes as long as the default run: a floor file without rates for the run's dtype (here
+    fp32, asked for by --dtype) stops it with one line first."""
+    slug = bench.machine_slug(bench.machine())
+    (tmp_path / f"floor-{slug}.json").write_text(json.dumps({"result": {"rates_tflops": {"bf16": {"64": {}}}}}))
+    monkeypatch.setattr(bench, "fresh_train_run", lambda *a: pytest.fail("ran before checking the floor file"))
+    with pytest.raises(SystemExit) as stop:
+        bench.bench_default_floor("--dtype=fp32", results_dir=str(tmp_path))
+    assert str(stop.value) == f"error: no fp32 rates in {tmp_path / f'floor-{slug}.json'}: run `python bench.py " \
+                              "--only=floor` on this machine first"
+    with pytest.raises(SystemExit, match="no fp32 rates"):           # no floor file at all
+        bench.bench_default_floor("--dtype=fp32", results_dir=str(tmp_path / "none"))
